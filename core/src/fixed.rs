@@ -1,0 +1,241 @@
+//! Fixed window: at most `limit` units per window, windows aligned to multiples of `window`
+//! since the Unix epoch (the classic "truncate to the minute" counter).
+//!
+//! The state is the count of the running window and the moment that window ends, which is
+//! also when the key expires. When the window length changes (or the clock moves back into
+//! an earlier window), the count of a window that has not ended yet carries over into the
+//! current window: units already taken keep counting, so a change never admits a burst.
+
+use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
+
+/// Validated fixed-window parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedWindow {
+    limit: u64,
+    window: Millis,
+}
+
+/// The count of the running window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedState {
+    /// The end of the window the count belongs to (exclusive), in ms since the epoch.
+    pub window_end: Millis,
+    /// Units taken in that window; never 0 in a stored state.
+    pub count: u64,
+}
+
+impl FixedWindow {
+    /// `None` unless `1 <= limit <= MAX_UNITS` and `1 <= window <= MAX_DURATION_MS`.
+    pub fn new(limit: u64, window: Millis) -> Option<Self> {
+        let valid = (1..=MAX_UNITS).contains(&limit) && (1..=MAX_DURATION_MS).contains(&window);
+        valid.then_some(Self { limit, window })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn window(&self) -> Millis {
+        self.window
+    }
+}
+
+impl State for FixedState {
+    fn reset_at(&self) -> Millis {
+        self.window_end
+    }
+}
+
+impl FixedState {
+    /// A state as stored: something counted in a window that ends at some point.
+    pub fn is_valid(&self) -> bool {
+        self.count > 0 && self.window_end > 0
+    }
+}
+
+impl Limiter for FixedWindow {
+    type State = FixedState;
+
+    fn decide(&self, state: Option<&FixedState>, now: Millis, cost: u64) -> Outcome<FixedState> {
+        let window_end = (now / self.window + 1) * self.window;
+        // A window that has ended counts nothing; one that is still running carries over.
+        let used = state.filter(|s| s.window_end > now).map_or(0, |s| s.count);
+        let allowed = cost <= self.limit && used.saturating_add(cost) <= self.limit;
+        let count = if allowed { used + cost } else { used };
+        let until_end = window_end - now;
+
+        let decision = Decision {
+            allowed,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(count),
+            retry: if allowed {
+                Retry::Now
+            } else {
+                crate::denied_retry(cost, self.limit, || until_end)
+            },
+            reset_after: if count > 0 { until_end } else { 0 },
+        };
+        let next = FixedState { window_end, count };
+        let write = match state {
+            _ if count == 0 => match state {
+                Some(_) => Write::Delete,
+                None => Write::Keep,
+            },
+            Some(old) if *old == next => Write::Keep,
+            _ => Write::Store(next),
+        };
+        Outcome { decision, write }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Millis = 60_000;
+
+    /// One call of a scenario: time, cost, then the expected reply
+    /// (allowed, remaining, retry_after (-1 never), reset_after).
+    struct Step(Millis, u64, bool, u64, i64, Millis);
+
+    fn run(limiter: FixedWindow, steps: &[Step]) {
+        let mut state: Option<FixedState> = None;
+        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
+            let out = limiter.decide(state.as_ref(), *now, *cost);
+            let d = out.decision;
+            let got_retry = match d.retry {
+                Retry::Now => 0,
+                Retry::After(ms) => ms as i64,
+                Retry::Never => -1,
+            };
+            assert_eq!(
+                (d.allowed, d.remaining, got_retry, d.reset_after),
+                (*allowed, *remaining, *retry, *reset),
+                "step {i} at {now} cost {cost}"
+            );
+            match out.write {
+                Write::Keep => {}
+                Write::Store(s) => state = Some(s),
+                Write::Delete => state = None,
+            }
+        }
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn counts_within_aligned_windows() {
+        let l = FixedWindow::new(3, MIN).unwrap();
+        run(l, &[
+            //   now            cost allowed rem retry   reset
+            Step(10 * MIN + 1_000, 1, true,  2, 0,      59_000),
+            Step(10 * MIN + 2_000, 2, true,  0, 0,      58_000),
+            Step(10 * MIN + 3_000, 1, false, 0, 57_000, 57_000),
+            Step(10 * MIN + 3_000, 0, true,  0, 0,      57_000),
+            Step(10 * MIN + 3_000, 4, false, 0, -1,     57_000),
+            Step(11 * MIN - 1,     1, false, 0, 1,      1),
+            Step(11 * MIN,         1, true,  2, 0,      60_000),
+        ]);
+    }
+
+    #[test]
+    fn fresh_report_changes_nothing() {
+        let l = FixedWindow::new(5, 1000).unwrap();
+        let out = l.decide(None, 12_345, 0);
+        assert_eq!(out.write, Write::Keep);
+        assert_eq!(
+            out.decision,
+            Decision {
+                allowed: true,
+                limit: 5,
+                remaining: 5,
+                retry: Retry::Now,
+                reset_after: 0
+            }
+        );
+    }
+
+    #[test]
+    fn denial_takes_nothing() {
+        let l = FixedWindow::new(2, 1000).unwrap();
+        let s = FixedState {
+            window_end: 2000,
+            count: 2,
+        };
+        let out = l.decide(Some(&s), 1500, 1);
+        assert!(!out.decision.allowed);
+        assert_eq!(out.write, Write::Keep);
+    }
+
+    #[test]
+    fn expired_state_is_deleted_on_report() {
+        let l = FixedWindow::new(2, 1000).unwrap();
+        let s = FixedState {
+            window_end: 2000,
+            count: 2,
+        };
+        assert_eq!(l.decide(Some(&s), 2000, 0).write, Write::Delete);
+        assert_eq!(
+            l.decide(Some(&s), 2000, 1).write,
+            Write::Store(FixedState {
+                window_end: 3000,
+                count: 1
+            })
+        );
+    }
+
+    #[test]
+    fn window_change_carries_the_running_count() {
+        // 5 units taken in the hour window ending at 2h; the window becomes one minute.
+        let s = FixedState {
+            window_end: 120 * MIN,
+            count: 5,
+        };
+        let l = FixedWindow::new(6, MIN).unwrap();
+        let out = l.decide(Some(&s), 90 * MIN + 10, 0);
+        assert_eq!(out.decision.remaining, 1);
+        assert_eq!(out.decision.reset_after, MIN - 10);
+        assert_eq!(
+            out.write,
+            Write::Store(FixedState {
+                window_end: 91 * MIN,
+                count: 5
+            })
+        );
+    }
+
+    #[test]
+    fn limit_change_keeps_the_count() {
+        let s = FixedState {
+            window_end: 1000,
+            count: 5,
+        };
+        let l = FixedWindow::new(3, 1000).unwrap();
+        let out = l.decide(Some(&s), 10, 1);
+        assert_eq!((out.decision.allowed, out.decision.remaining), (false, 0));
+        assert_eq!(out.write, Write::Keep);
+    }
+
+    #[test]
+    fn rejects_invalid_parameters() {
+        assert!(FixedWindow::new(0, 1).is_none());
+        assert!(FixedWindow::new(1, 0).is_none());
+        assert!(FixedWindow::new(MAX_UNITS + 1, 1).is_none());
+        assert!(FixedWindow::new(1, MAX_DURATION_MS + 1).is_none());
+        assert!(FixedWindow::new(MAX_UNITS, MAX_DURATION_MS).is_some());
+    }
+
+    #[test]
+    fn extreme_figures_do_not_overflow() {
+        let l = FixedWindow::new(MAX_UNITS, MAX_DURATION_MS).unwrap();
+        let out = l.decide(None, i64::MAX as u64 - MAX_DURATION_MS, MAX_UNITS);
+        assert!(out.decision.allowed);
+        let Write::Store(s) = out.write else {
+            panic!("stored")
+        };
+        let again = l.decide(Some(&s), i64::MAX as u64 - MAX_DURATION_MS, MAX_UNITS);
+        assert_eq!(
+            again.decision.retry,
+            Retry::After(again.decision.reset_after)
+        );
+    }
+}

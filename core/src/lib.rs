@@ -1,0 +1,107 @@
+//! Pure rate-limiting algorithms: fixed window, strict sliding window and token bucket.
+//!
+//! Nothing here knows about Redis. Every algorithm is a value holding validated parameters
+//! and one function, `decide(stored state, now, cost) -> Outcome`, where `now` is a time in
+//! milliseconds since the Unix epoch passed in by the caller. The outcome says what to reply
+//! and what to do with the stored state (keep it, store a new one, or delete it), so the
+//! storage layer owns atomicity, persistence and replication, and the algorithms stay
+//! deterministic: the same inputs always give the same outputs, on any machine.
+//!
+//! All arithmetic is on integers. States are small, self-describing values with a
+//! versioned binary encoding ([`codec`]); each knows the moment it is back to fresh
+//! ([`State::reset_at`]), which is when its key can expire.
+
+pub mod codec;
+pub mod fixed;
+pub mod sliding;
+pub mod token;
+
+pub use fixed::{FixedState, FixedWindow};
+pub use sliding::{SlidingState, SlidingWindow};
+pub use token::{TokenBucket, TokenState};
+
+/// Milliseconds since the Unix epoch (the server clock) or a duration in milliseconds.
+pub type Millis = u64;
+
+/// The largest limit, capacity, rate or cost accepted: every figure fits a signed 64-bit reply.
+pub const MAX_UNITS: u64 = i64::MAX as u64;
+
+/// The longest window or period accepted, and the longest a token bucket may take to refill:
+/// 3650 days. Keeping every duration this short keeps every time sum far from overflowing.
+pub const MAX_DURATION_MS: Millis = 3650 * DAY_MS;
+
+/// One day in milliseconds.
+pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// When a denied call may be retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The call was allowed.
+    Now,
+    /// The same call will be allowed after this many milliseconds at the earliest, if nothing
+    /// else takes units meanwhile. Never too early: retrying sooner is always denied.
+    After(Millis),
+    /// The cost exceeds the limit: this call can never be allowed, however long one waits.
+    Never,
+}
+
+/// What a call decided, in the figures the reply carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The limit (fixed and sliding window) or the capacity (token bucket).
+    pub limit: u64,
+    /// Units left after this call.
+    pub remaining: u64,
+    pub retry: Retry,
+    /// Milliseconds until the limiter is back to its fresh state (0 when it is fresh).
+    pub reset_after: Millis,
+}
+
+/// What to do with the stored state after a decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write<S> {
+    /// Nothing changed: store nothing, replicate nothing.
+    Keep,
+    /// Store this state; its key expires at [`State::reset_at`].
+    Store(S),
+    /// The limiter is back to its fresh state: the key can go.
+    Delete,
+}
+
+/// A decision and what it does to the stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome<S> {
+    pub decision: Decision,
+    pub write: Write<S>,
+}
+
+/// A stored limiter state.
+pub trait State: Clone + PartialEq + std::fmt::Debug {
+    /// The moment this state is back to fresh: where its key expires. Derived from the state
+    /// alone, so a replica or an AOF load computes the same expiry as the master did.
+    fn reset_at(&self) -> Millis;
+}
+
+/// A rate-limiting algorithm with validated parameters.
+pub trait Limiter {
+    type State: State;
+
+    /// Decides a call of `cost` units at `now` against the stored state (`None`: fresh) and
+    /// says what the state becomes. `cost == 0` reports without taking.
+    fn decide(&self, state: Option<&Self::State>, now: Millis, cost: u64) -> Outcome<Self::State>;
+}
+
+/// The `Retry` of a call that was not allowed: `Never` when `cost` exceeds `limit`.
+fn denied_retry(cost: u64, limit: u64, wait: impl FnOnce() -> Millis) -> Retry {
+    if cost > limit {
+        Retry::Never
+    } else {
+        Retry::After(wait())
+    }
+}
+
+/// `ceil(a / b)` for `b > 0`.
+fn div_ceil_u128(a: u128, b: u128) -> u128 {
+    a.div_ceil(b)
+}

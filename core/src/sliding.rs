@@ -1,0 +1,434 @@
+//! Strict sliding window: never more than `limit` units in any interval of `window` ms.
+//!
+//! An exact log would keep one timestamp per unit; this keeps one counter per *bucket*
+//! instead, a bucket being one [`SUB_WINDOWS`]th of the window (rounded up to whole ms), so a
+//! state holds at most [`MAX_BUCKETS`] counters whatever the limit: under 600 bytes.
+//!
+//! A unit admitted at time `t` in bucket `b` is counted until the last ms of the window that
+//! still overlaps its bucket, and forgotten at `drop(b) = (b + 1) * g + window - 1`, where
+//! `g` is the bucket length: between `t + window` (what an exact log does) and
+//! `t + window + g - 1`. So the limiter is strict in every interval of length `window`, and
+//! it may deny at most `g - 1` ms earlier than an exact log would, `g = ceil(window / 64)`:
+//! 937 ms for a one-minute window, 15 ms for a one-second window, nothing below 65 ms.
+//!
+//! When the window length changes, each stored bucket moves to the new bucket holding its
+//! last millisecond: units are remembered at least as long as before, never less.
+
+use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
+
+/// How many buckets a window is split into.
+pub const SUB_WINDOWS: u64 = 64;
+
+/// The most buckets a state holds: those overlapping one window, `SUB_WINDOWS + 1`.
+pub const MAX_BUCKETS: usize = SUB_WINDOWS as usize + 1;
+
+/// Validated sliding-window parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlidingWindow {
+    limit: u64,
+    window: Millis,
+}
+
+/// Units counted per bucket, for the buckets that still overlap the window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlidingState {
+    /// The window length the buckets were made with.
+    pub window: Millis,
+    /// The index of the bucket `counts[0]` counts (bucket `b` covers `[b * g, (b + 1) * g)`).
+    pub first: u64,
+    /// Units per bucket, oldest first; the first and the last are never 0.
+    pub counts: Vec<u64>,
+}
+
+/// The length of one bucket for a window.
+pub fn granularity(window: Millis) -> Millis {
+    window.div_ceil(SUB_WINDOWS)
+}
+
+/// The first ms at which bucket `bucket` no longer overlaps the window ending at that ms.
+fn drop_time(window: Millis, bucket: u64) -> Option<Millis> {
+    (bucket.checked_add(1)?)
+        .checked_mul(granularity(window))?
+        .checked_add(window - 1)
+}
+
+/// The oldest bucket that still overlaps the window ending at `now`.
+fn oldest_live(window: Millis, now: Millis) -> u64 {
+    (now + 1).saturating_sub(window) / granularity(window)
+}
+
+/// A state's buckets brought to one window and one moment, on the stack.
+struct Buckets {
+    window: Millis,
+    first: u64,
+    len: usize,
+    counts: [u64; MAX_BUCKETS],
+}
+
+impl Buckets {
+    fn empty(window: Millis) -> Self {
+        Self {
+            window,
+            first: 0,
+            len: 0,
+            counts: [0; MAX_BUCKETS],
+        }
+    }
+
+    /// The buckets of `state` in `window`'s grid that still count at `now`.
+    fn live(state: &SlidingState, window: Millis, now: Millis) -> Self {
+        let mut out = Self::empty(window);
+        let (old_g, new_g) = (granularity(state.window), granularity(window));
+        let oldest = oldest_live(window, now);
+        for (i, &count) in state.counts.iter().enumerate() {
+            let bucket = state.first + i as u64;
+            // Same grid: the same bucket. Another grid: the bucket of its last millisecond.
+            let bucket = if state.window == window {
+                bucket
+            } else {
+                ((bucket + 1) * old_g - 1) / new_g
+            };
+            if bucket >= oldest {
+                out.add(bucket, count);
+            }
+        }
+        out
+    }
+
+    fn slice(&self) -> &[u64] {
+        &self.counts[..self.len]
+    }
+
+    fn sum(&self) -> u64 {
+        self.slice().iter().sum()
+    }
+
+    fn last(&self) -> Option<u64> {
+        self.len.checked_sub(1).map(|i| self.first + i as u64)
+    }
+
+    /// Adds units to a bucket at or after the newest one (or to the newest one if older).
+    fn add(&mut self, bucket: u64, units: u64) {
+        if units == 0 {
+            return;
+        }
+        let Some(last) = self.last() else {
+            (self.first, self.len, self.counts[0]) = (bucket, 1, units);
+            return;
+        };
+        let mut index = (bucket.max(last) - self.first) as usize;
+        if index >= MAX_BUCKETS {
+            // Only after a window change or a clock jump: the oldest units move into the
+            // oldest bucket kept, so they are remembered longer, never shorter.
+            let shift = index + 1 - MAX_BUCKETS;
+            let merged: u64 = self.counts[..shift.min(self.len)].iter().sum();
+            if shift < self.len {
+                self.counts.copy_within(shift..self.len, 0);
+                self.len -= shift;
+                self.counts[0] += merged;
+            } else {
+                (self.len, self.counts[0]) = (1, merged);
+            }
+            self.first += shift as u64;
+            index -= shift;
+        }
+        self.counts[self.len..=index].fill(0);
+        self.len = self.len.max(index + 1);
+        self.counts[index] += units;
+    }
+
+    /// When `excess` units will have been forgotten, the oldest first.
+    fn time_to_forget(&self, excess: u64) -> Millis {
+        let mut forgotten = 0;
+        for (i, &count) in self.slice().iter().enumerate() {
+            forgotten += count;
+            if forgotten >= excess {
+                return drop_time(self.window, self.first + i as u64).unwrap_or(Millis::MAX);
+            }
+        }
+        Millis::MAX // unreachable for an excess within the sum
+    }
+
+    fn to_state(&self) -> SlidingState {
+        SlidingState {
+            window: self.window,
+            first: self.first,
+            counts: self.slice().to_vec(),
+        }
+    }
+}
+
+impl SlidingWindow {
+    /// `None` unless `1 <= limit <= MAX_UNITS` and `1 <= window <= MAX_DURATION_MS`.
+    pub fn new(limit: u64, window: Millis) -> Option<Self> {
+        let valid = (1..=MAX_UNITS).contains(&limit) && (1..=MAX_DURATION_MS).contains(&window);
+        valid.then_some(Self { limit, window })
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn window(&self) -> Millis {
+        self.window
+    }
+}
+
+impl State for SlidingState {
+    fn reset_at(&self) -> Millis {
+        let last = self.first + self.counts.len().saturating_sub(1) as u64;
+        drop_time(self.window, last).unwrap_or(Millis::MAX)
+    }
+}
+
+impl SlidingState {
+    /// A state as stored: a valid window, 1 to `MAX_BUCKETS` buckets with no empty end,
+    /// at most `MAX_UNITS` units in all, and an expiry that fits.
+    pub fn is_valid(&self) -> bool {
+        let (Some(&head), Some(&tail)) = (self.counts.first(), self.counts.last()) else {
+            return false;
+        };
+        let total = self
+            .counts
+            .iter()
+            .try_fold(0u64, |sum, &c| sum.checked_add(c));
+        (1..=MAX_DURATION_MS).contains(&self.window)
+            && self.counts.len() <= MAX_BUCKETS
+            && head > 0
+            && tail > 0
+            && total.is_some_and(|t| t <= MAX_UNITS)
+            && self
+                .first
+                .checked_add(self.counts.len() as u64)
+                .and_then(|b| drop_time(self.window, b))
+                .is_some()
+    }
+}
+
+impl Limiter for SlidingWindow {
+    type State = SlidingState;
+
+    fn decide(
+        &self,
+        state: Option<&SlidingState>,
+        now: Millis,
+        cost: u64,
+    ) -> Outcome<SlidingState> {
+        let mut buckets = match state {
+            Some(s) => Buckets::live(s, self.window, now),
+            None => Buckets::empty(self.window),
+        };
+        let used = buckets.sum();
+        let allowed = cost <= self.limit && used + cost <= self.limit;
+        if allowed {
+            buckets.add(now / granularity(self.window), cost);
+        }
+        let counted = buckets.sum();
+
+        let decision = Decision {
+            allowed,
+            limit: self.limit,
+            remaining: self.limit.saturating_sub(counted),
+            retry: if allowed {
+                Retry::Now
+            } else {
+                let excess = used + cost - self.limit;
+                crate::denied_retry(cost, self.limit, || buckets.time_to_forget(excess) - now)
+            },
+            reset_after: buckets.last().map_or(0, |last| {
+                drop_time(self.window, last).unwrap_or(Millis::MAX) - now
+            }),
+        };
+        let write = match state {
+            _ if counted == 0 => match state {
+                Some(_) => Write::Delete,
+                None => Write::Keep,
+            },
+            Some(old) if !(allowed && cost > 0) && old.window == self.window => Write::Keep,
+            _ => Write::Store(buckets.to_state()),
+        };
+        Outcome { decision, write }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One call: time, cost, then the expected reply
+    /// (allowed, remaining, retry_after (-1 never), reset_after).
+    struct Step(Millis, u64, bool, u64, i64, Millis);
+
+    fn run(limiter: SlidingWindow, steps: &[Step]) -> Option<SlidingState> {
+        let mut state: Option<SlidingState> = None;
+        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
+            let out = limiter.decide(state.as_ref(), *now, *cost);
+            let d = out.decision;
+            let got_retry = match d.retry {
+                Retry::Now => 0,
+                Retry::After(ms) => ms as i64,
+                Retry::Never => -1,
+            };
+            assert_eq!(
+                (d.allowed, d.remaining, got_retry, d.reset_after),
+                (*allowed, *remaining, *retry, *reset),
+                "step {i} at {now} cost {cost}"
+            );
+            match out.write {
+                Write::Keep => {}
+                Write::Store(s) => {
+                    assert!(s.is_valid(), "step {i}: {s:?}");
+                    assert_eq!(s.reset_at(), now + d.reset_after, "step {i}: expiry");
+                    state = Some(s)
+                }
+                Write::Delete => state = None,
+            }
+        }
+        state
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn one_ms_buckets_behave_like_an_exact_log() {
+        // window 64 ms -> buckets of 1 ms: exact.
+        let l = SlidingWindow::new(3, 64).unwrap();
+        run(l, &[
+            //   now  cost allowed rem retry reset
+            Step(100, 1, true,  2, 0,  64),   // forgotten at 164
+            Step(110, 1, true,  1, 0,  64),   // forgotten at 174
+            Step(120, 1, true,  0, 0,  64),   // forgotten at 184
+            Step(163, 1, false, 0, 1,  21),
+            Step(164, 1, true,  0, 0,  64),   // the unit of 100 is gone
+            Step(164, 2, false, 0, 20, 64),   // needs 110 and 120 gone: at 184
+            Step(164, 4, false, 0, -1, 64),
+            Step(300, 0, true,  3, 0,  0),
+        ]);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn coarse_buckets_deny_at_most_one_bucket_early() {
+        // window 6400 ms -> buckets of 100 ms.
+        let l = SlidingWindow::new(2, 6400).unwrap();
+        run(l, &[
+            Step(1_050, 1, true,  1, 0,     6_449), // bucket 10, forgotten at 11*100+6399 = 7499
+            Step(1_099, 1, true,  0, 0,     6_400), // bucket 10 too
+            Step(7_449, 1, false, 0, 50,    50),    // an exact log frees one at 7450
+            Step(7_499, 2, true,  0, 0,     6_400), // bucket 74, forgotten at 13899
+            Step(7_500, 1, false, 0, 6_399, 6_399),
+        ]);
+    }
+
+    #[test]
+    fn denial_and_report_keep_state() {
+        let l = SlidingWindow::new(1, 1000).unwrap();
+        let Write::Store(s) = l.decide(None, 5, 1).write else {
+            panic!()
+        };
+        assert_eq!(l.decide(Some(&s), 6, 1).write, Write::Keep);
+        assert_eq!(l.decide(Some(&s), 6, 0).write, Write::Keep);
+        assert_eq!(l.decide(Some(&s), s.reset_at(), 0).write, Write::Delete);
+    }
+
+    #[test]
+    fn window_change_keeps_units_at_least_as_long() {
+        let l = SlidingWindow::new(10, 6400).unwrap(); // 100 ms buckets
+        let Write::Store(s) = l.decide(None, 1_050, 4).write else {
+            panic!()
+        };
+        assert_eq!(s.reset_at(), 7_499);
+        let longer = SlidingWindow::new(10, 64_000).unwrap(); // 1000 ms buckets
+        let out = longer.decide(Some(&s), 1_060, 0);
+        assert_eq!(out.decision.remaining, 6);
+        let Write::Store(moved) = out.write else {
+            panic!("window changed")
+        };
+        assert_eq!(
+            moved,
+            SlidingState {
+                window: 64_000,
+                first: 1,
+                counts: vec![4]
+            }
+        );
+        assert_eq!(moved.reset_at(), 2 * 1000 + 64_000 - 1);
+        let shorter = SlidingWindow::new(10, 64).unwrap(); // 1 ms buckets
+        let Write::Store(moved) = shorter.decide(Some(&s), 1_060, 0).write else {
+            panic!()
+        };
+        assert_eq!(
+            moved,
+            SlidingState {
+                window: 64,
+                first: 1_099,
+                counts: vec![4]
+            }
+        );
+    }
+
+    #[test]
+    fn state_never_exceeds_max_buckets() {
+        let l = SlidingWindow::new(MAX_UNITS, 6400).unwrap();
+        let (mut state, mut longest) = (None, 0);
+        for now in (0..20_000).step_by(7) {
+            if let Write::Store(s) = l.decide(state.as_ref(), now, 1).write {
+                longest = longest.max(s.counts.len());
+                state = Some(s);
+            }
+        }
+        assert_eq!(longest, MAX_BUCKETS);
+    }
+
+    #[test]
+    fn clock_going_back_keeps_counting() {
+        let l = SlidingWindow::new(2, 1000).unwrap();
+        let Write::Store(s) = l.decide(None, 50_000, 2).write else {
+            panic!()
+        };
+        let out = l.decide(Some(&s), 10_000, 1);
+        assert!(!out.decision.allowed);
+        assert_eq!(out.decision.retry, Retry::After(s.reset_at() - 10_000));
+    }
+
+    #[test]
+    fn validates_stored_states() {
+        let ok = SlidingState {
+            window: 1000,
+            first: 7,
+            counts: vec![1, 0, 2],
+        };
+        assert!(ok.is_valid());
+        for bad in [
+            SlidingState {
+                counts: vec![],
+                ..ok.clone()
+            },
+            SlidingState {
+                counts: vec![0, 1],
+                ..ok.clone()
+            },
+            SlidingState {
+                counts: vec![1, 0],
+                ..ok.clone()
+            },
+            SlidingState {
+                counts: vec![1; MAX_BUCKETS + 1],
+                ..ok.clone()
+            },
+            SlidingState {
+                counts: vec![MAX_UNITS, 1],
+                ..ok.clone()
+            },
+            SlidingState {
+                window: 0,
+                ..ok.clone()
+            },
+            SlidingState {
+                first: u64::MAX - 1,
+                ..ok.clone()
+            },
+        ] {
+            assert!(!bad.is_valid(), "{bad:?}");
+        }
+    }
+}
