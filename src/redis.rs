@@ -1,0 +1,253 @@
+//! The thin layer over the Redis module API that the commands and types use: keys opened
+//! once, typed values, absolute expiry, replies, effect replication and context flags.
+//!
+//! Everything goes through the raw function pointers that Redis fills in at load time; the
+//! module refuses to load if one is missing ([`missing_api`]), so [`api!`] never fails after.
+
+use std::ffi::{CStr, c_int, c_void};
+use std::ptr::NonNull;
+
+use ratelimit_core::codec::Encoded;
+use redis_module::raw;
+
+use crate::error::Error;
+use crate::types::Stored;
+
+/// The raw API function `$name`, checked present at load time.
+macro_rules! api {
+    ($name:ident) => {{
+        // SAFETY: a plain read of a pointer Redis wrote once, before any command ran.
+        #[allow(unused_unsafe)]
+        let f = unsafe { redis_module::raw::$name };
+        match f {
+            Some(f) => f,
+            None => panic!(concat!(stringify!($name), " is missing")),
+        }
+    }};
+}
+pub(crate) use api;
+
+/// The names of the API functions this module needs that Redis did not provide.
+pub fn missing_api() -> Vec<&'static str> {
+    macro_rules! check {
+        ($($name:ident),* $(,)?) => {{
+            let mut missing = Vec::new();
+            // SAFETY: plain reads of pointers Redis wrote during RedisModule_Init.
+            $(if unsafe { raw::$name }.is_none() { missing.push(stringify!($name)); })*
+            missing
+        }};
+    }
+    check!(
+        RedisModule_OpenKey,
+        RedisModule_CloseKey,
+        RedisModule_KeyType,
+        RedisModule_ModuleTypeGetType,
+        RedisModule_ModuleTypeGetValue,
+        RedisModule_ModuleTypeSetValue,
+        RedisModule_DeleteKey,
+        RedisModule_SetAbsExpire,
+        RedisModule_SignalModifiedKey,
+        RedisModule_StringPtrLen,
+        RedisModule_Milliseconds,
+        RedisModule_GetContextFlags,
+        RedisModule_Replicate,
+        RedisModule_ReplyWithArray,
+        RedisModule_ReplyWithMap,
+        RedisModule_ReplyWithLongLong,
+        RedisModule_ReplyWithStringBuffer,
+        RedisModule_ReplyWithSimpleString,
+        RedisModule_ReplyWithError,
+        RedisModule_EmitAOF,
+        RedisModule_SaveStringBuffer,
+        RedisModule_LoadStringBuffer,
+        RedisModule_IsIOError,
+        RedisModule_Free,
+        RedisModule_DigestAddStringBuffer,
+        RedisModule_DigestEndSequence,
+        RedisModule_SetModuleOptions,
+        RedisModule_CreateCommand,
+        RedisModule_GetCommand,
+        RedisModule_SetCommandInfo,
+    )
+}
+
+/// A command's context.
+#[derive(Clone, Copy)]
+pub struct Ctx(pub *mut raw::RedisModuleCtx);
+
+/// A command argument (a Redis string owned by Redis for the command's duration).
+pub type RString = *mut raw::RedisModuleString;
+
+/// The bytes of a Redis string.
+pub fn bytes<'a>(s: RString) -> &'a [u8] {
+    let mut len = 0;
+    // SAFETY: Redis returns a pointer to `len` bytes that live as long as the string.
+    unsafe {
+        let ptr = api!(RedisModule_StringPtrLen)(s, &mut len);
+        if ptr.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(ptr.cast(), len)
+        }
+    }
+}
+
+/// Command arguments as byte strings.
+pub struct Args<'a>(pub std::slice::Iter<'a, RString>);
+
+impl<'a> Iterator for Args<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.0.next().map(|s| bytes(*s))
+    }
+}
+
+impl Ctx {
+    /// The server clock in ms since the epoch, read once per command.
+    pub fn now(self) -> u64 {
+        // SAFETY: no arguments; returns the server's cached wall clock.
+        let ms = unsafe { api!(RedisModule_Milliseconds)() };
+        u64::try_from(ms).unwrap_or(0)
+    }
+
+    fn flags(self) -> u32 {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_GetContextFlags)(self.0) as u32 }
+    }
+
+    /// Whether this command comes from the master link or an AOF being loaded.
+    pub fn is_replicated_or_loading(self) -> bool {
+        self.flags() & (raw::REDISMODULE_CTX_FLAGS_REPLICATED | raw::REDISMODULE_CTX_FLAGS_LOADING)
+            != 0
+    }
+
+    /// Replies with the five figures of a decision: an array (RESP2) or a map (RESP3).
+    pub fn reply_decision(self, figures: [(&'static CStr, i64); 5]) {
+        // SAFETY: a valid context; names are static NUL-terminated strings.
+        unsafe {
+            if self.flags() & raw::REDISMODULE_CTX_FLAGS_RESP3 != 0 {
+                api!(RedisModule_ReplyWithMap)(self.0, 5);
+                for (name, value) in figures {
+                    let name = name.to_bytes();
+                    api!(RedisModule_ReplyWithStringBuffer)(
+                        self.0,
+                        name.as_ptr().cast(),
+                        name.len(),
+                    );
+                    api!(RedisModule_ReplyWithLongLong)(self.0, value);
+                }
+            } else {
+                api!(RedisModule_ReplyWithArray)(self.0, 5);
+                for (_, value) in figures {
+                    api!(RedisModule_ReplyWithLongLong)(self.0, value);
+                }
+            }
+        }
+    }
+
+    pub fn reply_ok(self) {
+        // SAFETY: a valid context and a static string.
+        unsafe { api!(RedisModule_ReplyWithSimpleString)(self.0, c"OK".as_ptr()) };
+    }
+
+    pub fn reply_error(self, error: Error) {
+        // SAFETY: a valid context and a static string.
+        unsafe { api!(RedisModule_ReplyWithError)(self.0, error.message().as_ptr()) };
+    }
+
+    /// Replicates a state as `RL.STATE <key> <encoded state>` (to replicas and the AOF).
+    pub fn replicate_state(self, key: RString, state: &Encoded) {
+        let bytes = state.as_bytes();
+        // SAFETY: format "sb" takes a Redis string, then a pointer and a length.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"RL.STATE".as_ptr(),
+                c"sb".as_ptr(),
+                key,
+                bytes.as_ptr(),
+                bytes.len(),
+            );
+        }
+    }
+
+    /// Replicates the deletion of a key.
+    pub fn replicate_delete(self, key: RString) {
+        // SAFETY: format "s" takes a Redis string.
+        unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key) };
+    }
+}
+
+/// An open key, closed when dropped.
+pub struct Key {
+    ctx: Ctx,
+    name: RString,
+    key: NonNull<raw::RedisModuleKey>,
+}
+
+impl Key {
+    /// Opens a key for reading, or for reading and writing.
+    pub fn open(ctx: Ctx, name: RString, write: bool) -> Option<Key> {
+        let mode = raw::REDISMODULE_READ | if write { raw::REDISMODULE_WRITE } else { 0 };
+        // SAFETY: a valid context and key name.
+        let key = unsafe { api!(RedisModule_OpenKey)(ctx.0, name, mode as c_int) };
+        NonNull::new(key.cast()).map(|key| Key { ctx, name, key })
+    }
+
+    fn raw(&self) -> *mut raw::RedisModuleKey {
+        self.key.as_ptr()
+    }
+
+    /// The limiter state stored at this key: `None` if the key is empty, `WrongType` if it
+    /// holds anything but a limiter of type `S`.
+    pub fn value<S: Stored>(&mut self) -> Result<Option<&mut S>, Error> {
+        // SAFETY: an open key; a value of our type is a `Box<S>` we stored.
+        unsafe {
+            match api!(RedisModule_KeyType)(self.raw()) as isize {
+                raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
+                raw::REDISMODULE_KEYTYPE_MODULE
+                    if api!(RedisModule_ModuleTypeGetType)(self.raw()) == S::redis_type() =>
+                {
+                    let value = api!(RedisModule_ModuleTypeGetValue)(self.raw()).cast::<S>();
+                    Ok(value.as_mut())
+                }
+                _ => Err(Error::WrongType),
+            }
+        }
+    }
+
+    /// Stores a state, replacing whatever the key held, and expires the key when the state is
+    /// fresh again. A state of the same type is overwritten in place.
+    pub fn store<S: Stored>(&mut self, state: S) {
+        let reset_at = state.reset_at();
+        // SAFETY: the key is open for writing; the value becomes owned by Redis, which frees
+        // it through our `free` callback.
+        unsafe {
+            match self.value::<S>() {
+                Ok(Some(existing)) => *existing = state,
+                _ => {
+                    let value = Box::into_raw(Box::new(state)).cast::<c_void>();
+                    api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), value);
+                }
+            }
+            api!(RedisModule_SetAbsExpire)(self.raw(), i64::try_from(reset_at).unwrap_or(i64::MAX));
+            api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);
+        }
+    }
+
+    pub fn delete(&self) {
+        // SAFETY: the key is open for writing.
+        unsafe {
+            api!(RedisModule_DeleteKey)(self.raw());
+            api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);
+        }
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        // SAFETY: opened by `open`, closed once.
+        unsafe { api!(RedisModule_CloseKey)(self.raw()) };
+    }
+}
