@@ -1,0 +1,321 @@
+//! Commands against a real `redis-server` with the module loaded, its clock pinned: exact
+//! replies, expiries, RESP3, COST and DRYRUN, WRONGTYPE, bad input, metadata, WATCH.
+
+mod support;
+
+use redis::Value;
+use support::{Server, T0, call, fingerprint, int, rl};
+
+#[test]
+fn token_burst_of_101_calls() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for taken in 1..=100 {
+        // Capacity 100, 10 tokens/s: each token taken is 100 ms until full again.
+        let reply = rl(&mut con, "RL.TOKEN user:42 100 10").unwrap();
+        assert_eq!(reply, [1, 100, 100 - taken, 0, taken * 100], "call {taken}");
+    }
+    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [0, 100, 0, 100, 10_000]);
+    assert_eq!(int(&mut con, "PTTL user:42"), 10_000);
+    server.clock.advance(99);
+    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [0, 100, 0, 1, 9_901]);
+    server.clock.advance(1);
+    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [1, 100, 0, 0, 10_000]);
+}
+
+/// Runs `(ms after T0, command, expected reply)` rows against one server, checking after each
+/// call that the key's PTTL equals `reset_after_ms` (or that the key is gone when it is 0).
+fn scenario(rows: &[(u64, &str, [i64; 5])]) {
+    let server = Server::start();
+    let mut con = server.conn();
+    for (at, line, expected) in rows {
+        server.clock.set(T0 + at);
+        assert_eq!(rl(&mut con, line).unwrap(), *expected, "{line} at T0+{at}");
+        let key = line.split_whitespace().nth(1).unwrap();
+        let pttl = int(&mut con, &format!("PTTL {key}"));
+        let dry = line.contains("DRYRUN");
+        if !dry {
+            assert_eq!(pttl, if expected[4] == 0 { -2 } else { expected[4] }, "PTTL after {line}");
+        }
+    }
+}
+
+#[rustfmt::skip]
+#[test]
+fn fixed_window_figures() {
+    scenario(&[
+        // at      command                         allowed limit remaining retry reset
+        (1_000,  "RL.FIXED f 3 60",                [1, 3, 2, 0,      59_000]),
+        (2_000,  "RL.FIXED f 3 1m COST 2",         [1, 3, 0, 0,      58_000]),
+        (3_000,  "RL.FIXED f 3 60",                [0, 3, 0, 57_000, 57_000]),
+        (3_000,  "RL.FIXED f 3 60 COST 4",         [0, 3, 0, -1,     57_000]),
+        (3_000,  "RL.FIXED f 3 60 COST 0",         [1, 3, 0, 0,      57_000]),
+        (59_999, "RL.FIXED f 3 60",                [0, 3, 0, 1,      1]),
+        (60_000, "RL.FIXED f 3 60 COST 0",         [1, 3, 3, 0,      0]),
+        (60_000, "RL.FIXED f 3 60",                [1, 3, 2, 0,      60_000]),
+        (60_500, "RL.FIXED f 5 60",                [1, 5, 3, 0,      59_500]),
+        (61_000, "RL.FIXED f 5 10s",               [1, 5, 2, 0,      9_000]),
+    ]);
+}
+
+#[rustfmt::skip]
+#[test]
+fn sliding_window_figures() {
+    // A 6400 ms window has 100 ms buckets: a unit is forgotten 6400 to 6499 ms after it came.
+    scenario(&[
+        (1_050, "RL.SLIDING s 2 6400ms",           [1, 2, 1, 0,     6_449]),
+        (1_099, "RL.SLIDING s 2 6400ms",           [1, 2, 0, 0,     6_400]),
+        (7_449, "RL.SLIDING s 2 6400ms",           [0, 2, 0, 50,    50]),
+        (7_449, "RL.SLIDING s 2 6400ms COST 3",    [0, 2, 0, -1,    50]),
+        (7_499, "RL.SLIDING s 2 6400ms COST 2",    [1, 2, 0, 0,     6_400]),
+        (7_500, "RL.SLIDING s 2 6400ms",           [0, 2, 0, 6_399, 6_399]),
+        (13_899, "RL.SLIDING s 2 6400ms COST 0",   [1, 2, 2, 0,     0]),
+    ]);
+}
+
+#[rustfmt::skip]
+#[test]
+fn token_bucket_figures() {
+    scenario(&[
+        (0,     "RL.TOKEN t 3 10",                 [1, 3, 2, 0,   100]),
+        (0,     "RL.TOKEN t 3 10 COST 2",          [1, 3, 0, 0,   300]),
+        (0,     "RL.TOKEN t 3 10",                 [0, 3, 0, 100, 300]),
+        (99,    "RL.TOKEN t 3 10",                 [0, 3, 0, 1,   201]),
+        (100,   "RL.TOKEN t 3 10",                 [1, 3, 0, 0,   300]),
+        (100,   "RL.TOKEN t 3 10 COST 4",          [0, 3, 0, -1,  300]),
+        (350,   "RL.TOKEN t 3 10 COST 3",          [0, 3, 2, 50,  50]),
+        // 600 per minute is the same rate: the state carries over unchanged in tokens.
+        (350,   "RL.TOKEN t 3 600 PER 1m COST 0",  [1, 3, 2, 0,   50]),
+        (400,   "RL.TOKEN t 3 600 PER 1m COST 0",  [1, 3, 3, 0,   0]),
+        // A smaller capacity clamps the tokens; a larger one leaves them and refills.
+        (400,   "RL.TOKEN t 10 1 COST 2",          [1, 10, 8, 0,  2_000]),
+        (400,   "RL.TOKEN t 4 1 COST 0",           [1, 4, 4, 0,   0]),
+    ]);
+}
+
+#[test]
+fn keys_expire_when_fresh_again() {
+    let server = Server::start();
+    let mut con = server.conn();
+    rl(&mut con, "RL.FIXED f 1 1s").unwrap();
+    rl(&mut con, "RL.SLIDING s 1 64ms").unwrap();
+    rl(&mut con, "RL.TOKEN t 5 1").unwrap();
+    assert_eq!(int(&mut con, "DBSIZE"), 3);
+    assert_eq!(int(&mut con, "PTTL s"), 64);
+    // Redis removes a key once its expiry has passed: 1 ms after PTTL reached 0.
+    server.clock.advance(64);
+    assert_eq!(int(&mut con, "PTTL s"), 0);
+    server.clock.advance(1);
+    assert_eq!(int(&mut con, "EXISTS s"), 0);
+    server.clock.advance(936);
+    assert_eq!(int(&mut con, "EXISTS f t"), 0);
+}
+
+#[test]
+fn resp3_replies_are_maps() {
+    let server = Server::start();
+    let mut con = server.resp3();
+    let reply = call(&mut con, "RL.TOKEN user:42 100 10 COST 5").unwrap();
+    let Value::Map(pairs) = reply else { panic!("not a map: {reply:?}") };
+    let pairs: Vec<(String, i64)> = pairs
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            (Value::BulkString(k), Value::Int(v)) => (String::from_utf8(k).unwrap(), v),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected = [("allowed", 1), ("limit", 100), ("remaining", 95), ("retry_after_ms", 0), ("reset_after_ms", 500)];
+    assert_eq!(pairs, expected.map(|(k, v)| (k.to_string(), v)));
+}
+
+#[test]
+fn cost_and_dryrun() {
+    let server = Server::start();
+    let mut con = server.conn();
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 DRYRUN COST 4").unwrap(), [1, 10, 6, 0, 4000]);
+    assert_eq!(int(&mut con, "EXISTS d"), 0, "DRYRUN stores nothing");
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 cost 4").unwrap(), [1, 10, 6, 0, 4000]);
+    let before = fingerprint(&mut con, "d");
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 6 dryrun").unwrap(), [1, 10, 0, 0, 10_000]);
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 7 DRYRUN").unwrap(), [0, 10, 6, 1000, 4000]);
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 11 DRYRUN").unwrap(), [0, 10, 6, -1, 4000]);
+    assert_eq!(rl(&mut con, "RL.TOKEN d 20 1 PER 1m DRYRUN").unwrap(), [1, 20, 5, 0, 900_000]);
+    assert_eq!(fingerprint(&mut con, "d"), before, "DRYRUN changes nothing");
+    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 0").unwrap(), [1, 10, 6, 0, 4000]);
+    assert_eq!(rl(&mut con, "RL.FIXED f 2 1m COST 0").unwrap(), [1, 2, 2, 0, 0]);
+    assert_eq!(int(&mut con, "EXISTS f"), 0, "COST 0 on a fresh key stores nothing");
+}
+
+#[test]
+fn wrongtype_both_ways() {
+    let server = Server::start();
+    let mut con = server.conn();
+    const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    call(&mut con, "SET plain v").unwrap();
+    for line in ["RL.FIXED plain 1 1", "RL.SLIDING plain 1 1", "RL.TOKEN plain 1 1", "RL.TOKEN plain 1 1 DRYRUN"] {
+        assert_eq!(rl(&mut con, line), Err(WRONGTYPE.into()), "{line}");
+    }
+    assert_eq!(call(&mut con, "GET plain"), Ok(Value::BulkString(b"v".to_vec())));
+
+    rl(&mut con, "RL.FIXED f 5 1m").unwrap();
+    rl(&mut con, "RL.SLIDING s 5 1m").unwrap();
+    rl(&mut con, "RL.TOKEN t 5 1").unwrap();
+    let before: Vec<_> = ["f", "s", "t"].iter().map(|k| fingerprint(&mut con, k)).collect();
+    for line in ["GET f", "INCR s", "HGET t x"] {
+        assert_eq!(call(&mut con, line), Err(WRONGTYPE.into()), "{line}");
+    }
+    for line in ["RL.SLIDING f 5 1m", "RL.TOKEN f 5 1", "RL.FIXED s 5 1m", "RL.FIXED t 5 1m"] {
+        assert_eq!(rl(&mut con, line), Err(WRONGTYPE.into()), "{line}");
+    }
+    let after: Vec<_> = ["f", "s", "t"].iter().map(|k| fingerprint(&mut con, k)).collect();
+    assert_eq!(before, after);
+    let types: Vec<String> = ["f", "s", "t"]
+        .iter()
+        .map(|k| match call(&mut con, &format!("TYPE {k}")) {
+            Ok(Value::SimpleString(t)) => t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(types, ["ratelimFW", "ratelimSW", "ratelimTB"]);
+}
+
+#[rustfmt::skip]
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let server = Server::start();
+    let mut con = server.conn();
+    rl(&mut con, "RL.TOKEN k 5 1").unwrap();
+    let before = fingerprint(&mut con, "k");
+    let cases = [
+        ("RL.FIXED k 10",                          "ERR wrong number of arguments for 'RL.FIXED' command"),
+        ("RL.TOKEN k",                             "ERR wrong number of arguments for 'RL.TOKEN' command"),
+        ("RL.FIXED k abc 60",                      "ERR limit must be an integer"),
+        ("RL.FIXED k 1.5 60",                      "ERR limit must be an integer"),
+        ("RL.SLIDING k 0 60",                      "ERR limit must be at least 1"),
+        ("RL.SLIDING k -4 60",                     "ERR limit must be at least 1"),
+        ("RL.FIXED k 9223372036854775808 60",      "ERR limit must be at most 9223372036854775807"),
+        ("RL.FIXED k 10 soon",                     "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+        ("RL.FIXED k 10 1.5s",                     "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+        ("RL.FIXED k 10 0",                        "ERR window must be at least 1ms"),
+        ("RL.FIXED k 10 -1s",                      "ERR window must be at least 1ms"),
+        ("RL.SLIDING k 10 3651d",                  "ERR window must be at most 3650d"),
+        ("RL.FIXED k 10 60 COST",                  "ERR COST needs a value"),
+        ("RL.FIXED k 10 60 COST many",             "ERR COST must be an integer"),
+        ("RL.FIXED k 10 60 COST -1",               "ERR COST must not be negative"),
+        ("RL.FIXED k 10 60 COST 99999999999999999999", "ERR COST must be at most 9223372036854775807"),
+        ("RL.FIXED k 10 60 COST 1 cost 1",         "ERR COST given more than once"),
+        ("RL.FIXED k 10 60 DRYRUN DRYRUN",         "ERR DRYRUN given more than once"),
+        ("RL.FIXED k 10 60 PER 1s",                "ERR unknown option, expected COST or DRYRUN"),
+        ("RL.TOKEN k 5 1 LATER",                   "ERR unknown option, expected PER, COST or DRYRUN"),
+        ("RL.TOKEN k x 1",                         "ERR capacity must be an integer"),
+        ("RL.TOKEN k 0 1",                         "ERR capacity must be at least 1"),
+        ("RL.TOKEN k 5 0",                         "ERR rate must be at least 1"),
+        ("RL.TOKEN k 5 1e3",                       "ERR rate must be an integer"),
+        ("RL.TOKEN k 5 1 PER",                     "ERR PER needs a value"),
+        ("RL.TOKEN k 5 1 PER 1w",                  "ERR PER must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+        ("RL.TOKEN k 5 1 PER 0ms",                 "ERR PER must be at least 1ms"),
+        ("RL.TOKEN k 5 1 PER 9999d",               "ERR PER must be at most 3650d"),
+        ("RL.TOKEN k 5 1 PER 1s PER 2s",           "ERR PER given more than once"),
+        ("RL.TOKEN k 9999 1 PER 1d",               "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"),
+        ("RL.STATE k garbage",                     "ERR RL.STATE only applies state sent by a master or read from the AOF"),
+        ("RL.STATE k",                             "ERR wrong number of arguments for 'RL.STATE' command"),
+    ];
+    for (line, error) in cases {
+        assert_eq!(rl(&mut con, line), Err(error.to_string()), "{line}");
+    }
+    assert_eq!(call(&mut con, "PING"), Ok(Value::SimpleString("PONG".into())));
+    assert_eq!(fingerprint(&mut con, "k"), before);
+    assert_eq!(int(&mut con, "DBSIZE"), 1);
+}
+
+#[test]
+fn command_metadata() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for (name, arity) in [("RL.FIXED", -4), ("RL.SLIDING", -4), ("RL.TOKEN", -4), ("RL.STATE", 3)] {
+        let Ok(Value::Array(info)) = call(&mut con, &format!("COMMAND INFO {name}")) else { panic!() };
+        let Value::Array(info) = &info[0] else { panic!("{name}: {info:?}") };
+        let flags: Vec<String> = match &info[2] {
+            Value::Set(f) | Value::Array(f) => f
+                .iter()
+                .map(|v| match v {
+                    Value::SimpleString(s) => s.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(info[1], Value::Int(arity), "{name} arity");
+        assert_eq!(flags, ["write", "denyoom", "module", "fast"], "{name} flags");
+        assert_eq!(&info[3..6], &[Value::Int(1), Value::Int(1), Value::Int(1)], "{name} keys");
+    }
+    for line in ["COMMAND GETKEYS RL.FIXED user:1 10 60", "COMMAND GETKEYS RL.TOKEN user:1 1 1 PER 1m COST 2 DRYRUN"] {
+        assert_eq!(call(&mut con, line), Ok(Value::Array(vec![Value::BulkString(b"user:1".to_vec())])));
+    }
+    let Ok(Value::Array(docs)) = call(&mut con, "COMMAND DOCS RL.TOKEN") else { panic!() };
+    let text = format!("{docs:?}");
+    for needle in ["token bucket", "O(1)", "capacity", "rate", "PER", "COST", "DRYRUN", "optional", "ratelimit"] {
+        assert!(text.contains(needle), "COMMAND DOCS lacks {needle}: {text}");
+    }
+}
+
+#[test]
+fn watch_sees_only_real_changes() {
+    let server = Server::start();
+    let (mut watcher, mut other) = (server.conn(), server.conn());
+    rl(&mut other, "RL.FIXED k 1 1m").unwrap();
+    // A denied call changes nothing: a transaction watching the key goes through.
+    call(&mut watcher, "WATCH k").unwrap();
+    assert_eq!(rl(&mut other, "RL.FIXED k 1 1m").unwrap()[0], 0);
+    call(&mut watcher, "MULTI").unwrap();
+    call(&mut watcher, "PING").unwrap();
+    assert_eq!(call(&mut watcher, "EXEC"), Ok(Value::Array(vec![Value::SimpleString("PONG".into())])));
+    // An allowed call changes the key: the transaction is aborted.
+    call(&mut watcher, "WATCH k").unwrap();
+    assert_eq!(rl(&mut other, "RL.FIXED k 2 1m").unwrap()[0], 1);
+    call(&mut watcher, "MULTI").unwrap();
+    call(&mut watcher, "PING").unwrap();
+    assert_eq!(call(&mut watcher, "EXEC"), Ok(Value::Nil));
+}
+
+#[test]
+fn dump_restore_and_copy_keep_the_state() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for line in ["RL.FIXED f 5 1m COST 2", "RL.SLIDING s 5 1m COST 3", "RL.TOKEN t 5 1 COST 4"] {
+        rl(&mut con, line).unwrap();
+        let key = line.split_whitespace().nth(1).unwrap();
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query(&mut con).unwrap();
+        let expiry = int(&mut con, &format!("PEXPIRETIME {key}"));
+        let _: () = redis::cmd("RESTORE").arg(format!("{key}2")).arg(expiry).arg(dump).arg("ABSTTL").query(&mut con).unwrap();
+        int(&mut con, &format!("COPY {key} {key}3"));
+        let original = fingerprint(&mut con, key);
+        assert_eq!(fingerprint(&mut con, &format!("{key}2")), original);
+        assert_eq!(fingerprint(&mut con, &format!("{key}3")), original);
+    }
+    assert_eq!(rl(&mut con, "RL.TOKEN t3 5 1").unwrap(), [1, 5, 0, 0, 5000]);
+}
+
+#[test]
+fn memory_usage_is_reported() {
+    let server = Server::start();
+    let mut con = server.conn();
+    rl(&mut con, "RL.FIXED f 5 1m").unwrap();
+    rl(&mut con, "RL.TOKEN t 5 1").unwrap();
+    let (fixed, token) = (int(&mut con, "MEMORY USAGE f"), int(&mut con, "MEMORY USAGE t"));
+    assert!(fixed > 16 && fixed < token, "fixed {fixed}, token {token}");
+}
+
+#[test]
+fn scripts_and_transactions_decide_like_plain_calls() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let reply = call(&mut con, "EVAL return(redis.call('RL.TOKEN',KEYS[1],'3','1')) 1 e").unwrap();
+    assert_eq!(reply, Value::Array([1, 3, 2, 0, 1000].map(Value::Int).to_vec()));
+    call(&mut con, "MULTI").unwrap();
+    call(&mut con, "RL.TOKEN e 3 1 COST 2").unwrap();
+    call(&mut con, "RL.TOKEN e 3 1").unwrap();
+    let Ok(Value::Array(replies)) = call(&mut con, "EXEC") else { panic!() };
+    assert_eq!(replies[0], Value::Array([1, 3, 0, 0, 3000].map(Value::Int).to_vec()));
+    assert_eq!(replies[1], Value::Array([0, 3, 0, 1000, 3000].map(Value::Int).to_vec()));
+}

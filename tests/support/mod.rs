@@ -1,0 +1,317 @@
+//! Test servers: real `redis-server` processes with the freshly built module, on free ports,
+//! in temporary directories, with a clock the test controls, stopped (by pid) in `Drop`.
+//!
+//! The module is built once per test binary (`cargo build --release --lib`) and copied to a
+//! path of its own, so a later build never overwrites a `.so` a running server has mapped.
+//! `RL_MODULE=/path/to/lib.so` skips the build. The clock is an `LD_PRELOAD` shim
+//! (`clockshim.c`, compiled here with `cc`) reading a file the test writes: pinned (time
+//! moves only when the test says) or offset from the real clock (a skewed server).
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+use tempfile::TempDir;
+
+/// A moment aligned to the hour (and so to the minute and the second): 2027-01-15 08:00 UTC.
+pub const T0: u64 = 1_800_000_000_000;
+
+struct Artifacts {
+    _dir: TempDir,
+    module: PathBuf,
+    shim: PathBuf,
+}
+
+fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = TempDir::new().expect("temp dir");
+        let built = match std::env::var_os("RL_MODULE") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "--release", "--lib", "-p", "redis-ratelimit"])
+                    .current_dir(root)
+                    .status()
+                    .expect("run cargo build");
+                assert!(status.success(), "building the module failed");
+                let target = std::env::var_os("CARGO_TARGET_DIR")
+                    .map_or_else(|| root.join("target"), PathBuf::from);
+                target.join("release/libredis_ratelimit.so")
+            }
+        };
+        let module = dir.path().join("libredis_ratelimit.so");
+        std::fs::copy(&built, &module).expect("copy the module");
+        let shim = dir.path().join("clockshim.so");
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&shim)
+            .arg(root.join("tests/support/clockshim.c"))
+            .status()
+            .expect("run cc");
+        assert!(status.success(), "compiling the clock shim failed");
+        Artifacts { _dir: dir, module, shim }
+    })
+}
+
+/// The path of the module under test.
+pub fn module_path() -> &'static Path {
+    &artifacts().module
+}
+
+/// A clock shared by the servers started with it.
+pub struct Clock {
+    _dir: TempDir,
+    path: PathBuf,
+    file: File,
+}
+
+impl Clock {
+    fn new(mode: i64, value: i64) -> Arc<Clock> {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().join("clock");
+        let file = File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let clock = Clock { _dir: dir, path, file };
+        clock.write(mode, value);
+        Arc::new(clock)
+    }
+
+    /// A clock that stands still at `ms` until the test moves it.
+    pub fn pinned(ms: u64) -> Arc<Clock> {
+        Self::new(1, ms as i64)
+    }
+
+    /// The real clock shifted by `ms` (negative: behind).
+    pub fn offset(ms: i64) -> Arc<Clock> {
+        Self::new(0, ms)
+    }
+
+    fn write(&self, mode: i64, value: i64) {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&mode.to_ne_bytes());
+        bytes[8..].copy_from_slice(&value.to_ne_bytes());
+        self.file.write_all_at(&bytes, 0).unwrap();
+    }
+
+    /// The pinned time, in ms since the epoch.
+    pub fn now(&self) -> u64 {
+        let mut bytes = [0u8; 16];
+        self.file.read_exact_at(&mut bytes, 0).unwrap();
+        i64::from_ne_bytes(bytes[8..].try_into().unwrap()) as u64
+    }
+
+    pub fn set(&self, ms: u64) {
+        self.write(1, ms as i64);
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.set(self.now() + ms);
+    }
+}
+
+/// A port `p` with `p` and `p + 10000` (the cluster bus) free, at most 55535.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20000 + (std::process::id() % 3000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 55535, "no free port");
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+/// A running `redis-server` with the module loaded.
+pub struct Server {
+    pub port: u16,
+    pub clock: Arc<Clock>,
+    dir: TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A standalone server, clock pinned at `T0`.
+    pub fn start() -> Server {
+        Self::start_with(Clock::pinned(T0), &[])
+    }
+
+    /// A server with this clock and extra `redis-server` arguments (`["--appendonly", "yes"]`).
+    pub fn start_with(clock: Arc<Clock>, args: &[&str]) -> Server {
+        let mut server = Server {
+            port: free_port(),
+            clock,
+            dir: TempDir::new().expect("temp dir"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
+        let artifacts = artifacts();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(["--save", "", "--enable-debug-command", "yes", "--protected-mode", "no"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--loadmodule")
+            .arg(&artifacts.module)
+            .args(&self.args)
+            .env("LD_PRELOAD", &artifacts.shim)
+            .env("RL_CLOCK_FILE", &self.clock.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("redis-server exited ({status}):\n{}", self.log());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                if let Ok(mut con) = self.try_conn() {
+                    // PING answers LOADING while the dataset loads.
+                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+    }
+
+    pub fn conn(&self) -> Connection {
+        self.try_conn().expect("connect")
+    }
+
+    /// A connection speaking RESP3.
+    pub fn resp3(&self) -> Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
+            .and_then(|c| c.get_connection())
+            .expect("connect with RESP3")
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(self.dir.path().join("redis.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Stops the server with `SHUTDOWN` (saving if it is configured to) and waits for it.
+    pub fn shutdown(&mut self) {
+        let _ = redis::cmd("SHUTDOWN").query::<Value>(&mut self.conn());
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("wait for redis-server");
+            assert!(status.success(), "redis-server exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Shuts down and starts again in the same directory, on the same port.
+    pub fn restart(&mut self) {
+        self.shutdown();
+        self.spawn();
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command given as words; the reply, or the whole error text (`ERR …`).
+pub fn call(con: &mut Connection, line: &str) -> Result<Value, String> {
+    let mut cmd = redis::cmd(line.split_whitespace().next().unwrap_or_default());
+    for word in line.split_whitespace().skip(1) {
+        cmd.arg(word);
+    }
+    match cmd.query::<Value>(con) {
+        Ok(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or_default())),
+        Ok(value) => Ok(value),
+        Err(e) => Err(format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or_default())),
+    }
+}
+
+/// Runs an `RL.*` command and returns its five figures, or the error text.
+pub fn rl(con: &mut Connection, line: &str) -> Result<[i64; 5], String> {
+    match call(con, line)? {
+        Value::Array(items) if items.len() == 5 => {
+            let mut out = [0; 5];
+            for (slot, item) in out.iter_mut().zip(items) {
+                match item {
+                    Value::Int(n) => *slot = n,
+                    other => return Err(format!("not an integer: {other:?}")),
+                }
+            }
+            Ok(out)
+        }
+        other => Err(format!("not a five-integer array: {other:?}")),
+    }
+}
+
+/// An integer reply.
+pub fn int(con: &mut Connection, line: &str) -> i64 {
+    match call(con, line) {
+        Ok(Value::Int(n)) => n,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+/// `DEBUG DIGEST-VALUE` of a key and its absolute expiry: equal on two servers means the
+/// same bytes and the same TTL.
+pub fn fingerprint(con: &mut Connection, key: &str) -> (String, i64) {
+    let digest = match call(con, &format!("DEBUG DIGEST-VALUE {key}")) {
+        Ok(Value::Array(items)) => format!("{items:?}"),
+        other => panic!("digest of {key}: {other:?}"),
+    };
+    (digest, int(con, &format!("PEXPIRETIME {key}")))
+}
