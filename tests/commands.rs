@@ -15,12 +15,21 @@ fn token_burst_of_101_calls() {
         let reply = rl(&mut con, "RL.TOKEN user:42 100 10").unwrap();
         assert_eq!(reply, [1, 100, 100 - taken, 0, taken * 100], "call {taken}");
     }
-    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [0, 100, 0, 100, 10_000]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(),
+        [0, 100, 0, 100, 10_000]
+    );
     assert_eq!(int(&mut con, "PTTL user:42"), 10_000);
     server.clock.advance(99);
-    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [0, 100, 0, 1, 9_901]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(),
+        [0, 100, 0, 1, 9_901]
+    );
     server.clock.advance(1);
-    assert_eq!(rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(), [1, 100, 0, 0, 10_000]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN user:42 100 10").unwrap(),
+        [1, 100, 0, 0, 10_000]
+    );
 }
 
 /// Runs `(ms after T0, command, expected reply)` rows against one server, checking after each
@@ -35,7 +44,11 @@ fn scenario(rows: &[(u64, &str, [i64; 5])]) {
         let pttl = int(&mut con, &format!("PTTL {key}"));
         let dry = line.contains("DRYRUN");
         if !dry {
-            assert_eq!(pttl, if expected[4] == 0 { -2 } else { expected[4] }, "PTTL after {line}");
+            assert_eq!(
+                pttl,
+                if expected[4] == 0 { -2 } else { expected[4] },
+                "PTTL after {line}"
+            );
         }
     }
 }
@@ -116,7 +129,9 @@ fn resp3_replies_are_maps() {
     let server = Server::start();
     let mut con = server.resp3();
     let reply = call(&mut con, "RL.TOKEN user:42 100 10 COST 5").unwrap();
-    let Value::Map(pairs) = reply else { panic!("not a map: {reply:?}") };
+    let Value::Map(pairs) = reply else {
+        panic!("not a map: {reply:?}")
+    };
     let pairs: Vec<(String, i64)> = pairs
         .into_iter()
         .map(|(k, v)| match (k, v) {
@@ -124,7 +139,13 @@ fn resp3_replies_are_maps() {
             other => panic!("{other:?}"),
         })
         .collect();
-    let expected = [("allowed", 1), ("limit", 100), ("remaining", 95), ("retry_after_ms", 0), ("reset_after_ms", 500)];
+    let expected = [
+        ("allowed", 1),
+        ("limit", 100),
+        ("remaining", 95),
+        ("retry_after_ms", 0),
+        ("reset_after_ms", 500),
+    ];
     assert_eq!(pairs, expected.map(|(k, v)| (k.to_string(), v)));
 }
 
@@ -132,18 +153,46 @@ fn resp3_replies_are_maps() {
 fn cost_and_dryrun() {
     let server = Server::start();
     let mut con = server.conn();
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 DRYRUN COST 4").unwrap(), [1, 10, 6, 0, 4000]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 DRYRUN COST 4").unwrap(),
+        [1, 10, 6, 0, 4000]
+    );
     assert_eq!(int(&mut con, "EXISTS d"), 0, "DRYRUN stores nothing");
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 cost 4").unwrap(), [1, 10, 6, 0, 4000]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 cost 4").unwrap(),
+        [1, 10, 6, 0, 4000]
+    );
     let before = fingerprint(&mut con, "d");
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 6 dryrun").unwrap(), [1, 10, 0, 0, 10_000]);
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 7 DRYRUN").unwrap(), [0, 10, 6, 1000, 4000]);
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 11 DRYRUN").unwrap(), [0, 10, 6, -1, 4000]);
-    assert_eq!(rl(&mut con, "RL.TOKEN d 20 1 PER 1m DRYRUN").unwrap(), [1, 20, 5, 0, 900_000]);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 COST 6 dryrun").unwrap(),
+        [1, 10, 0, 0, 10_000]
+    );
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 COST 7 DRYRUN").unwrap(),
+        [0, 10, 6, 1000, 4000]
+    );
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 COST 11 DRYRUN").unwrap(),
+        [0, 10, 6, -1, 4000]
+    );
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 20 1 PER 1m DRYRUN").unwrap(),
+        [1, 20, 5, 0, 900_000]
+    );
     assert_eq!(fingerprint(&mut con, "d"), before, "DRYRUN changes nothing");
-    assert_eq!(rl(&mut con, "RL.TOKEN d 10 1 COST 0").unwrap(), [1, 10, 6, 0, 4000]);
-    assert_eq!(rl(&mut con, "RL.FIXED f 2 1m COST 0").unwrap(), [1, 2, 2, 0, 0]);
-    assert_eq!(int(&mut con, "EXISTS f"), 0, "COST 0 on a fresh key stores nothing");
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN d 10 1 COST 0").unwrap(),
+        [1, 10, 6, 0, 4000]
+    );
+    assert_eq!(
+        rl(&mut con, "RL.FIXED f 2 1m COST 0").unwrap(),
+        [1, 2, 2, 0, 0]
+    );
+    assert_eq!(
+        int(&mut con, "EXISTS f"),
+        0,
+        "COST 0 on a fresh key stores nothing"
+    );
 }
 
 #[test]
@@ -152,22 +201,41 @@ fn wrongtype_both_ways() {
     let mut con = server.conn();
     const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
     call(&mut con, "SET plain v").unwrap();
-    for line in ["RL.FIXED plain 1 1", "RL.SLIDING plain 1 1", "RL.TOKEN plain 1 1", "RL.TOKEN plain 1 1 DRYRUN"] {
+    for line in [
+        "RL.FIXED plain 1 1",
+        "RL.SLIDING plain 1 1",
+        "RL.TOKEN plain 1 1",
+        "RL.TOKEN plain 1 1 DRYRUN",
+    ] {
         assert_eq!(rl(&mut con, line), Err(WRONGTYPE.into()), "{line}");
     }
-    assert_eq!(call(&mut con, "GET plain"), Ok(Value::BulkString(b"v".to_vec())));
+    assert_eq!(
+        call(&mut con, "GET plain"),
+        Ok(Value::BulkString(b"v".to_vec()))
+    );
 
     rl(&mut con, "RL.FIXED f 5 1m").unwrap();
     rl(&mut con, "RL.SLIDING s 5 1m").unwrap();
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
-    let before: Vec<_> = ["f", "s", "t"].iter().map(|k| fingerprint(&mut con, k)).collect();
+    let before: Vec<_> = ["f", "s", "t"]
+        .iter()
+        .map(|k| fingerprint(&mut con, k))
+        .collect();
     for line in ["GET f", "INCR s", "HGET t x"] {
         assert_eq!(call(&mut con, line), Err(WRONGTYPE.into()), "{line}");
     }
-    for line in ["RL.SLIDING f 5 1m", "RL.TOKEN f 5 1", "RL.FIXED s 5 1m", "RL.FIXED t 5 1m"] {
+    for line in [
+        "RL.SLIDING f 5 1m",
+        "RL.TOKEN f 5 1",
+        "RL.FIXED s 5 1m",
+        "RL.FIXED t 5 1m",
+    ] {
         assert_eq!(rl(&mut con, line), Err(WRONGTYPE.into()), "{line}");
     }
-    let after: Vec<_> = ["f", "s", "t"].iter().map(|k| fingerprint(&mut con, k)).collect();
+    let after: Vec<_> = ["f", "s", "t"]
+        .iter()
+        .map(|k| fingerprint(&mut con, k))
+        .collect();
     assert_eq!(before, after);
     let types: Vec<String> = ["f", "s", "t"]
         .iter()
@@ -232,9 +300,18 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 fn command_metadata() {
     let server = Server::start();
     let mut con = server.conn();
-    for (name, arity) in [("RL.FIXED", -4), ("RL.SLIDING", -4), ("RL.TOKEN", -4), ("RL.STATE", 3)] {
-        let Ok(Value::Array(info)) = call(&mut con, &format!("COMMAND INFO {name}")) else { panic!() };
-        let Value::Array(info) = &info[0] else { panic!("{name}: {info:?}") };
+    for (name, arity) in [
+        ("RL.FIXED", -4),
+        ("RL.SLIDING", -4),
+        ("RL.TOKEN", -4),
+        ("RL.STATE", 3),
+    ] {
+        let Ok(Value::Array(info)) = call(&mut con, &format!("COMMAND INFO {name}")) else {
+            panic!()
+        };
+        let Value::Array(info) = &info[0] else {
+            panic!("{name}: {info:?}")
+        };
         let flags: Vec<String> = match &info[2] {
             Value::Set(f) | Value::Array(f) => f
                 .iter()
@@ -246,15 +323,41 @@ fn command_metadata() {
             other => panic!("{other:?}"),
         };
         assert_eq!(info[1], Value::Int(arity), "{name} arity");
-        assert_eq!(flags, ["write", "denyoom", "module", "fast"], "{name} flags");
-        assert_eq!(&info[3..6], &[Value::Int(1), Value::Int(1), Value::Int(1)], "{name} keys");
+        assert_eq!(
+            flags,
+            ["write", "denyoom", "module", "fast"],
+            "{name} flags"
+        );
+        assert_eq!(
+            &info[3..6],
+            &[Value::Int(1), Value::Int(1), Value::Int(1)],
+            "{name} keys"
+        );
     }
-    for line in ["COMMAND GETKEYS RL.FIXED user:1 10 60", "COMMAND GETKEYS RL.TOKEN user:1 1 1 PER 1m COST 2 DRYRUN"] {
-        assert_eq!(call(&mut con, line), Ok(Value::Array(vec![Value::BulkString(b"user:1".to_vec())])));
+    for line in [
+        "COMMAND GETKEYS RL.FIXED user:1 10 60",
+        "COMMAND GETKEYS RL.TOKEN user:1 1 1 PER 1m COST 2 DRYRUN",
+    ] {
+        assert_eq!(
+            call(&mut con, line),
+            Ok(Value::Array(vec![Value::BulkString(b"user:1".to_vec())]))
+        );
     }
-    let Ok(Value::Array(docs)) = call(&mut con, "COMMAND DOCS RL.TOKEN") else { panic!() };
+    let Ok(Value::Array(docs)) = call(&mut con, "COMMAND DOCS RL.TOKEN") else {
+        panic!()
+    };
     let text = format!("{docs:?}");
-    for needle in ["token bucket", "O(1)", "capacity", "rate", "PER", "COST", "DRYRUN", "optional", "ratelimit"] {
+    for needle in [
+        "token bucket",
+        "O(1)",
+        "capacity",
+        "rate",
+        "PER",
+        "COST",
+        "DRYRUN",
+        "optional",
+        "ratelimit",
+    ] {
         assert!(text.contains(needle), "COMMAND DOCS lacks {needle}: {text}");
     }
 }
@@ -269,7 +372,10 @@ fn watch_sees_only_real_changes() {
     assert_eq!(rl(&mut other, "RL.FIXED k 1 1m").unwrap()[0], 0);
     call(&mut watcher, "MULTI").unwrap();
     call(&mut watcher, "PING").unwrap();
-    assert_eq!(call(&mut watcher, "EXEC"), Ok(Value::Array(vec![Value::SimpleString("PONG".into())])));
+    assert_eq!(
+        call(&mut watcher, "EXEC"),
+        Ok(Value::Array(vec![Value::SimpleString("PONG".into())]))
+    );
     // An allowed call changes the key: the transaction is aborted.
     call(&mut watcher, "WATCH k").unwrap();
     assert_eq!(rl(&mut other, "RL.FIXED k 2 1m").unwrap()[0], 1);
@@ -282,12 +388,22 @@ fn watch_sees_only_real_changes() {
 fn dump_restore_and_copy_keep_the_state() {
     let server = Server::start();
     let mut con = server.conn();
-    for line in ["RL.FIXED f 5 1m COST 2", "RL.SLIDING s 5 1m COST 3", "RL.TOKEN t 5 1 COST 4"] {
+    for line in [
+        "RL.FIXED f 5 1m COST 2",
+        "RL.SLIDING s 5 1m COST 3",
+        "RL.TOKEN t 5 1 COST 4",
+    ] {
         rl(&mut con, line).unwrap();
         let key = line.split_whitespace().nth(1).unwrap();
         let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query(&mut con).unwrap();
         let expiry = int(&mut con, &format!("PEXPIRETIME {key}"));
-        let _: () = redis::cmd("RESTORE").arg(format!("{key}2")).arg(expiry).arg(dump).arg("ABSTTL").query(&mut con).unwrap();
+        let _: () = redis::cmd("RESTORE")
+            .arg(format!("{key}2"))
+            .arg(expiry)
+            .arg(dump)
+            .arg("ABSTTL")
+            .query(&mut con)
+            .unwrap();
         int(&mut con, &format!("COPY {key} {key}3"));
         let original = fingerprint(&mut con, key);
         assert_eq!(fingerprint(&mut con, &format!("{key}2")), original);
@@ -302,7 +418,10 @@ fn memory_usage_is_reported() {
     let mut con = server.conn();
     rl(&mut con, "RL.FIXED f 5 1m").unwrap();
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
-    let (fixed, token) = (int(&mut con, "MEMORY USAGE f"), int(&mut con, "MEMORY USAGE t"));
+    let (fixed, token) = (
+        int(&mut con, "MEMORY USAGE f"),
+        int(&mut con, "MEMORY USAGE t"),
+    );
     assert!(fixed > 16 && fixed < token, "fixed {fixed}, token {token}");
 }
 
@@ -310,12 +429,27 @@ fn memory_usage_is_reported() {
 fn scripts_and_transactions_decide_like_plain_calls() {
     let server = Server::start();
     let mut con = server.conn();
-    let reply = call(&mut con, "EVAL return(redis.call('RL.TOKEN',KEYS[1],'3','1')) 1 e").unwrap();
-    assert_eq!(reply, Value::Array([1, 3, 2, 0, 1000].map(Value::Int).to_vec()));
+    let reply = call(
+        &mut con,
+        "EVAL return(redis.call('RL.TOKEN',KEYS[1],'3','1')) 1 e",
+    )
+    .unwrap();
+    assert_eq!(
+        reply,
+        Value::Array([1, 3, 2, 0, 1000].map(Value::Int).to_vec())
+    );
     call(&mut con, "MULTI").unwrap();
     call(&mut con, "RL.TOKEN e 3 1 COST 2").unwrap();
     call(&mut con, "RL.TOKEN e 3 1").unwrap();
-    let Ok(Value::Array(replies)) = call(&mut con, "EXEC") else { panic!() };
-    assert_eq!(replies[0], Value::Array([1, 3, 0, 0, 3000].map(Value::Int).to_vec()));
-    assert_eq!(replies[1], Value::Array([0, 3, 0, 1000, 3000].map(Value::Int).to_vec()));
+    let Ok(Value::Array(replies)) = call(&mut con, "EXEC") else {
+        panic!()
+    };
+    assert_eq!(
+        replies[0],
+        Value::Array([1, 3, 0, 0, 3000].map(Value::Int).to_vec())
+    );
+    assert_eq!(
+        replies[1],
+        Value::Array([0, 3, 0, 1000, 3000].map(Value::Int).to_vec())
+    );
 }

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,7 +61,11 @@ fn artifacts() -> &'static Artifacts {
             .status()
             .expect("run cc");
         assert!(status.success(), "compiling the clock shim failed");
-        Artifacts { _dir: dir, module, shim }
+        Artifacts {
+            _dir: dir,
+            module,
+            shim,
+        }
     })
 }
 
@@ -81,8 +85,18 @@ impl Clock {
     fn new(mode: i64, value: i64) -> Arc<Clock> {
         let dir = TempDir::new().expect("temp dir");
         let path = dir.path().join("clock");
-        let file = File::options().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
-        let clock = Clock { _dir: dir, path, file };
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let clock = Clock {
+            _dir: dir,
+            path,
+            file,
+        };
         clock.write(mode, value);
         Arc::new(clock)
     }
@@ -123,7 +137,12 @@ impl Clock {
 /// A port `p` with `p` and `p + 10000` (the cluster bus) free, at most 55535.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, 20000 + (std::process::id() % 3000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 3000) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
         assert!(port < 55535, "no free port");
@@ -175,7 +194,14 @@ impl Server {
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("redis.log"))
-            .args(["--save", "", "--enable-debug-command", "yes", "--protected-mode", "no"])
+            .args([
+                "--save",
+                "",
+                "--enable-debug-command",
+                "yes",
+                "--protected-mode",
+                "no",
+            ])
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--loadmodule")
             .arg(&artifacts.module)
@@ -197,15 +223,18 @@ impl Server {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("redis-server exited ({status}):\n{}", self.log());
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                if let Ok(mut con) = self.try_conn() {
-                    // PING answers LOADING while the dataset loads.
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                        return;
-                    }
-                }
+            // PING answers LOADING while the dataset loads.
+            let pong = self
+                .try_conn()
+                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
+            if pong.is_ok() {
+                return;
             }
-            assert!(Instant::now() < deadline, "redis-server did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -243,7 +272,11 @@ impl Server {
         let _ = redis::cmd("SHUTDOWN").query::<Value>(&mut self.conn());
         if let Some(mut child) = self.child.take() {
             let status = child.wait().expect("wait for redis-server");
-            assert!(status.success(), "redis-server exited with {status}:\n{}", self.log());
+            assert!(
+                status.success(),
+                "redis-server exited with {status}:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -275,9 +308,15 @@ pub fn call(con: &mut Connection, line: &str) -> Result<Value, String> {
         cmd.arg(word);
     }
     match cmd.query::<Value>(con) {
-        Ok(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or_default())),
+        Ok(Value::ServerError(e)) => {
+            Err(format!("{} {}", e.code(), e.details().unwrap_or_default()))
+        }
         Ok(value) => Ok(value),
-        Err(e) => Err(format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or_default())),
+        Err(e) => Err(format!(
+            "{} {}",
+            e.code().unwrap_or("?"),
+            e.detail().unwrap_or_default()
+        )),
     }
 }
 

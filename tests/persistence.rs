@@ -1,0 +1,141 @@
+//! Limiter states and expiries survive `DEBUG RELOAD`, an RDB restart and an AOF restart
+//! after a rewrite (with and without the RDB preamble), byte for byte.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis::Connection;
+use support::{Server, T0, call, fingerprint, rl};
+
+const KEYS: [&str; 6] = ["f1", "f2", "s1", "s2", "t1", "t2"];
+
+/// Calls on every algorithm, with parameter changes, a deletion and an exhausted limiter.
+fn workload(server: &Server, con: &mut Connection, round: u64) {
+    server.clock.set(T0 + round * 1_000 + 123);
+    for line in [
+        "RL.FIXED f1 10 1m COST 3",
+        "RL.FIXED f2 2 1h COST 2",
+        "RL.FIXED f2 2 1h",
+        "RL.SLIDING s1 10 30s COST 4",
+        "RL.SLIDING s2 100 1d COST 7",
+        "RL.SLIDING s2 100 2d",
+        "RL.TOKEN t1 50 3 COST 20",
+        "RL.TOKEN t2 7 1 PER 1m COST 7",
+        "RL.TOKEN t2 9 1 PER 1m",
+    ] {
+        rl(con, line).unwrap();
+    }
+    server.clock.advance(250);
+    for line in [
+        "RL.FIXED f1 10 1m",
+        "RL.SLIDING s1 10 30s COST 2",
+        "RL.TOKEN t1 50 3 PER 2s COST 5",
+    ] {
+        rl(con, line).unwrap();
+    }
+}
+
+/// Every key's digest and expiry, and the reply each would give now.
+fn snapshot(con: &mut Connection) -> Vec<((String, i64), [i64; 5])> {
+    KEYS.iter()
+        .map(|key| {
+            let line = match &key[..1] {
+                "f" => format!("RL.FIXED {key} 10 1m DRYRUN"),
+                "s" => format!("RL.SLIDING {key} 10 30s DRYRUN"),
+                _ => format!("RL.TOKEN {key} 50 3 DRYRUN"),
+            };
+            (fingerprint(con, key), rl(con, &line).unwrap())
+        })
+        .collect()
+}
+
+fn assert_kept(before: &[((String, i64), [i64; 5])], after: &[((String, i64), [i64; 5])]) {
+    for ((key, b), a) in KEYS.iter().zip(before).zip(after) {
+        assert_eq!(a, b, "{key}");
+        assert!(b.0.1 > 0, "{key} has an expiry");
+    }
+}
+
+#[test]
+fn debug_reload_keeps_states_and_expiries() {
+    let server = Server::start();
+    let mut con = server.conn();
+    workload(&server, &mut con, 0);
+    let before = snapshot(&mut con);
+    call(&mut con, "DEBUG RELOAD").unwrap();
+    assert_kept(&before, &snapshot(&mut con));
+}
+
+#[test]
+fn rdb_restart_keeps_states_and_expiries() {
+    let mut server = Server::start();
+    let mut con = server.conn();
+    workload(&server, &mut con, 0);
+    let before = snapshot(&mut con);
+    call(&mut con, "SAVE").unwrap();
+    server.restart();
+    let mut con = server.conn();
+    assert_kept(&before, &snapshot(&mut con));
+    assert!(
+        server.log().contains("Done loading RDB, keys loaded: 6"),
+        "{}",
+        server.log()
+    );
+}
+
+fn wait_for_rewrite(con: &mut Connection) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let redis::Value::BulkString(info) = call(con, "INFO persistence").unwrap() else {
+            panic!()
+        };
+        let info = String::from_utf8(info).unwrap();
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            assert!(info.contains("aof_last_bgrewrite_status:ok"), "{info}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "rewrite did not finish: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The text of every AOF file of a server.
+fn aof_text(server: &Server) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(server.dir().join("appendonlydir")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        text.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    text
+}
+
+#[test]
+fn aof_restart_after_rewrite_keeps_states_and_expiries() {
+    for preamble in ["yes", "no"] {
+        let clock = support::Clock::pinned(T0);
+        let mut server = Server::start_with(
+            clock,
+            &["--appendonly", "yes", "--aof-use-rdb-preamble", preamble],
+        );
+        let mut con = server.conn();
+        workload(&server, &mut con, 0);
+        call(&mut con, "BGREWRITEAOF").unwrap();
+        wait_for_rewrite(&mut con);
+        workload(&server, &mut con, 1);
+        let before = snapshot(&mut con);
+        server.restart();
+        let mut con = server.conn();
+        assert_kept(&before, &snapshot(&mut con));
+
+        // The AOF holds effects only: states and deletions, never a decision to re-run.
+        let aof = aof_text(&server);
+        assert!(aof.contains("RL.STATE"), "preamble {preamble}");
+        for command in ["RL.FIXED", "RL.SLIDING", "RL.TOKEN"] {
+            assert!(
+                !aof.contains(command),
+                "preamble {preamble}: {command} in the AOF"
+            );
+        }
+    }
+}

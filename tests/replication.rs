@@ -1,0 +1,167 @@
+//! A master and a replica whose clock is an hour behind: after thousands of mixed calls the
+//! replica holds byte-identical states and expiries, because only effects are replicated.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::{Connection, Value};
+use support::{Clock, Server, T0, call, fingerprint, int, rl};
+
+const HOUR: u64 = 3_600_000;
+
+fn info_field(con: &mut Connection, section: &str, field: &str) -> String {
+    let Ok(Value::BulkString(info)) = call(con, &format!("INFO {section}")) else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .to_string()
+}
+
+/// A master pinned at T0 and a replica pinned an hour earlier, linked.
+fn master_and_replica() -> (Server, Server) {
+    let master = Server::start();
+    let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(String::from);
+    let args: Vec<&str> = replica_of.iter().map(String::as_str).collect();
+    let replica = Server::start_with(Clock::pinned(T0 - HOUR), &args);
+    let mut con = replica.conn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut con, "replication", "master_link_status") != "up" {
+        assert!(
+            Instant::now() < deadline,
+            "replica did not link:\n{}",
+            replica.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (master, replica)
+}
+
+fn wait_replicated(master: &mut Connection) {
+    assert_eq!(int(master, "WAIT 1 10000"), 1, "the replica acknowledged");
+}
+
+#[test]
+fn replica_states_equal_the_master_after_mixed_calls() {
+    let (master, replica) = master_and_replica();
+    let (mut m, mut r) = (master.conn(), replica.conn());
+    let mut rng = StdRng::seed_from_u64(7);
+    const KEYS: usize = 300;
+    const CALLS: usize = 4000;
+    for i in 0..CALLS {
+        master.clock.advance(rng.gen_range(0..10));
+        let key = rng.gen_range(0..KEYS);
+        let limit = [1, 3, 10, 50][rng.gen_range(0..4)];
+        let window = ["500ms", "2s", "1m", "3s"][rng.gen_range(0..4)];
+        let mut line = match key % 3 {
+            0 => format!("RL.FIXED k{key} {limit} {window}"),
+            1 => format!("RL.SLIDING k{key} {limit} {window}"),
+            _ => format!(
+                "RL.TOKEN k{key} {limit} {} PER {window}",
+                rng.gen_range(1..5)
+            ),
+        };
+        if rng.gen_bool(0.5) {
+            line += &format!(" COST {}", rng.gen_range(0..4));
+        }
+        if rng.gen_bool(0.1) {
+            line += " DRYRUN";
+        }
+        match i % 10 {
+            // Inside a script, and inside a transaction: effects are replicated all the same.
+            0 => {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let args = words[2..]
+                    .iter()
+                    .map(|w| format!("'{w}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let script = format!("return(redis.call('{}',KEYS[1],{args}))", words[0]);
+                let _: Value = redis::cmd("EVAL")
+                    .arg(script)
+                    .arg(1)
+                    .arg(words[1])
+                    .query(&mut m)
+                    .unwrap();
+            }
+            1 => {
+                call(&mut m, "MULTI").unwrap();
+                call(&mut m, &line).unwrap();
+                call(&mut m, "EXEC").unwrap();
+            }
+            _ => {
+                rl(&mut m, &line).unwrap();
+            }
+        }
+    }
+    // Make the master drop the keys that have expired by its clock (replicated as DEL).
+    for key in 0..KEYS {
+        int(&mut m, &format!("EXISTS k{key}"));
+    }
+    wait_replicated(&mut m);
+    let mut live = 0;
+    for key in 0..KEYS {
+        let key = format!("k{key}");
+        let on_master = fingerprint(&mut m, &key);
+        assert_eq!(fingerprint(&mut r, &key), on_master, "{key}");
+        live += usize::from(on_master.1 > 0);
+    }
+    assert!(
+        live > KEYS / 3,
+        "only {live} keys live: the test compares too little"
+    );
+    assert_eq!(int(&mut r, "DBSIZE"), live as i64);
+}
+
+#[test]
+fn only_changes_are_replicated() {
+    let (master, _replica) = master_and_replica();
+    let mut m = master.conn();
+    rl(&mut m, "RL.TOKEN t 2 1 COST 2").unwrap();
+    wait_replicated(&mut m);
+    let offset = || info_field(&mut master.conn(), "replication", "master_repl_offset");
+    let start = offset();
+    for line in [
+        "RL.TOKEN t 2 1",
+        "RL.TOKEN t 2 1 COST 0",
+        "RL.TOKEN t 2 1 DRYRUN",
+        "RL.FIXED new 1 1s DRYRUN",
+    ] {
+        rl(&mut m, line).unwrap();
+    }
+    assert!(rl(&mut m, "RL.TOKEN t 2 1 COST x").is_err());
+    assert_eq!(
+        offset(),
+        start,
+        "denials, reports, dry runs and errors replicate nothing"
+    );
+    master.clock.advance(1000);
+    rl(&mut m, "RL.TOKEN t 2 1").unwrap();
+    assert_ne!(offset(), start, "a call that takes replicates its effect");
+}
+
+#[test]
+fn rl_state_is_refused_from_clients_and_replicas_are_read_only() {
+    let (master, replica) = master_and_replica();
+    let (mut m, mut r) = (master.conn(), replica.conn());
+    let refused = "ERR RL.STATE only applies state sent by a master or read from the AOF";
+    let state = [1u8, b'F', 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    let reply: redis::RedisResult<Value> = redis::cmd("RL.STATE")
+        .arg("k")
+        .arg(&state[..])
+        .query(&mut m);
+    let error = reply.unwrap_err();
+    assert_eq!(
+        format!("{} {}", error.code().unwrap(), error.detail().unwrap()),
+        refused
+    );
+    assert_eq!(int(&mut m, "EXISTS k"), 0);
+    let reply = rl(&mut r, "RL.FIXED k 1 1s");
+    assert!(reply.unwrap_err().starts_with("READONLY"));
+}
