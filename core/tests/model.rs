@@ -5,6 +5,7 @@
 //! - SLIDING against an exact log of admitted units: never more than `limit` in any window
 //!   (strict), and a denial only when the log over `window + g - 1` ms would deny too;
 //! - TOKEN against GCRA on exact rationals (theoretical arrival time in 1/rate ms);
+//! - decoding arbitrary bytes never panics and yields only valid states;
 //! - for all: `retry_after` is exact (denied 1 ms before, allowed at it), `reset_after` is when
 //!   the state is fresh again and the stored state's expiry, and encodings round-trip.
 
@@ -209,6 +210,31 @@ proptest! {
             let out = t.decide(token.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
             apply(&mut token, out.write, now, out.decision.reset_after);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES * 4))]
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics_and_yields_only_valid_states(
+        tag in prop::sample::select(vec![b'F', b'S', b'T', b'X']),
+        fields in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let mut bytes = vec![1, tag];
+        bytes.extend(fields);
+        if let Ok(s) = FixedState::decode(&bytes) {
+            prop_assert!(s.is_valid());
+            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
+        }
+        if let Ok(s) = SlidingState::decode(&bytes) {
+            prop_assert!(s.is_valid());
+            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
+        }
+        if let Ok(s) = TokenState::decode(&bytes) {
+            prop_assert!(s.is_valid());
+            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
         }
     }
 }
