@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::fs::File;
 use std::io::Read;
 use std::net::TcpListener;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Value};
+use redis::{Connection, ConnectionLike, Value};
 use tempfile::TempDir;
 
 /// A moment aligned to the hour (and so to the minute and the second): 2027-01-15 08:00 UTC.
@@ -159,6 +161,7 @@ pub struct Server {
     pub clock: Arc<Clock>,
     dir: TempDir,
     args: Vec<String>,
+    with_module: bool,
     child: Option<Child>,
 }
 
@@ -170,11 +173,21 @@ impl Server {
 
     /// A server with this clock and extra `redis-server` arguments (`["--appendonly", "yes"]`).
     pub fn start_with(clock: Arc<Clock>, args: &[&str]) -> Server {
+        Self::launch(clock, args, true)
+    }
+
+    /// A server without the module, to see what an operator who forgot it sees.
+    pub fn start_without_module(args: &[&str]) -> Server {
+        Self::launch(Clock::offset(0), args, false)
+    }
+
+    fn launch(clock: Arc<Clock>, args: &[&str], with_module: bool) -> Server {
         let mut server = Server {
             port: free_port(),
             clock,
             dir: TempDir::new().expect("temp dir"),
             args: args.iter().map(|a| a.to_string()).collect(),
+            with_module,
             child: None,
         };
         server.spawn();
@@ -188,7 +201,11 @@ impl Server {
     fn spawn(&mut self) {
         let dir = self.dir.path();
         let artifacts = artifacts();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if self.with_module {
+            command.arg("--loadmodule").arg(&artifacts.module);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
@@ -203,8 +220,6 @@ impl Server {
                 "no",
             ])
             .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--loadmodule")
-            .arg(&artifacts.module)
             .args(&self.args)
             .env("LD_PRELOAD", &artifacts.shim)
             .env("RL_CLOCK_FILE", &self.clock.path)
@@ -262,6 +277,18 @@ impl Server {
         text
     }
 
+    /// Waits (up to 30 s) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
@@ -302,7 +329,7 @@ impl Drop for Server {
 }
 
 /// Runs a command given as words; the reply, or the whole error text (`ERR …`).
-pub fn call(con: &mut Connection, line: &str) -> Result<Value, String> {
+pub fn call(con: &mut impl ConnectionLike, line: &str) -> Result<Value, String> {
     let mut cmd = redis::cmd(line.split_whitespace().next().unwrap_or_default());
     for word in line.split_whitespace().skip(1) {
         cmd.arg(word);
@@ -321,7 +348,7 @@ pub fn call(con: &mut Connection, line: &str) -> Result<Value, String> {
 }
 
 /// Runs an `RL.*` command and returns its five figures, or the error text.
-pub fn rl(con: &mut Connection, line: &str) -> Result<[i64; 5], String> {
+pub fn rl(con: &mut impl ConnectionLike, line: &str) -> Result<[i64; 5], String> {
     match call(con, line)? {
         Value::Array(items) if items.len() == 5 => {
             let mut out = [0; 5];
@@ -338,7 +365,7 @@ pub fn rl(con: &mut Connection, line: &str) -> Result<[i64; 5], String> {
 }
 
 /// An integer reply.
-pub fn int(con: &mut Connection, line: &str) -> i64 {
+pub fn int(con: &mut impl ConnectionLike, line: &str) -> i64 {
     match call(con, line) {
         Ok(Value::Int(n)) => n,
         other => panic!("{line}: {other:?}"),
@@ -347,7 +374,7 @@ pub fn int(con: &mut Connection, line: &str) -> i64 {
 
 /// `DEBUG DIGEST-VALUE` of a key and its absolute expiry: equal on two servers means the
 /// same bytes and the same TTL.
-pub fn fingerprint(con: &mut Connection, key: &str) -> (String, i64) {
+pub fn fingerprint(con: &mut impl ConnectionLike, key: &str) -> (String, i64) {
     let digest = match call(con, &format!("DEBUG DIGEST-VALUE {key}")) {
         Ok(Value::Array(items)) => format!("{items:?}"),
         other => panic!("digest of {key}: {other:?}"),

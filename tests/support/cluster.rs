@@ -1,0 +1,225 @@
+//! A Redis Cluster of 3 masters and 3 replicas on loopback, every node with the module, each
+//! node's clock chosen by the test, torn down (by pid) when dropped.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Connection, ConnectionLike, Value};
+
+use super::{Clock, Server, call};
+
+/// One node as `CLUSTER NODES` describes it.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: String,
+    pub port: u16,
+    /// The id of the master this node replicates; `None` for a master.
+    pub master: Option<String>,
+    pub slots: Vec<(u16, u16)>,
+}
+
+pub struct Cluster {
+    /// `None` once a node was killed.
+    pub nodes: Vec<Option<Server>>,
+}
+
+/// Node timeout: a killed master is replaced about twice this later.
+pub const NODE_TIMEOUT_MS: u64 = 2000;
+
+impl Cluster {
+    /// Starts six nodes (the first three become masters) with these clocks and, for node `i`,
+    /// `extra[i]` as further arguments; creates the cluster and waits until it is ready.
+    pub fn start(clocks: [Arc<Clock>; 6], extra: &[&[&str]]) -> Cluster {
+        let nodes: Vec<Server> = clocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, clock)| {
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                args.extend(extra.get(i).copied().unwrap_or_default());
+                Server::start_with(clock, &args)
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster {
+            nodes: nodes.into_iter().map(Some).collect(),
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// A cluster of nodes on the real clock.
+    pub fn start_real() -> Cluster {
+        Self::start(std::array::from_fn(|_| Clock::offset(0)), &[])
+    }
+
+    pub fn server(&self, port: u16) -> &Server {
+        self.nodes
+            .iter()
+            .flatten()
+            .find(|s| s.port == port)
+            .expect("a running node")
+    }
+
+    pub fn server_mut(&mut self, port: u16) -> &mut Server {
+        self.nodes
+            .iter_mut()
+            .flatten()
+            .find(|s| s.port == port)
+            .expect("a running node")
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` with all slots served, the
+    /// same number of masters, and every replica is linked to its master.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.is_ready() {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready: {:?}",
+                self.topology()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        let masters_with_slots = self
+            .topology()
+            .iter()
+            .filter(|n| !n.slots.is_empty())
+            .count();
+        let replicas = self.nodes.iter().flatten().count() - masters_with_slots;
+        self.nodes.iter().flatten().all(|server| {
+            let mut con = server.conn();
+            // Every node must know every replica as one (gossip takes a moment).
+            let nodes = Self::parse_nodes(&text(&mut con, "CLUSTER NODES"));
+            let known_replicas = nodes.iter().filter(|n| n.master.is_some()).count();
+            let info = text(&mut con, "CLUSTER INFO");
+            let replication = text(&mut con, "INFO replication");
+            let linked = !replication.contains("role:slave")
+                || replication.contains("master_link_status:up");
+            info.contains("cluster_state:ok")
+                && info.contains("cluster_slots_ok:16384")
+                && info.contains(&format!("cluster_size:{masters_with_slots}"))
+                && linked
+                && known_replicas == replicas
+        })
+    }
+
+    /// The nodes as a running node sees them (failed nodes left out).
+    pub fn topology(&self) -> Vec<Node> {
+        let server = self.nodes.iter().flatten().next().expect("a running node");
+        Self::parse_nodes(&text(&mut server.conn(), "CLUSTER NODES"))
+    }
+
+    fn parse_nodes(nodes: &str) -> Vec<Node> {
+        nodes
+            .lines()
+            .filter(|line| {
+                let flags = line.split_whitespace().nth(2).unwrap_or_default();
+                !flags.split(',').any(|f| f == "fail" || f == "noaddr")
+            })
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let port = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                let slots = f[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .map(|s| match s.split_once('-') {
+                        Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                        None => (s.parse().unwrap(), s.parse().unwrap()),
+                    })
+                    .collect();
+                let master = (f[3] != "-").then(|| f[3].to_string());
+                Node {
+                    id: f[0].to_string(),
+                    port,
+                    master,
+                    slots,
+                }
+            })
+            .collect()
+    }
+
+    /// The master serving `key`, and its replica.
+    pub fn owner_and_replica(&self, key: &str) -> (Node, Option<Node>) {
+        self.try_owner_and_replica(key)
+            .expect("a master for the slot")
+    }
+
+    /// The master serving `key` (if one does), and its replica.
+    pub fn try_owner_and_replica(&self, key: &str) -> Option<(Node, Option<Node>)> {
+        let topology = self.topology();
+        let slot = self.slot(key);
+        let serves = |n: &&Node| n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot));
+        let master = topology.iter().find(serves)?.clone();
+        let replica = topology
+            .iter()
+            .find(|n| n.master.as_deref() == Some(&master.id))
+            .cloned();
+        Some((master, replica))
+    }
+
+    pub fn slot(&self, key: &str) -> u16 {
+        let server = self.nodes.iter().flatten().next().expect("a running node");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut server.conn())
+            .unwrap();
+        slot as u16
+    }
+
+    /// A cluster client (it follows MOVED and ASK redirections).
+    pub fn client(&self) -> ClusterConnection {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|s| format!("redis://127.0.0.1:{}/", s.port))
+            .collect();
+        ClusterClient::builder(urls)
+            .retries(10)
+            .build()
+            .and_then(|c| c.get_connection())
+            .expect("cluster connection")
+    }
+
+    /// A direct connection to a node, allowed to read keys if it is a replica.
+    pub fn direct(&self, port: u16) -> Connection {
+        let mut con = self.server(port).conn();
+        call(&mut con, "READONLY").unwrap();
+        con
+    }
+}
+
+/// A bulk-string reply as text.
+pub fn text(con: &mut impl ConnectionLike, line: &str) -> String {
+    match call(con, line) {
+        Ok(Value::BulkString(bytes)) => String::from_utf8(bytes).unwrap(),
+        Ok(Value::VerbatimString { text, .. }) => text,
+        other => panic!("{line}: {other:?}"),
+    }
+}
