@@ -101,7 +101,19 @@ fn denied_retry(cost: u64, limit: u64, wait: impl FnOnce() -> Millis) -> Retry {
     }
 }
 
-/// `ceil(a / b)` for `b > 0`.
-fn div_ceil_u128(a: u128, b: u128) -> u128 {
-    a.div_ceil(b)
+/// `ceil(a / b)` for `b > 0`. Dividing a `u128` is a slow library call, so a dividend that
+/// fits 64 bits (the usual case) takes the 64-bit instruction.
+fn div_ceil_u128(a: u128, b: u64) -> u128 {
+    match u64::try_from(a) {
+        Ok(a) => u128::from(a.div_ceil(b)),
+        Err(_) => a.div_ceil(u128::from(b)),
+    }
+}
+
+/// `floor(a / b)` for `b > 0`, with the same 64-bit fast path.
+fn div_u128(a: u128, b: u64) -> u128 {
+    match u64::try_from(a) {
+        Ok(a) => u128::from(a / b),
+        Err(_) => a / u128::from(b),
+    }
 }

@@ -78,16 +78,22 @@ impl Buckets {
     /// The buckets of `state` in `window`'s grid that still count at `now`.
     fn live(state: &SlidingState, window: Millis, now: Millis) -> Self {
         let mut out = Self::empty(window);
-        let (old_g, new_g) = (granularity(state.window), granularity(window));
         let oldest = oldest_live(window, now);
+        if state.window == window && state.counts.len() <= MAX_BUCKETS {
+            // Same grid: the live buckets are a suffix of the stored ones (the common case).
+            let gone = (oldest.saturating_sub(state.first) as usize).min(state.counts.len());
+            let live = &state.counts[gone..];
+            let zeros = live.iter().take_while(|&&c| c == 0).count();
+            let live = &live[zeros..];
+            out.first = state.first + (gone + zeros) as u64;
+            out.len = live.len();
+            out.counts[..live.len()].copy_from_slice(live);
+            return out;
+        }
+        // Another grid: each bucket moves to the new bucket of its last millisecond.
+        let (old_g, new_g) = (granularity(state.window), granularity(window));
         for (i, &count) in state.counts.iter().enumerate() {
-            let bucket = state.first + i as u64;
-            // Same grid: the same bucket. Another grid: the bucket of its last millisecond.
-            let bucket = if state.window == window {
-                bucket
-            } else {
-                ((bucket + 1) * old_g - 1) / new_g
-            };
+            let bucket = ((state.first + i as u64 + 1) * old_g - 1) / new_g;
             if bucket >= oldest {
                 out.add(bucket, count);
             }

@@ -13,7 +13,7 @@
 
 use crate::{
     Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write,
-    div_ceil_u128,
+    div_ceil_u128, div_u128,
 };
 
 /// Validated token-bucket parameters.
@@ -43,7 +43,7 @@ impl TokenBucket {
         let valid = (1..=MAX_UNITS).contains(&capacity)
             && (1..=MAX_UNITS).contains(&rate)
             && (1..=MAX_DURATION_MS).contains(&period)
-            && div_ceil_u128(u128::from(capacity) * u128::from(period), u128::from(rate))
+            && div_ceil_u128(u128::from(capacity) * u128::from(period), rate)
                 <= u128::from(MAX_DURATION_MS);
         valid.then_some(Self {
             capacity,
@@ -71,7 +71,7 @@ impl TokenBucket {
     /// Milliseconds until the bucket gains `parts` more parts (rounded up: never too early).
     fn time_to_gain(&self, parts: u128) -> Millis {
         // At most the refill time of an empty bucket, which `new` bounds.
-        div_ceil_u128(parts, u128::from(self.rate)) as Millis
+        div_ceil_u128(parts, self.rate) as Millis
     }
 
     /// The level at `now` (at least `updated_at`) of a stored state, in this bucket's parts.
@@ -134,7 +134,7 @@ impl Limiter for TokenBucket {
         let decision = Decision {
             allowed,
             limit: self.capacity,
-            remaining: (after / u128::from(self.period)) as u64,
+            remaining: div_u128(after, self.period) as u64,
             retry: if allowed {
                 Retry::Now
             } else {
