@@ -11,7 +11,7 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::{self, Codec, Encoded};
-use ratelimit_core::{Decision, FixedState, Limiter, Retry, SlidingState, TokenState, Write};
+use ratelimit_core::{Decision, FixedState, Limiter, SlidingState, TokenState, Write};
 use redis_module::raw;
 
 use crate::args::{self, Request};
@@ -97,16 +97,11 @@ where
 }
 
 fn reply(ctx: Ctx, d: &Decision) {
-    let retry = match d.retry {
-        Retry::Now => 0,
-        Retry::After(ms) => ms as i64,
-        Retry::Never => -1,
-    };
     ctx.reply_decision([
         (c"allowed", i64::from(d.allowed)),
         (c"limit", d.limit as i64),
         (c"remaining", d.remaining as i64),
-        (c"retry_after_ms", retry),
+        (c"retry_after_ms", d.retry.as_millis()),
         (c"reset_after_ms", d.reset_after as i64),
     ]);
 }

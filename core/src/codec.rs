@@ -13,7 +13,7 @@
 //! blob from a damaged file or a hand-written command can never become a limiter that
 //! misbehaves. A future version 2 would add a branch in `decode`; version 1 stays readable.
 
-use crate::{FixedState, SlidingState, TokenState, sliding::MAX_BUCKETS};
+use crate::{FixedState, SlidingState, State, TokenState, sliding::MAX_BUCKETS};
 
 /// The version written in byte 0.
 pub const ENCODING_VERSION: u8 = 1;

@@ -44,11 +44,9 @@ impl State for FixedState {
     fn reset_at(&self) -> Millis {
         self.window_end
     }
-}
 
-impl FixedState {
     /// A state as stored: something counted in a window that ends at some point.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         self.count > 0 && self.window_end > 0
     }
 }
@@ -91,41 +89,15 @@ impl Limiter for FixedWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{Step, run};
 
     const MIN: Millis = 60_000;
-
-    /// One call of a scenario: time, cost, then the expected reply
-    /// (allowed, remaining, retry_after (-1 never), reset_after).
-    struct Step(Millis, u64, bool, u64, i64, Millis);
-
-    fn run(limiter: FixedWindow, steps: &[Step]) {
-        let mut state: Option<FixedState> = None;
-        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
-            let out = limiter.decide(state.as_ref(), *now, *cost);
-            let d = out.decision;
-            let got_retry = match d.retry {
-                Retry::Now => 0,
-                Retry::After(ms) => ms as i64,
-                Retry::Never => -1,
-            };
-            assert_eq!(
-                (d.allowed, d.remaining, got_retry, d.reset_after),
-                (*allowed, *remaining, *retry, *reset),
-                "step {i} at {now} cost {cost}"
-            );
-            match out.write {
-                Write::Keep => {}
-                Write::Store(s) => state = Some(s),
-                Write::Delete => state = None,
-            }
-        }
-    }
 
     #[rustfmt::skip]
     #[test]
     fn counts_within_aligned_windows() {
         let l = FixedWindow::new(3, MIN).unwrap();
-        run(l, &[
+        run(&l, &[
             //   now            cost allowed rem retry   reset
             Step(10 * MIN + 1_000, 1, true,  2, 0,      59_000),
             Step(10 * MIN + 2_000, 2, true,  0, 0,      58_000),

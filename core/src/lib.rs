@@ -45,6 +45,17 @@ pub enum Retry {
     Never,
 }
 
+impl Retry {
+    /// The reply's `retry_after_ms`: 0 when allowed, -1 when the call can never be allowed.
+    pub fn as_millis(self) -> i64 {
+        match self {
+            Retry::Now => 0,
+            Retry::After(ms) => i64::try_from(ms).unwrap_or(i64::MAX),
+            Retry::Never => -1,
+        }
+    }
+}
+
 /// What a call decided, in the figures the reply carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -81,6 +92,9 @@ pub trait State: Clone + PartialEq + std::fmt::Debug {
     /// The moment this state is back to fresh: where its key expires. Derived from the state
     /// alone, so a replica or an AOF load computes the same expiry as the master did.
     fn reset_at(&self) -> Millis;
+
+    /// Whether the state keeps every invariant of a stored state (checked when decoding).
+    fn is_valid(&self) -> bool;
 }
 
 /// A rate-limiting algorithm with validated parameters.
@@ -115,5 +129,40 @@ fn div_u128(a: u128, b: u64) -> u128 {
     match u64::try_from(a) {
         Ok(a) => u128::from(a / b),
         Err(_) => a / u128::from(b),
+    }
+}
+
+/// Table-driven scenarios for the algorithms' unit tests.
+#[cfg(test)]
+mod scenario {
+    use crate::{Limiter, Millis, State, Write};
+
+    /// One call: time, cost, then the expected reply
+    /// (allowed, remaining, retry_after (-1: never), reset_after).
+    pub struct Step(pub Millis, pub u64, pub bool, pub u64, pub i64, pub Millis);
+
+    /// Runs the calls in order from a fresh limiter, applying each write; checks every reply
+    /// and that each stored state is valid and expires at the reset time. Returns the state.
+    pub fn run<L: Limiter>(limiter: &L, steps: &[Step]) -> Option<L::State> {
+        let mut state = None;
+        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
+            let out = limiter.decide(state.as_ref(), *now, *cost);
+            let d = out.decision;
+            assert_eq!(
+                (d.allowed, d.remaining, d.retry.as_millis(), d.reset_after),
+                (*allowed, *remaining, *retry, *reset),
+                "step {i} at {now} cost {cost}"
+            );
+            match out.write {
+                Write::Keep => {}
+                Write::Store(s) => {
+                    assert!(s.is_valid(), "step {i}: {s:?}");
+                    assert_eq!(s.reset_at(), now + d.reset_after, "step {i}: expiry");
+                    state = Some(s)
+                }
+                Write::Delete => state = None,
+            }
+        }
+        state
     }
 }

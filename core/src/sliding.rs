@@ -185,12 +185,10 @@ impl State for SlidingState {
         let last = self.first + self.counts.len().saturating_sub(1) as u64;
         drop_time(self.window, last).unwrap_or(Millis::MAX)
     }
-}
 
-impl SlidingState {
     /// A state as stored: a valid window, 1 to `MAX_BUCKETS` buckets with no empty end,
     /// at most `MAX_UNITS` units in all, and an expiry that fits.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         let (Some(&head), Some(&tail)) = (self.counts.first(), self.counts.last()) else {
             return false;
         };
@@ -260,45 +258,14 @@ impl Limiter for SlidingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One call: time, cost, then the expected reply
-    /// (allowed, remaining, retry_after (-1 never), reset_after).
-    struct Step(Millis, u64, bool, u64, i64, Millis);
-
-    fn run(limiter: SlidingWindow, steps: &[Step]) -> Option<SlidingState> {
-        let mut state: Option<SlidingState> = None;
-        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
-            let out = limiter.decide(state.as_ref(), *now, *cost);
-            let d = out.decision;
-            let got_retry = match d.retry {
-                Retry::Now => 0,
-                Retry::After(ms) => ms as i64,
-                Retry::Never => -1,
-            };
-            assert_eq!(
-                (d.allowed, d.remaining, got_retry, d.reset_after),
-                (*allowed, *remaining, *retry, *reset),
-                "step {i} at {now} cost {cost}"
-            );
-            match out.write {
-                Write::Keep => {}
-                Write::Store(s) => {
-                    assert!(s.is_valid(), "step {i}: {s:?}");
-                    assert_eq!(s.reset_at(), now + d.reset_after, "step {i}: expiry");
-                    state = Some(s)
-                }
-                Write::Delete => state = None,
-            }
-        }
-        state
-    }
+    use crate::scenario::{Step, run};
 
     #[rustfmt::skip]
     #[test]
     fn one_ms_buckets_behave_like_an_exact_log() {
         // window 64 ms -> buckets of 1 ms: exact.
         let l = SlidingWindow::new(3, 64).unwrap();
-        run(l, &[
+        run(&l, &[
             //   now  cost allowed rem retry reset
             Step(100, 1, true,  2, 0,  64),   // forgotten at 164
             Step(110, 1, true,  1, 0,  64),   // forgotten at 174
@@ -316,7 +283,7 @@ mod tests {
     fn coarse_buckets_deny_at_most_one_bucket_early() {
         // window 6400 ms -> buckets of 100 ms.
         let l = SlidingWindow::new(2, 6400).unwrap();
-        run(l, &[
+        run(&l, &[
             Step(1_050, 1, true,  1, 0,     6_449), // bucket 10, forgotten at 11*100+6399 = 7499
             Step(1_099, 1, true,  0, 0,     6_400), // bucket 10 too
             Step(7_449, 1, false, 0, 50,    50),    // an exact log frees one at 7450

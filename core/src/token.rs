@@ -109,11 +109,9 @@ impl State for TokenState {
         let missing = bucket.full().saturating_sub(self.level);
         self.updated_at.saturating_add(bucket.time_to_gain(missing))
     }
-}
 
-impl TokenState {
     /// A state as stored: valid parameters and a bucket that is not full.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         TokenBucket::new(self.capacity, self.rate, self.period)
             .is_some_and(|b| self.level < b.full())
     }
@@ -170,43 +168,13 @@ impl Limiter for TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One call: time, cost, then the expected reply
-    /// (allowed, remaining, retry_after (-1 never), reset_after).
-    struct Step(Millis, u64, bool, u64, i64, Millis);
-
-    fn run(bucket: TokenBucket, steps: &[Step]) -> Option<TokenState> {
-        let mut state = None;
-        for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
-            let out = bucket.decide(state.as_ref(), *now, *cost);
-            let d = out.decision;
-            let got_retry = match d.retry {
-                Retry::Now => 0,
-                Retry::After(ms) => ms as i64,
-                Retry::Never => -1,
-            };
-            assert_eq!(
-                (d.allowed, d.remaining, got_retry, d.reset_after),
-                (*allowed, *remaining, *retry, *reset),
-                "step {i} at {now} cost {cost}"
-            );
-            match out.write {
-                Write::Keep => {}
-                Write::Store(s) => {
-                    assert_eq!(s.reset_at(), now + d.reset_after, "step {i}: expiry");
-                    state = Some(s)
-                }
-                Write::Delete => state = None,
-            }
-        }
-        state
-    }
+    use crate::scenario::{Step, run};
 
     #[rustfmt::skip]
     #[test]
     fn ten_per_second_capacity_three() {
         let b = TokenBucket::new(3, 10, 1000).unwrap(); // one token every 100 ms
-        run(b, &[
+        run(&b, &[
             //   now   cost allowed rem retry reset
             Step(1000, 1, true,  2, 0,   100),
             Step(1000, 2, true,  0, 0,   300),
@@ -226,7 +194,7 @@ mod tests {
         // 3 tokens per second: one every 333.33 ms. No rounding error may build up: the
         // tokens come back at 334, 667 and 1000 ms, exactly one per third of a second.
         let b = TokenBucket::new(2, 3, 1000).unwrap();
-        run(b, &[
+        run(&b, &[
             //   now   cost allowed rem retry reset
             Step(0,    2, true,  0, 0,   667),
             Step(333,  1, false, 0, 1,   334),
