@@ -68,6 +68,15 @@ pub struct CommandDoc {
 const DECIDE_KEY: u32 =
     raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_ACCESS | raw::REDISMODULE_CMD_KEY_UPDATE;
 
+/// The arguments of RL.FIXED and RL.SLIDING.
+const WINDOW_ARGS: &[ArgDoc] = &[
+    arg(c"key", KEY),
+    arg(c"limit", INTEGER),
+    arg(c"window", STRING),
+    option(c"COST", c"cost", INTEGER),
+    option(c"DRYRUN", c"dryrun", PURE_TOKEN),
+];
+
 pub const COMMANDS: [CommandDoc; 4] = [
     CommandDoc {
         name: c"RL.FIXED",
@@ -76,13 +85,7 @@ pub const COMMANDS: [CommandDoc; 4] = [
         arity: -4,
         key_flags: DECIDE_KEY,
         summary: c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].",
-        args: &[
-            arg(c"key", KEY),
-            arg(c"limit", INTEGER),
-            arg(c"window", STRING),
-            option(c"COST", c"cost", INTEGER),
-            option(c"DRYRUN", c"dryrun", PURE_TOKEN),
-        ],
+        args: WINDOW_ARGS,
     },
     CommandDoc {
         name: c"RL.SLIDING",
@@ -91,13 +94,7 @@ pub const COMMANDS: [CommandDoc; 4] = [
         arity: -4,
         key_flags: DECIDE_KEY,
         summary: c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].",
-        args: &[
-            arg(c"key", KEY),
-            arg(c"limit", INTEGER),
-            arg(c"window", STRING),
-            option(c"COST", c"cost", INTEGER),
-            option(c"DRYRUN", c"dryrun", PURE_TOKEN),
-        ],
+        args: WINDOW_ARGS,
     },
     CommandDoc {
         name: c"RL.TOKEN",
