@@ -280,4 +280,41 @@ mod tests {
             assert_eq!(token(words(line)), Err(*error), "RL.TOKEN k {line}");
         }
     }
+
+    #[test]
+    fn random_arguments_never_panic() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let words: [&[u8]; 16] = [
+            b"COST",
+            b"cost",
+            b"DRYRUN",
+            b"PER",
+            b"0",
+            b"1",
+            b"-1",
+            b"60",
+            b"1500ms",
+            b"3650d",
+            b"9223372036854775807",
+            b"99999999999999999999",
+            b"",
+            b"1.5",
+            b"\xff\x00",
+            b"m",
+        ];
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50_000 {
+            let args: Vec<Vec<u8>> = (0..rng.gen_range(0..8))
+                .map(|_| match rng.gen_range(0..4) {
+                    0 => (0..rng.gen_range(0..6))
+                        .map(|_| rng.r#gen::<u8>())
+                        .collect(),
+                    _ => words[rng.gen_range(0..words.len())].to_vec(),
+                })
+                .collect();
+            let args = args.iter().map(Vec::as_slice);
+            // Each parser answers Ok or a typed error; a panic fails the test.
+            let _ = (fixed(args.clone()), sliding(args.clone()), token(args));
+        }
+    }
 }
