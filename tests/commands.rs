@@ -453,3 +453,68 @@ fn scripts_and_transactions_decide_like_plain_calls() {
         Value::Array([0, 3, 0, 1000, 3000].map(Value::Int).to_vec())
     );
 }
+
+/// CRC-64/Jones as Redis computes it for DUMP payloads (reflected, initial value 0).
+fn crc64(data: &[u8]) -> u64 {
+    const POLY: u64 = 0x95ac_9329_ac4b_c9b5; // 0xad93d23594c935a9 reflected
+    data.iter().fold(0, |crc, &byte| {
+        (0..8).fold(crc ^ u64::from(byte), |c, _| {
+            if c & 1 == 1 { (c >> 1) ^ POLY } else { c >> 1 }
+        })
+    })
+}
+
+#[test]
+fn a_crafted_restore_payload_is_refused_without_harm() {
+    assert_eq!(
+        crc64(b"123456789"),
+        0xe9c6_d914_c4b8_d9ca,
+        "Redis' test vector"
+    );
+    let server = Server::start();
+    let mut con = server.conn();
+    rl(&mut con, "RL.FIXED f 5 1m COST 2").unwrap();
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("f").query(&mut con).unwrap();
+    let (body, _crc) = dump.split_at(dump.len() - 8);
+    assert_eq!(
+        crc64(body).to_le_bytes(),
+        dump[dump.len() - 8..],
+        "the payload's checksum"
+    );
+    // The encoded state sits in the payload: version 1, tag F, window end, count 2.
+    let at = body
+        .windows(2)
+        .position(|w| w == [1, b'F'])
+        .expect("the encoded state");
+    for (offset, byte, what) in [
+        (10, 0, "a count of 0"),
+        (1, b'T', "another algorithm"),
+        (0, 9, "an unknown version"),
+    ] {
+        let mut forged = body.to_vec();
+        forged[at + offset] = byte;
+        forged.extend_from_slice(&crc64(&forged).to_le_bytes());
+        let reply: redis::RedisResult<Value> = redis::cmd("RESTORE")
+            .arg("forged")
+            .arg(0)
+            .arg(&forged)
+            .query(&mut con);
+        let error = reply.expect_err(what);
+        assert_eq!(error.detail(), Some("Bad data format"), "{what}: {error}");
+    }
+    assert_eq!(
+        call(&mut con, "PING"),
+        Ok(Value::SimpleString("PONG".into()))
+    );
+    assert_eq!(int(&mut con, "EXISTS forged"), 0);
+    // The untouched payload still restores.
+    let expiry = int(&mut con, "PEXPIRETIME f");
+    let restore = redis::cmd("RESTORE")
+        .arg("copy")
+        .arg(expiry)
+        .arg(&dump)
+        .arg("ABSTTL")
+        .query(&mut con);
+    let _: () = restore.unwrap();
+    assert_eq!(fingerprint(&mut con, "copy"), fingerprint(&mut con, "f"));
+}
