@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Instructions per command, counted by callgrind (deterministic, unlike timings on a noisy
+# machine): for each case, a redis-server with the module runs under callgrind, receives
+# N commands (pipeline 16, one client, 100,000 random keys) and shuts down; an idle run is
+# subtracted. Then, for RL.FIXED, the inclusive cost of the module API calls it makes.
+#
+#   bench/callgrind.sh [N]        (default 50000; needs valgrind)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-50000}"
+command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+cargo build --release --lib -q
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cp target/release/libredis_ratelimit.so "$dir/module.so"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+run() { # name count command...
+    local name=$1 count=$2; shift 2
+    valgrind --tool=callgrind --callgrind-out-file="$dir/$name.out" redis-server --port "$port" \
+        --save "" --appendonly no --loadmodule "$dir/module.so" --dir "$dir" \
+        --logfile "$dir/$name.log" >/dev/null 2>&1 &
+    local pid=$!
+    for _ in $(seq 200); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+    if [ "$count" -gt 0 ]; then
+        redis-benchmark -p "$port" -c 1 -P 16 -n "$count" -r 100000 -q "$@" >/dev/null
+    fi
+    redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
+    wait "$pid" || true
+    grep -h '^summary' "$dir/$name.out" | awk '{print $2}'
+}
+
+idle=$(run idle 0)
+echo "| command | instructions per call |"
+echo "|---|---:|"
+while read -r name cmd; do
+    total=$(run "$name" "$n" $cmd)
+    echo "| \`$cmd\` | $(( (total - idle) / n )) |"
+done <<'CASES'
+incr INCR k:__rand_int__
+setpx SET k:__rand_int__ x PX 60000
+fixed RL.FIXED k:__rand_int__ 100 60
+sliding RL.SLIDING k:__rand_int__ 100 60
+token RL.TOKEN k:__rand_int__ 100 1 PER 1m
+CASES
+
+echo
+echo "RL.FIXED: instructions per call, inclusive, of the module command (dispatcher) and the API calls it makes:"
+callgrind_annotate --inclusive=yes "$dir/fixed.out" 2>/dev/null | grep -v '=>' \
+    | grep -E 'RedisModuleCommandDispatcher|RM_[A-Za-z]+ |lookupCommandByCString|moduleCreateArgvFromUserFormat' \
+    | sed -E 's/\( *[0-9.]+%\) *//' \
+    | awk -v n="$n" '{gsub(",", "", $1); printf "  %7d  %s\n", $1 / n, $2}'
