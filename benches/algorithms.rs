@@ -1,8 +1,8 @@
 //! Criterion benches of the pure decisions: nanoseconds per `decide`, per algorithm, on the
 //! allowed path (a limit so large it never denies, the clock advancing by `step` ms per call)
 //! and on the denied path (an exhausted limiter asked again at the same moment). For the
-//! sliding window, "busy" keeps all 65 sub-windows in use (a call every ms), "sparse" a few
-//! (a call every 5 s in a one-minute window).
+//! sliding window, "busy" keeps all 65 sub-windows in use (a call every ms), "sparse" about
+//! twelve (a call every 5 s in a one-minute window), "light" three (a call every 25 s).
 //!
 //! Run: `cargo bench --bench algorithms`.
 
@@ -55,6 +55,7 @@ fn algorithms(c: &mut Criterion) {
         0,
     );
     let sliding = SlidingWindow::new(big, minute).unwrap();
+    bench(c, "sliding/allowed-light", sliding, 1, 25_000);
     bench(c, "sliding/allowed-sparse", sliding, 1, 5_000);
     bench(c, "sliding/allowed-busy", sliding, 1, 1);
     bench(

@@ -47,7 +47,11 @@ impl Stored for SlidingState {
     }
 
     fn heap_size(&self) -> usize {
-        self.counts.capacity() * size_of::<u64>()
+        if self.counts.spilled() {
+            self.counts.capacity() * size_of::<u64>()
+        } else {
+            0
+        }
     }
 }
 

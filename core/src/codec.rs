@@ -218,12 +218,12 @@ mod tests {
         round_trip(SlidingState {
             window: 60_000,
             first: 28_333_334,
-            counts: vec![3, 0, 1],
+            counts: vec![3, 0, 1].into(),
         });
         round_trip(SlidingState {
             window: 6_400,
             first: 9,
-            counts: vec![1; MAX_BUCKETS],
+            counts: vec![1; MAX_BUCKETS].into(),
         });
         round_trip(TokenState {
             capacity: 100,
@@ -247,7 +247,7 @@ mod tests {
         let max = SlidingState {
             window: 6_400,
             first: 9,
-            counts: vec![1; MAX_BUCKETS],
+            counts: vec![1; MAX_BUCKETS].into(),
         };
         assert_eq!(Encoded::of(&max).as_bytes().len(), MAX_ENCODED_LEN);
     }

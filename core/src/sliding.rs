@@ -14,6 +14,8 @@
 //! When the window length changes, each stored bucket moves to the new bucket holding its
 //! last millisecond: units are remembered at least as long as before, never less.
 
+use smallvec::SmallVec;
+
 use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
 
 /// How many buckets a window is split into.
@@ -29,6 +31,11 @@ pub struct SlidingWindow {
     window: Millis,
 }
 
+/// Units per bucket. Up to three buckets live inside the state itself (as much room as a
+/// pointer to the heap takes), so a lightly used limiter costs no second allocation and a
+/// call on it allocates nothing.
+pub type Counts = SmallVec<[u64; 3]>;
+
 /// Units counted per bucket, for the buckets that still overlap the window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlidingState {
@@ -37,7 +44,7 @@ pub struct SlidingState {
     /// The index of the bucket `counts[0]` counts (bucket `b` covers `[b * g, (b + 1) * g)`).
     pub first: u64,
     /// Units per bucket, oldest first; the first and the last are never 0.
-    pub counts: Vec<u64>,
+    pub counts: Counts,
 }
 
 /// The length of one bucket for a window.
@@ -159,7 +166,7 @@ impl Buckets {
         SlidingState {
             window: self.window,
             first: self.first,
-            counts: self.slice().to_vec(),
+            counts: Counts::from_slice(self.slice()),
         }
     }
 }
@@ -321,7 +328,7 @@ mod tests {
             SlidingState {
                 window: 64_000,
                 first: 1,
-                counts: vec![4]
+                counts: vec![4].into()
             }
         );
         assert_eq!(moved.reset_at(), 2 * 1000 + 64_000 - 1);
@@ -334,7 +341,7 @@ mod tests {
             SlidingState {
                 window: 64,
                 first: 1_099,
-                counts: vec![4]
+                counts: vec![4].into()
             }
         );
     }
@@ -364,32 +371,48 @@ mod tests {
     }
 
     #[test]
+    fn a_state_with_up_to_three_buckets_is_one_small_allocation() {
+        assert_eq!(std::mem::size_of::<SlidingState>(), 48);
+        let l = SlidingWindow::new(10, 6400).unwrap();
+        let Write::Store(s) = l.decide(None, 1_000, 1).write else {
+            panic!()
+        };
+        let Write::Store(s) = l.decide(Some(&s), 1_100, 1).write else {
+            panic!()
+        };
+        let Write::Store(s) = l.decide(Some(&s), 1_200, 1).write else {
+            panic!()
+        };
+        assert_eq!((s.counts.len(), s.counts.spilled()), (3, false));
+    }
+
+    #[test]
     fn validates_stored_states() {
         let ok = SlidingState {
             window: 1000,
             first: 7,
-            counts: vec![1, 0, 2],
+            counts: vec![1, 0, 2].into(),
         };
         assert!(ok.is_valid());
         for bad in [
             SlidingState {
-                counts: vec![],
+                counts: vec![].into(),
                 ..ok.clone()
             },
             SlidingState {
-                counts: vec![0, 1],
+                counts: vec![0, 1].into(),
                 ..ok.clone()
             },
             SlidingState {
-                counts: vec![1, 0],
+                counts: vec![1, 0].into(),
                 ..ok.clone()
             },
             SlidingState {
-                counts: vec![1; MAX_BUCKETS + 1],
+                counts: vec![1; MAX_BUCKETS + 1].into(),
                 ..ok.clone()
             },
             SlidingState {
-                counts: vec![MAX_UNITS, 1],
+                counts: vec![MAX_UNITS, 1].into(),
                 ..ok.clone()
             },
             SlidingState {
