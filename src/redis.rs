@@ -184,6 +184,9 @@ pub struct Key {
     ctx: Ctx,
     name: RString,
     key: NonNull<raw::RedisModuleKey>,
+    /// What `value` found for a type (`None`: the key was empty), so `store` need not look
+    /// the key up again.
+    found: Option<(*mut raw::RedisModuleType, Option<NonNull<c_void>>)>,
 }
 
 impl Key {
@@ -192,7 +195,12 @@ impl Key {
         let mode = raw::REDISMODULE_READ | if write { raw::REDISMODULE_WRITE } else { 0 };
         // SAFETY: a valid context and key name.
         let key = unsafe { api!(RedisModule_OpenKey)(ctx.0, name, mode as c_int) };
-        NonNull::new(key.cast()).map(|key| Key { ctx, name, key })
+        NonNull::new(key.cast()).map(|key| Key {
+            ctx,
+            name,
+            key,
+            found: None,
+        })
     }
 
     fn raw(&self) -> *mut raw::RedisModuleKey {
@@ -205,12 +213,16 @@ impl Key {
         // SAFETY: an open key; a value of our type is a `Box<S>` we stored.
         unsafe {
             match api!(RedisModule_KeyType)(self.raw()) as isize {
-                raw::REDISMODULE_KEYTYPE_EMPTY => Ok(None),
+                raw::REDISMODULE_KEYTYPE_EMPTY => {
+                    self.found = Some((S::redis_type(), None));
+                    Ok(None)
+                }
                 raw::REDISMODULE_KEYTYPE_MODULE
                     if api!(RedisModule_ModuleTypeGetType)(self.raw()) == S::redis_type() =>
                 {
-                    let value = api!(RedisModule_ModuleTypeGetValue)(self.raw()).cast::<S>();
-                    Ok(value.as_mut())
+                    let value = api!(RedisModule_ModuleTypeGetValue)(self.raw());
+                    self.found = Some((S::redis_type(), NonNull::new(value)));
+                    Ok(value.cast::<S>().as_mut())
                 }
                 _ => Err(Error::WrongType),
             }
@@ -224,9 +236,18 @@ impl Key {
         // SAFETY: the key is open for writing; the value becomes owned by Redis, which frees
         // it through our `free` callback.
         unsafe {
-            match self.value::<S>() {
-                Ok(Some(existing)) => *existing = state,
-                _ => {
+            // What `value` already found, else a fresh look (RL.STATE comes straight here).
+            let existing = match self.found {
+                Some((found_type, value)) if found_type == S::redis_type() => value,
+                _ => self
+                    .value::<S>()
+                    .ok()
+                    .flatten()
+                    .map(|v| NonNull::from(v).cast()),
+            };
+            match existing {
+                Some(value) => *value.cast::<S>().as_ptr() = state,
+                None => {
                     let value = Box::into_raw(Box::new(state)).cast::<c_void>();
                     api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), value);
                 }
