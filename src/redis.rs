@@ -11,7 +11,7 @@ use ratelimit_core::codec::Encoded;
 use redis_module::raw;
 
 use crate::error::Error;
-use crate::types::Stored;
+use crate::types::{Stored, Value};
 
 /// The raw API function `$name`, checked present at load time.
 macro_rules! api {
@@ -44,6 +44,7 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_ModuleTypeGetType,
         RedisModule_ModuleTypeGetValue,
         RedisModule_ModuleTypeSetValue,
+        RedisModule_ModuleTypeReplaceValue,
         RedisModule_DeleteKey,
         RedisModule_SetAbsExpire,
         RedisModule_SignalModifiedKey,
@@ -209,8 +210,8 @@ impl Key {
 
     /// The limiter state stored at this key: `None` if the key is empty, `WrongType` if it
     /// holds anything but a limiter of type `S`.
-    pub fn value<S: Stored>(&mut self) -> Result<Option<&mut S>, Error> {
-        // SAFETY: an open key; a value of our type is a `Box<S>` we stored.
+    pub fn value<S: Stored>(&mut self) -> Result<Option<Value<'_, S>>, Error> {
+        // SAFETY: an open key; a value of our type is one `Value::into_raw` made.
         unsafe {
             match api!(RedisModule_KeyType)(self.raw()) as isize {
                 raw::REDISMODULE_KEYTYPE_EMPTY => {
@@ -220,9 +221,9 @@ impl Key {
                 raw::REDISMODULE_KEYTYPE_MODULE
                     if api!(RedisModule_ModuleTypeGetType)(self.raw()) == S::redis_type() =>
                 {
-                    let value = api!(RedisModule_ModuleTypeGetValue)(self.raw());
-                    self.found = Some((S::redis_type(), NonNull::new(value)));
-                    Ok(value.cast::<S>().as_mut())
+                    let value = NonNull::new(api!(RedisModule_ModuleTypeGetValue)(self.raw()));
+                    self.found = Some((S::redis_type(), value));
+                    Ok(value.and_then(|v| Value::from_raw(v)))
                 }
                 _ => Err(Error::WrongType),
             }
@@ -230,26 +231,44 @@ impl Key {
     }
 
     /// Stores a state, replacing whatever the key held, and expires the key when the state is
-    /// fresh again. A state of the same type is overwritten in place.
+    /// fresh again. A boxed state of the same type is overwritten in place, a packed one
+    /// replaced in the key's value (neither allocates).
     pub fn store<S: Stored>(&mut self, state: S) {
         let reset_at = state.reset_at();
-        // SAFETY: the key is open for writing; the value becomes owned by Redis, which frees
-        // it through our `free` callback.
+        // What `value` already found, else a fresh look (RL.STATE comes straight here).
+        if !matches!(self.found, Some((found_type, _)) if found_type == S::redis_type()) {
+            let _ = self.value::<S>();
+        }
+        let existing = match self.found.take() {
+            Some((found_type, value)) if found_type == S::redis_type() => value,
+            _ => None,
+        };
+        // SAFETY: the key is open for writing and `existing` is its value of type `S`; the
+        // new value becomes owned by Redis, which frees it through our `free` callback.
         unsafe {
-            // What `value` already found, else a fresh look (RL.STATE comes straight here).
-            let existing = match self.found {
-                Some((found_type, value)) if found_type == S::redis_type() => value,
-                _ => self
-                    .value::<S>()
-                    .ok()
-                    .flatten()
-                    .map(|v| NonNull::from(v).cast()),
-            };
             match existing {
-                Some(value) => *value.cast::<S>().as_ptr() = state,
+                Some(old) if old.as_ptr() as usize & 1 == 0 && state.to_word().is_none() => {
+                    *old.cast::<S>().as_ptr() = state;
+                }
+                Some(_) => {
+                    let mut old = std::ptr::null_mut();
+                    let new = Value::into_raw(state);
+                    let replaced = api!(RedisModule_ModuleTypeReplaceValue)(
+                        self.raw(),
+                        S::redis_type(),
+                        new,
+                        &mut old,
+                    );
+                    // Redis keeps whichever of the two it did not hand back.
+                    if replaced == raw::REDISMODULE_OK as c_int {
+                        Value::<S>::free(old);
+                    } else {
+                        Value::<S>::free(new);
+                    }
+                }
                 None => {
-                    let value = Box::into_raw(Box::new(state)).cast::<c_void>();
-                    api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), value);
+                    let new = Value::into_raw(state);
+                    api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), new);
                 }
             }
             api!(RedisModule_SetAbsExpire)(self.raw(), i64::try_from(reset_at).unwrap_or(i64::MAX));

@@ -1,15 +1,25 @@
 //! The three module data types, one per algorithm, and their persistence callbacks.
 //!
-//! A key holds a `Box` of a core state. Every callback goes through the one binary encoding
-//! of `ratelimit_core::codec`: RDB saves it as one string, AOF rewrites emit it as
-//! `RL.STATE <key> <encoding>` (Redis appends the expiry), `DEBUG DIGEST-VALUE` digests it.
-//! Loading decodes and validates, so a damaged file or payload never yields a bad limiter.
-//! The RDB encoding version of each type is 1; a later one would be matched in `rdb_load`.
+//! A key's value pointer holds a core state in one of two ways ([`Value`]): a state that
+//! fits in 63 bits (a fixed window or a token bucket with usual figures, see
+//! `ratelimit_core::codec::Word`) is the pointer itself, shifted left with the low bit set,
+//! as Redis keeps small integers in an object's pointer; any other state is a `Box`, whose
+//! address is even. Redis never reads a module value itself: it hands the pointer back to
+//! these callbacks, and active defrag moves only its own wrapper unless the type registers a
+//! `defrag` callback, which these do not.
+//!
+//! Every callback goes through the one binary encoding of `ratelimit_core::codec`: RDB saves
+//! it as one string, AOF rewrites emit it as `RL.STATE <key> <encoding>` (Redis appends the
+//! expiry), `DEBUG DIGEST-VALUE` digests it. Loading decodes and validates, so a damaged file
+//! or payload never yields a bad limiter. The RDB encoding version of each type is 1; the
+//! blob carries its own version.
 
 use std::ffi::{c_int, c_void};
 use std::mem::size_of;
+use std::ops::Deref;
+use std::ptr::NonNull;
 
-use ratelimit_core::codec::{Codec, Encoded};
+use ratelimit_core::codec::{Codec, Encoded, Word};
 use ratelimit_core::{FixedState, SlidingState, State, TokenState};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
@@ -21,7 +31,7 @@ use crate::redis::api;
 const ENCODING_VERSION: c_int = 1;
 
 /// A core state stored in a Redis key.
-pub trait Stored: Codec + State + 'static {
+pub trait Stored: Codec + Word + State + 'static {
     /// The data type registered for this state.
     fn data_type() -> &'static RedisType;
 
@@ -58,6 +68,77 @@ impl Stored for SlidingState {
 impl Stored for TokenState {
     fn data_type() -> &'static RedisType {
         &TOKEN_TYPE
+    }
+}
+
+/// A module value pointer, read: a state packed into the pointer, or a boxed one.
+pub enum Value<'a, S> {
+    Packed(S),
+    Boxed(&'a mut S),
+}
+
+impl<S> Deref for Value<'_, S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        match self {
+            Value::Packed(state) => state,
+            Value::Boxed(state) => state,
+        }
+    }
+}
+
+impl<'a, S: Stored> Value<'a, S> {
+    /// Reads a pointer this type stored; `None` only for a packed word no state makes, which
+    /// [`into_raw`](Self::into_raw) never writes.
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw::<S>` and is still owned by the key (not freed).
+    pub unsafe fn from_raw(ptr: NonNull<c_void>) -> Option<Self> {
+        let addr = ptr.as_ptr() as usize;
+        if addr & 1 == 1 {
+            S::from_word((addr >> 1) as u64).map(Value::Packed)
+        } else {
+            // SAFETY: an even pointer of this type is a live `Box<S>`.
+            Some(Value::Boxed(unsafe { ptr.cast::<S>().as_mut() }))
+        }
+    }
+
+    /// The pointer that holds `state`: the state itself if it packs, else a new `Box`.
+    pub fn into_raw(state: S) -> *mut c_void {
+        match state.to_word().and_then(|word| usize::try_from(word).ok()) {
+            // Below 2^63: the shift loses nothing on a 64-bit target.
+            Some(word) if usize::BITS >= 64 => (word << 1 | 1) as *mut c_void,
+            _ => Box::into_raw(Box::new(state)).cast(),
+        }
+    }
+
+    /// Releases what `into_raw` made.
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw::<S>` and is not used after.
+    pub unsafe fn free(ptr: *mut c_void) {
+        if !ptr.is_null() && ptr as usize & 1 == 0 {
+            // SAFETY: an even pointer of this type is a `Box<S>` owned by the caller.
+            drop(unsafe { Box::from_raw(ptr.cast::<S>()) });
+        }
+    }
+
+    /// Runs `f` on the state `ptr` holds; `fallback` if it holds none.
+    ///
+    /// # Safety
+    /// As for [`from_raw`](Self::from_raw).
+    unsafe fn with<R>(ptr: *const c_void, fallback: R, f: impl FnOnce(&S) -> R) -> R {
+        // SAFETY: forwarded to the caller.
+        match NonNull::new(ptr.cast_mut()).and_then(|p| unsafe { Self::from_raw(p) }) {
+            Some(value) => f(&value),
+            None => fallback,
+        }
+    }
+
+    /// Whether the state lives in a `Box` (else in the pointer itself).
+    pub fn is_boxed(&self) -> bool {
+        matches!(self, Value::Boxed(_))
     }
 }
 
@@ -113,7 +194,7 @@ unsafe extern "C" fn rdb_load<S: Stored>(
             let state = S::decode(std::slice::from_raw_parts(buf.cast::<u8>(), len));
             api!(RedisModule_Free)(buf.cast());
             match state {
-                Ok(state) => Box::into_raw(Box::new(state)).cast(),
+                Ok(state) => Value::into_raw(state),
                 Err(_) => std::ptr::null_mut(),
             }
         }
@@ -122,9 +203,9 @@ unsafe extern "C" fn rdb_load<S: Stored>(
 
 unsafe extern "C" fn rdb_save<S: Stored>(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
     guard::callback((), || {
-        // SAFETY: `value` is a `Box<S>` this type stored.
-        let bytes = Encoded::of(unsafe { &*value.cast::<S>() });
-        let bytes = bytes.as_bytes();
+        // SAFETY: `value` is a value this type stored.
+        let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
+        let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
         unsafe { api!(RedisModule_SaveStringBuffer)(rdb, bytes.as_ptr().cast(), bytes.len()) };
     })
 }
@@ -135,8 +216,12 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
     value: *mut c_void,
 ) {
     guard::callback((), || {
-        // SAFETY: `value` is a `Box<S>`; format "sb" takes a Redis string, a pointer, a length.
-        let bytes = Encoded::of(unsafe { &*value.cast::<S>() });
+        // SAFETY: `value` is a value this type stored; format "sb" takes a Redis string, a
+        // pointer and a length.
+        let Some(bytes) = (unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) })
+        else {
+            return;
+        };
         let bytes = bytes.as_bytes();
         unsafe {
             api!(RedisModule_EmitAOF)(
@@ -152,17 +237,20 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
 }
 
 unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
-    guard::callback(0, || {
-        // SAFETY: `value` is a `Box<S>`.
-        size_of::<S>() + unsafe { &*value.cast::<S>() }.heap_size()
+    // SAFETY: `value` is a value this type stored.
+    guard::callback(0, || unsafe {
+        match NonNull::new(value.cast_mut()).and_then(|p| Value::<S>::from_raw(p)) {
+            Some(value) if value.is_boxed() => size_of::<S>() + value.heap_size(),
+            _ => 0,
+        }
     })
 }
 
 unsafe extern "C" fn digest<S: Stored>(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     guard::callback((), || {
-        // SAFETY: `value` is a `Box<S>`.
-        let bytes = Encoded::of(unsafe { &*value.cast::<S>() });
-        let bytes = bytes.as_bytes();
+        // SAFETY: `value` is a value this type stored.
+        let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
+        let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
         unsafe {
             api!(RedisModule_DigestAddStringBuffer)(md, bytes.as_ptr().cast(), bytes.len());
             api!(RedisModule_DigestEndSequence)(md);
@@ -172,8 +260,8 @@ unsafe extern "C" fn digest<S: Stored>(md: *mut raw::RedisModuleDigest, value: *
 
 unsafe extern "C" fn free<S: Stored>(value: *mut c_void) {
     guard::callback((), || {
-        // SAFETY: `value` is a `Box<S>` Redis hands back exactly once.
-        drop(unsafe { Box::from_raw(value.cast::<S>()) });
+        // SAFETY: `value` is a value this type stored, which Redis hands back exactly once.
+        unsafe { Value::<S>::free(value) };
     })
 }
 
@@ -183,8 +271,7 @@ unsafe extern "C" fn copy<S: Stored>(
     value: *const c_void,
 ) -> *mut c_void {
     guard::callback(std::ptr::null_mut(), || {
-        // SAFETY: `value` is a `Box<S>`.
-        let state = unsafe { &*value.cast::<S>() }.clone();
-        Box::into_raw(Box::new(state)).cast()
+        // SAFETY: `value` is a value this type stored.
+        unsafe { Value::<S>::with(value, std::ptr::null_mut(), |s| Value::into_raw(s.clone())) }
     })
 }

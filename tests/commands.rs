@@ -100,9 +100,11 @@ fn token_bucket_figures() {
         // 600 per minute is the same rate: the state carries over unchanged in tokens.
         (350,   "RL.TOKEN t 3 600 PER 1m COST 0",  [1, 3, 2, 0,   50]),
         (400,   "RL.TOKEN t 3 600 PER 1m COST 0",  [1, 3, 3, 0,   0]),
-        // A smaller capacity clamps the tokens; a larger one leaves them and refills.
+        // Other figures read the time the bucket needs to be full with the new rate and
+        // capacity (as CL.THROTTLE does): 2 s from full is 8 of 10 tokens, or 2 of 4.
         (400,   "RL.TOKEN t 10 1 COST 2",          [1, 10, 8, 0,  2_000]),
-        (400,   "RL.TOKEN t 4 1 COST 0",           [1, 4, 4, 0,   0]),
+        (400,   "RL.TOKEN t 4 1 COST 0",           [1, 4, 2, 0,   2_000]),
+        (1_400, "RL.TOKEN t 4 1 COST 0",           [1, 4, 3, 0,   1_000]),
     ]);
 }
 
@@ -175,9 +177,10 @@ fn cost_and_dryrun() {
         rl(&mut con, "RL.TOKEN d 10 1 COST 11 DRYRUN").unwrap(),
         [0, 10, 6, -1, 4000]
     );
+    // Read as 20 per minute, 4 s from full is 19.93 tokens: 18 left after taking one.
     assert_eq!(
         rl(&mut con, "RL.TOKEN d 20 1 PER 1m DRYRUN").unwrap(),
-        [1, 20, 5, 0, 900_000]
+        [1, 20, 18, 0, 64_000]
     );
     assert_eq!(fingerprint(&mut con, "d"), before, "DRYRUN changes nothing");
     assert_eq!(
@@ -416,13 +419,49 @@ fn dump_restore_and_copy_keep_the_state() {
 fn memory_usage_is_reported() {
     let server = Server::start();
     let mut con = server.conn();
+    // States that fit a word live in the value pointer; a count of 2^20 or more needs a
+    // 16-byte allocation, a sliding window one with its counters.
     rl(&mut con, "RL.FIXED f 5 1m").unwrap();
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
-    let (fixed, token) = (
-        int(&mut con, "MEMORY USAGE f"),
-        int(&mut con, "MEMORY USAGE t"),
+    rl(&mut con, "RL.FIXED b 2000000 1m COST 1048576").unwrap();
+    rl(&mut con, "RL.SLIDING s 5 1m").unwrap();
+    let usage = |con: &mut redis::Connection, key: &str| int(con, &format!("MEMORY USAGE {key}"));
+    let [fixed, token, big, sliding] = ["f", "t", "b", "s"].map(|key| usage(&mut con, key));
+    assert!(fixed > 16, "{fixed}");
+    assert_eq!(token, fixed);
+    assert_eq!(big, fixed + 16);
+    assert!(sliding > big, "sliding {sliding}, fixed {big}");
+    // A token bucket gaining 3,000,000 parts per ms keeps a slack above 2^20: boxed. The
+    // same key moves between the two forms as its figures change.
+    rl(&mut con, "RL.TOKEN r 10 3000000").unwrap();
+    assert_eq!(usage(&mut con, "r"), fixed + 16);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN r 10 1").unwrap(),
+        [1, 10, 8, 0, 1_001]
     );
-    assert!(fixed > 16 && fixed < token, "fixed {fixed}, token {token}");
+    assert_eq!(usage(&mut con, "r"), fixed);
+    // 1,001 ms from full reads empty at 3,000,000 per second; 1 ms from full (3,000,000
+    // parts, 3,000 tokens) leaves 6,999 of 10,000.
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN r 10 3000000").unwrap(),
+        [0, 10, 0, 1_001, 1_001]
+    );
+    server.clock.advance(1000);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN r 10000 3000000").unwrap(),
+        [1, 10_000, 6_999, 0, 2]
+    );
+    assert_eq!(usage(&mut con, "r"), fixed + 16);
+    // A boxed state is updated in place.
+    assert_eq!(
+        rl(&mut con, "RL.FIXED b 2000000 1m COST 951424").unwrap()[..3],
+        [1, 2_000_000, 0]
+    );
+    assert_eq!(
+        rl(&mut con, "RL.FIXED b 2000000 1m").unwrap()[..3],
+        [0, 2_000_000, 0]
+    );
+    assert_eq!(usage(&mut con, "b"), big);
 }
 
 #[test]
@@ -481,10 +520,10 @@ fn a_crafted_restore_payload_is_refused_without_harm() {
         dump[dump.len() - 8..],
         "the payload's checksum"
     );
-    // The encoded state sits in the payload: version 1, tag F, window end, count 2.
+    // The encoded state sits in the payload: version 2, tag F, window end, count 2.
     let at = body
         .windows(2)
-        .position(|w| w == [1, b'F'])
+        .position(|w| w == [2, b'F'])
         .expect("the encoded state");
     for (offset, byte, what) in [
         (10, 0, "a count of 0"),

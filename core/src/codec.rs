@@ -1,22 +1,30 @@
 //! The binary encoding of limiter states, shared by RDB files, replication and AOF rewrites.
 //!
 //! ```text
-//! byte 0     encoding version (1)
+//! byte 0     encoding version (2)
 //! byte 1     algorithm: b'F' fixed window, b'S' sliding window, b'T' token bucket
 //! then       little-endian fields
 //!   F        window_end u64, count u64                                      (18 bytes)
 //!   S        window u64, first u64, n u8, counts u64 x n (1..=65)           (27..=539 bytes)
-//!   T        capacity u64, rate u64, period u64, updated_at u64, level u128 (50 bytes)
+//!   T        full_at u64, slack u64                                         (18 bytes)
 //! ```
 //!
-//! Decoding checks every invariant a state built by the algorithms holds (`is_valid`), so a
-//! blob from a damaged file or a hand-written command can never become a limiter that
-//! misbehaves. A future version 2 would add a branch in `decode`; version 1 stays readable.
+//! Version 1 differs only in its token buckets, which carried their parameters and a level
+//! (`capacity u64, rate u64, period u64, updated_at u64, level u128`, 50 bytes); it is still
+//! read, and converted exactly. Decoding checks every invariant a state built by the
+//! algorithms holds (`is_valid`), so a blob from a damaged file or a hand-written command can
+//! never become a limiter that misbehaves.
+//!
+//! [`Word`] is a second, in-memory encoding: a fixed window or token bucket with usual
+//! figures fits in 63 bits, which the storage layer keeps in place of a pointer.
 
 use crate::{FixedState, SlidingState, State, TokenState, sliding::MAX_BUCKETS};
 
 /// The version written in byte 0.
-pub const ENCODING_VERSION: u8 = 1;
+pub const ENCODING_VERSION: u8 = 2;
+
+/// Versions this build reads.
+const READABLE: std::ops::RangeInclusive<u8> = 1..=ENCODING_VERSION;
 
 /// The longest encoding: a sliding window with every bucket in use.
 pub const MAX_ENCODED_LEN: usize = 2 + 17 + 8 * MAX_BUCKETS;
@@ -40,29 +48,87 @@ pub trait Codec: Sized {
     /// Appends the fields (after the two header bytes) to `out`.
     fn encode(&self, out: &mut Encoded);
 
-    /// Reads a state written by `encode` and checks it.
+    /// Reads a state written by `encode` (this version or an earlier one) and checks it.
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes {
-            [ENCODING_VERSION, tag, fields @ ..] if *tag == Self::TAG => {
-                Self::decode_fields(&mut Fields(fields)).ok_or(DecodeError::Invalid)
+            [version, ..] if !READABLE.contains(version) => Err(DecodeError::UnknownVersion),
+            [version, tag, fields @ ..] if *tag == Self::TAG => {
+                Self::decode_fields(*version, &mut Fields(fields)).ok_or(DecodeError::Invalid)
             }
-            [ENCODING_VERSION, b'F' | b'S' | b'T', ..] => Err(DecodeError::OtherAlgorithm),
-            [ENCODING_VERSION] => Err(DecodeError::Invalid),
-            _ => Err(DecodeError::UnknownVersion),
+            [_, b'F' | b'S' | b'T', ..] => Err(DecodeError::OtherAlgorithm),
+            [_, ..] => Err(DecodeError::Invalid),
+            [] => Err(DecodeError::UnknownVersion),
         }
     }
 
-    /// Reads the fields after the two header bytes; `None` if they do not make a valid state.
-    fn decode_fields(fields: &mut Fields) -> Option<Self>;
+    /// Reads the fields of a `version` encoding after the two header bytes; `None` if they do
+    /// not make a valid state.
+    fn decode_fields(version: u8, fields: &mut Fields) -> Option<Self>;
 }
 
 /// The algorithm byte of an encoded state, if the version is known.
 pub fn tag_of(bytes: &[u8]) -> Option<u8> {
     match bytes {
-        [ENCODING_VERSION, tag, ..] => Some(*tag),
+        [version, tag, ..] if READABLE.contains(version) => Some(*tag),
         _ => None,
     }
 }
+
+/// A state that may fit in 63 bits: the storage layer then keeps it in place of a pointer,
+/// saving an allocation per key (as Redis keeps a small integer in an object's pointer).
+pub trait Word: Sized {
+    /// The state as a number below 2^63, if it fits.
+    fn to_word(&self) -> Option<u64> {
+        None
+    }
+
+    /// The state `to_word` made this word of; `None` if it is not one.
+    fn from_word(_word: u64) -> Option<Self> {
+        None
+    }
+}
+
+/// A word's low bits hold a time in ms (up to 2^43, the year 2248), its high bits a number.
+const TIME_BITS: u32 = 43;
+const NUMBER_BITS: u32 = 63 - TIME_BITS;
+
+fn pack(time: u64, number: u64) -> Option<u64> {
+    (time < 1 << TIME_BITS && number < 1 << NUMBER_BITS).then_some(number << TIME_BITS | time)
+}
+
+fn unpack(word: u64) -> Option<(u64, u64)> {
+    (word < 1 << 63).then_some((word & ((1 << TIME_BITS) - 1), word >> TIME_BITS))
+}
+
+/// A fixed window fits while its count is below 2^20 (1,048,576).
+impl Word for FixedState {
+    fn to_word(&self) -> Option<u64> {
+        pack(self.window_end, self.count)
+    }
+
+    fn from_word(word: u64) -> Option<Self> {
+        let (window_end, count) = unpack(word)?;
+        let state = FixedState { window_end, count };
+        state.is_valid().then_some(state)
+    }
+}
+
+/// A token bucket fits while its slack is below 2^20, which a rate below 2^20 parts per ms
+/// (tokens per period) guarantees.
+impl Word for TokenState {
+    fn to_word(&self) -> Option<u64> {
+        pack(self.full_at, self.slack)
+    }
+
+    fn from_word(word: u64) -> Option<Self> {
+        let (full_at, slack) = unpack(word)?;
+        let state = TokenState { full_at, slack };
+        state.is_valid().then_some(state)
+    }
+}
+
+/// Sliding windows hold up to 65 counters: always allocated.
+impl Word for SlidingState {}
 
 /// An encoded state, on the stack: encoding never allocates.
 pub struct Encoded {
@@ -129,7 +195,7 @@ impl Codec for FixedState {
         out.put(&self.count.to_le_bytes());
     }
 
-    fn decode_fields(f: &mut Fields) -> Option<Self> {
+    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
         let state = FixedState {
             window_end: f.u64()?,
             count: f.u64()?,
@@ -152,7 +218,7 @@ impl Codec for SlidingState {
         }
     }
 
-    fn decode_fields(f: &mut Fields) -> Option<Self> {
+    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
         let (window, first, [n]) = (f.u64()?, f.u64()?, f.take::<1>()?);
         if f.0.len() != 8 * usize::from(n) {
             return None;
@@ -173,19 +239,20 @@ impl Codec for TokenState {
     const TAG: u8 = b'T';
 
     fn encode(&self, out: &mut Encoded) {
-        for field in [self.capacity, self.rate, self.period, self.updated_at] {
-            out.put(&field.to_le_bytes());
-        }
-        out.put(&self.level.to_le_bytes());
+        out.put(&self.full_at.to_le_bytes());
+        out.put(&self.slack.to_le_bytes());
     }
 
-    fn decode_fields(f: &mut Fields) -> Option<Self> {
-        let state = TokenState {
-            capacity: f.u64()?,
-            rate: f.u64()?,
-            period: f.u64()?,
-            updated_at: f.u64()?,
-            level: f.u128()?,
+    fn decode_fields(version: u8, f: &mut Fields) -> Option<Self> {
+        let state = if version == 1 {
+            let (capacity, rate, period) = (f.u64()?, f.u64()?, f.u64()?);
+            let (updated_at, level) = (f.u64()?, f.u128()?);
+            TokenState::from_level(capacity, rate, period, updated_at, level)?
+        } else {
+            TokenState {
+                full_at: f.u64()?,
+                slack: f.u64()?,
+            }
         };
         f.end()?;
         state.is_valid().then_some(state)
@@ -226,11 +293,8 @@ mod tests {
             counts: vec![1; MAX_BUCKETS].into(),
         });
         round_trip(TokenState {
-            capacity: 100,
-            rate: 10,
-            period: 1000,
-            updated_at: 1_700_000_000_123,
-            level: 99_999,
+            full_at: 1_700_000_000_123,
+            slack: 9,
         });
     }
 
@@ -242,7 +306,7 @@ mod tests {
         });
         assert_eq!(
             bytes.as_bytes(),
-            [1, b'F', 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0].as_slice()
+            [2, b'F', 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0].as_slice()
         );
         let max = SlidingState {
             window: 6_400,
@@ -262,9 +326,10 @@ mod tests {
             TokenState::decode(fixed.as_bytes()),
             Err(DecodeError::OtherAlgorithm)
         );
-        let mut v2 = fixed.as_bytes().to_vec();
-        v2[0] = 2;
-        assert_eq!(FixedState::decode(&v2), Err(DecodeError::UnknownVersion));
+        let mut v3 = fixed.as_bytes().to_vec();
+        v3[0] = 3;
+        assert_eq!(FixedState::decode(&v3), Err(DecodeError::UnknownVersion));
+        let v2 = fixed.as_bytes().to_vec();
         assert_eq!(FixedState::decode(b""), Err(DecodeError::UnknownVersion));
         assert_eq!(FixedState::decode(b"\x01"), Err(DecodeError::Invalid));
         let zero = Encoded::of(&FixedState {
@@ -275,17 +340,112 @@ mod tests {
             FixedState::decode(zero.as_bytes()),
             Err(DecodeError::Invalid)
         );
-        let full = TokenState {
-            capacity: 1,
-            rate: 1,
-            period: 1,
-            updated_at: 0,
-            level: 1,
+        let never = TokenState {
+            full_at: 0,
+            slack: 1,
         };
         assert_eq!(
-            TokenState::decode(Encoded::of(&full).as_bytes()),
+            TokenState::decode(Encoded::of(&never).as_bytes()),
             Err(DecodeError::Invalid)
         );
         assert_eq!(tag_of(fixed.as_bytes()), Some(b'F'));
+        assert_eq!(tag_of(&v2), Some(b'F'));
+        assert_eq!(tag_of(&[3, b'F']), None);
+    }
+
+    /// A version-1 token bucket: parameters, update time and level in parts.
+    fn token_v1(capacity: u64, rate: u64, period: u64, at: u64, level: u128) -> Vec<u8> {
+        let mut bytes = vec![1, b'T'];
+        for field in [capacity, rate, period, at] {
+            bytes.extend(field.to_le_bytes());
+        }
+        bytes.extend(level.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn reads_version_1_token_buckets_exactly() {
+        // 2 tokens, 3 per second, 1 token (1000 parts) left at t = 500: full 333.33 ms later.
+        let state = TokenState::decode(&token_v1(2, 3, 1000, 500, 1000)).unwrap();
+        assert_eq!(
+            state,
+            TokenState {
+                full_at: 834,
+                slack: 2
+            }
+        );
+        // A full bucket, invalid parameters, or a wrong length are refused.
+        for bad in [
+            token_v1(2, 3, 1000, 500, 2000),
+            token_v1(0, 3, 1000, 500, 0),
+            token_v1(2, 3, 0, 500, 0),
+            token_v1(2, 3, 1000, u64::MAX, 0),
+            token_v1(2, 3, 1000, 500, 0)[..49].to_vec(),
+        ] {
+            assert_eq!(
+                TokenState::decode(&bad),
+                Err(DecodeError::Invalid),
+                "{bad:?}"
+            );
+        }
+        // Fixed and sliding windows read the same in both versions.
+        let mut v1 = Encoded::of(&FixedState {
+            window_end: 10,
+            count: 1,
+        })
+        .as_bytes()
+        .to_vec();
+        v1[0] = 1;
+        assert_eq!(
+            FixedState::decode(&v1),
+            Ok(FixedState {
+                window_end: 10,
+                count: 1
+            })
+        );
+    }
+
+    #[test]
+    fn words_round_trip_within_their_bits() {
+        let fixed = FixedState {
+            window_end: (1 << 43) - 1,
+            count: (1 << 20) - 1,
+        };
+        let word = fixed.to_word().unwrap();
+        assert!(word < 1 << 63);
+        assert_eq!(FixedState::from_word(word), Some(fixed));
+        assert_eq!(
+            FixedState {
+                window_end: 1 << 43,
+                count: 1
+            }
+            .to_word(),
+            None
+        );
+        assert_eq!(
+            FixedState {
+                window_end: 1,
+                count: 1 << 20
+            }
+            .to_word(),
+            None
+        );
+        let token = TokenState {
+            full_at: 1_800_000_000_000,
+            slack: 7,
+        };
+        assert_eq!(TokenState::from_word(token.to_word().unwrap()), Some(token));
+        assert_eq!(
+            TokenState {
+                full_at: 1,
+                slack: 1 << 20
+            }
+            .to_word(),
+            None
+        );
+        // Words that no state makes are refused.
+        assert_eq!(FixedState::from_word(1 << 63), None);
+        assert_eq!(FixedState::from_word(5), None, "count 0");
+        assert_eq!(SlidingState::from_word(5), None);
     }
 }

@@ -4,12 +4,18 @@
 //! Exact integer arithmetic, no drift: the level is counted in *parts*, one token being
 //! `period` parts (the period in ms), and the bucket gains `rate` parts every millisecond.
 //! So `rate` tokens per `period` ms is exactly `rate` parts per ms, with no rounding ever,
-//! however the calls fall. A stored state carries the parameters it was made with, so it
-//! describes itself: its expiry (the moment it is full again) needs nothing else.
+//! however the calls fall.
 //!
-//! When a call brings other parameters, the bucket is first refilled up to `now` with the old
-//! ones, then converted: the level keeps its value in tokens (rounded down to a part of the
-//! new period) and is clamped to the new capacity. Changes take effect from that call on.
+//! The state is the moment the bucket is full again, as in GCRA and redis-cell's
+//! `CL.THROTTLE`: an integer millisecond `full_at` (which is also when the key expires) and
+//! the `slack` in parts by which the exact moment comes earlier. At `now` the bucket lacks
+//! `(full_at - now) * rate - slack` parts. Two integers, no parameters: a state fits in a
+//! machine word for usual figures, so the storage layer can keep it without an allocation.
+//!
+//! When a call brings other parameters, the state keeps *the time the bucket needs to be
+//! full*, read with the new rate and clamped to the new capacity (what `CL.THROTTLE` does):
+//! a bigger bucket is mostly full at once, a smaller one may be empty. Changes take effect
+//! from that call on. A clock that goes back leaves the bucket emptier, never fuller.
 
 use crate::{
     Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write,
@@ -24,16 +30,15 @@ pub struct TokenBucket {
     period: Millis,
 }
 
-/// A bucket that is not full, as of `updated_at`.
+/// A bucket that is not full: when it will be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenState {
-    pub capacity: u64,
-    pub rate: u64,
-    pub period: Millis,
-    /// When `level` was measured, in ms since the epoch.
-    pub updated_at: Millis,
-    /// Tokens held, in parts (`period` parts per token); below `capacity * period`.
-    pub level: u128,
+    /// The first millisecond at which the bucket is full, since the epoch.
+    pub full_at: Millis,
+    /// How many parts the bucket holds beyond what a bucket full at exactly `full_at` would
+    /// (the exact moment is `full_at - slack / rate`); below `rate` in a state this module
+    /// stored.
+    pub slack: u64,
 }
 
 impl TokenBucket {
@@ -74,46 +79,52 @@ impl TokenBucket {
         div_ceil_u128(parts, self.rate) as Millis
     }
 
-    /// The level at `now` (at least `updated_at`) of a stored state, in this bucket's parts.
-    fn level_of(&self, s: &TokenState, at: Millis) -> u128 {
-        let old = TokenBucket {
-            capacity: s.capacity,
-            rate: s.rate,
-            period: s.period,
-        };
-        let elapsed = u128::from(at.saturating_sub(s.updated_at));
-        let refilled = s
-            .level
-            .saturating_add(elapsed * u128::from(old.rate))
-            .min(old.full());
-        let converted = if s.period == self.period {
-            refilled
-        } else {
-            refilled * u128::from(self.period) / u128::from(s.period)
-        };
-        converted.min(self.full())
+    /// The parts a stored state lacks at `now`: 0 from `full_at` on, and possibly more than
+    /// a whole bucket when the state was made with a lower rate or the clock went back.
+    fn deficit(&self, s: &TokenState, now: Millis) -> u128 {
+        let ahead = u128::from(s.full_at.saturating_sub(now));
+        // A slack from a higher rate counts as at most one millisecond's worth, so the bucket
+        // is full at `full_at` whatever rate reads the state.
+        let slack = s.slack.min(self.rate - 1);
+        (ahead * u128::from(self.rate)).saturating_sub(u128::from(slack))
     }
 
-    fn same_parameters(&self, s: &TokenState) -> bool {
-        (s.capacity, s.rate, s.period) == (self.capacity, self.rate, self.period)
+    /// The state of a bucket lacking `deficit > 0` parts at `now`.
+    fn state_of(&self, deficit: u128, now: Millis) -> TokenState {
+        let wait = self.time_to_gain(deficit);
+        TokenState {
+            full_at: now + wait,
+            // Below `rate`, since `wait` is the rounded-up quotient.
+            slack: (u128::from(wait) * u128::from(self.rate) - deficit) as u64,
+        }
+    }
+}
+
+impl TokenState {
+    /// The state of a bucket with these parameters holding `level < capacity * period` parts
+    /// at `at` (how encoding version 1 stored a bucket); `None` for invalid figures.
+    pub fn from_level(
+        capacity: u64,
+        rate: u64,
+        period: Millis,
+        at: Millis,
+        level: u128,
+    ) -> Option<Self> {
+        let bucket = TokenBucket::new(capacity, rate, period)?;
+        let deficit = bucket.full().checked_sub(level).filter(|d| *d > 0)?;
+        at.checked_add(MAX_DURATION_MS)?;
+        Some(bucket.state_of(deficit, at))
     }
 }
 
 impl State for TokenState {
     fn reset_at(&self) -> Millis {
-        let bucket = TokenBucket {
-            capacity: self.capacity,
-            rate: self.rate,
-            period: self.period,
-        };
-        let missing = bucket.full().saturating_sub(self.level);
-        self.updated_at.saturating_add(bucket.time_to_gain(missing))
+        self.full_at
     }
 
-    /// A state as stored: valid parameters and a bucket that is not full.
+    /// A state as stored: a moment, and a slack below the largest rate.
     fn is_valid(&self) -> bool {
-        TokenBucket::new(self.capacity, self.rate, self.period)
-            .is_some_and(|b| self.level < b.full())
+        self.full_at > 0 && self.slack < MAX_UNITS
     }
 }
 
@@ -121,45 +132,36 @@ impl Limiter for TokenBucket {
     type State = TokenState;
 
     fn decide(&self, state: Option<&TokenState>, now: Millis, cost: u64) -> Outcome<TokenState> {
-        // A clock that went back behind the last update measures from the last update.
-        let at = state.map_or(now, |s| now.max(s.updated_at));
-        let level = state.map_or(self.full(), |s| self.level_of(s, at));
+        let deficit = state.map_or(0, |s| self.deficit(s, now));
+        let level = self.full().saturating_sub(deficit);
         let need = u128::from(cost) * u128::from(self.period);
         let allowed = cost <= self.capacity && level >= need;
-        let after = if allowed { level - need } else { level };
-        let ahead = at - now;
 
+        // Only taking tokens writes. Anything else keeps the state as it is, even one that
+        // reads as more than empty: rewriting it would bring its full moment forward.
+        let write = match state {
+            _ if allowed && cost > 0 => Write::Store(self.state_of(deficit + need, now)),
+            Some(_) if deficit == 0 => Write::Delete,
+            _ => Write::Keep,
+        };
+        let after = match (&write, state) {
+            (Write::Store(new), _) => Some(new),
+            (Write::Keep, Some(old)) => Some(old),
+            _ => None,
+        };
         let decision = Decision {
             allowed,
             limit: self.capacity,
-            remaining: div_u128(after, self.period) as u64,
+            remaining: div_u128(level - if allowed { need } else { 0 }, self.period) as u64,
             retry: if allowed {
                 Retry::Now
             } else {
+                // Until the deficit is down to what leaves `need` parts in the bucket.
                 crate::denied_retry(cost, self.capacity, || {
-                    ahead + self.time_to_gain(need - level)
+                    self.time_to_gain(deficit - (self.full() - need))
                 })
             },
-            reset_after: if after == self.full() {
-                0
-            } else {
-                ahead + self.time_to_gain(self.full() - after)
-            },
-        };
-        let next = TokenState {
-            capacity: self.capacity,
-            rate: self.rate,
-            period: self.period,
-            updated_at: at,
-            level: after,
-        };
-        let write = match state {
-            _ if after == self.full() => match state {
-                Some(_) => Write::Delete,
-                None => Write::Keep,
-            },
-            Some(old) if !(allowed && cost > 0) && self.same_parameters(old) => Write::Keep,
-            _ => Write::Store(next),
+            reset_after: after.map_or(0, |s| s.full_at - now),
         };
         Outcome { decision, write }
     }
@@ -224,58 +226,96 @@ mod tests {
         assert_eq!(admitted, 7 + 6999);
     }
 
+    /// Takes `cost` from a fresh bucket at `now` and returns the stored state.
+    fn taken(b: &TokenBucket, now: Millis, cost: u64) -> TokenState {
+        match b.decide(None, now, cost).write {
+            Write::Store(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn capacity_change_clamps_tokens() {
-        let b = TokenBucket::new(100, 10, 1000).unwrap();
-        let Write::Store(s) = b.decide(None, 0, 10).write else {
-            panic!()
-        };
+    fn capacity_change_keeps_the_time_to_full() {
+        // 10 taken out of 100 at 10 per second: full again in 1 s.
+        let s = taken(&TokenBucket::new(100, 10, 1000).unwrap(), 0, 10);
+        assert_eq!(
+            s,
+            TokenState {
+                full_at: 1000,
+                slack: 0
+            }
+        );
+        // Read as a bucket of 50, 1 s from full is 40 tokens; nothing is rewritten.
         let small = TokenBucket::new(50, 10, 1000).unwrap();
         let out = small.decide(Some(&s), 0, 0);
-        assert_eq!(out.decision.remaining, 50);
-        assert_eq!(out.write, Write::Delete, "a clamped bucket is full again");
+        assert_eq!(
+            (out.decision.remaining, out.decision.reset_after),
+            (40, 1000)
+        );
+        assert_eq!(out.write, Write::Keep);
+        // 8 s from full is more than the small bucket holds: it reads empty until 5 s
+        // before `full_at`, and a denial leaves the state alone.
+        let s = taken(&TokenBucket::new(100, 10, 1000).unwrap(), 0, 80);
         let out = small.decide(Some(&s), 0, 1);
-        assert_eq!(out.decision.remaining, 49);
+        assert_eq!(out.decision.remaining, 0);
+        assert_eq!(out.decision.retry, Retry::After(3100));
+        assert_eq!(out.decision.reset_after, 8000);
+        assert_eq!(out.write, Write::Keep);
+        assert!(small.decide(Some(&s), 3100, 1).decision.allowed);
+        assert!(!small.decide(Some(&s), 3099, 1).decision.allowed);
     }
 
     #[test]
-    fn period_change_keeps_tokens() {
-        // 10 per second -> 600 per minute: the same rate, the level carries over exactly.
-        let b = TokenBucket::new(100, 10, 1000).unwrap();
-        let Write::Store(s) = b.decide(None, 0, 55).write else {
-            panic!()
-        };
+    fn same_rate_in_other_units_reads_the_same() {
+        // 10 per second and 600 per minute gain a token every 100 ms.
+        let s = taken(&TokenBucket::new(100, 10, 1000).unwrap(), 0, 55);
         let per_minute = TokenBucket::new(100, 600, 60_000).unwrap();
         let out = per_minute.decide(Some(&s), 500, 0);
-        assert_eq!(out.decision.remaining, 50);
-        assert_eq!(out.decision.reset_after, 5000);
-        let Write::Store(converted) = out.write else {
-            panic!("parameters changed")
-        };
-        assert_eq!(converted.reset_at(), 5500);
+        assert_eq!(
+            (out.decision.remaining, out.decision.reset_after),
+            (50, 5000)
+        );
+        assert_eq!(out.write, Write::Keep);
     }
 
     #[test]
-    fn denial_under_same_parameters_keeps_state() {
+    fn slack_from_a_faster_rate_still_ends_at_full_at() {
+        // 3 per second: one token is 1000 parts, gained at 3 parts per ms.
+        let s = taken(&TokenBucket::new(2, 3, 1000).unwrap(), 0, 1);
+        assert_eq!(
+            s,
+            TokenState {
+                full_at: 334,
+                slack: 2
+            }
+        );
+        // Read at 1 per second, the slack of 2 parts is worth at most 1 ms: not full before 334.
+        let slow = TokenBucket::new(2, 1, 1000).unwrap();
+        assert_eq!(slow.decide(Some(&s), 333, 0).decision.reset_after, 1);
+        assert_eq!(slow.decide(Some(&s), 333, 0).decision.remaining, 1);
+        assert_eq!(slow.decide(Some(&s), 334, 0).write, Write::Delete);
+    }
+
+    #[test]
+    fn denial_and_report_keep_state() {
         let b = TokenBucket::new(1, 1, 1000).unwrap();
-        let Write::Store(s) = b.decide(None, 0, 1).write else {
-            panic!()
-        };
+        let s = taken(&b, 0, 1);
         assert_eq!(b.decide(Some(&s), 10, 1).write, Write::Keep);
         assert_eq!(b.decide(Some(&s), 10, 0).write, Write::Keep);
     }
 
     #[test]
     fn clock_going_back_never_refills() {
+        // Empty at 10 s, full at 12 s.
         let b = TokenBucket::new(2, 1, 1000).unwrap();
-        let Write::Store(s) = b.decide(None, 10_000, 2).write else {
-            panic!()
-        };
+        let s = taken(&b, 10_000, 2);
+        // At 9 s the bucket reads more than empty: the first token comes at 11 s.
         let out = b.decide(Some(&s), 9_000, 1);
         assert_eq!(out.decision.retry, Retry::After(2000));
         assert_eq!(out.decision.reset_after, 3000);
-        let out = b.decide(Some(&s), 11_000, 1);
-        assert!(out.decision.allowed);
+        assert_eq!(out.write, Write::Keep, "full_at must not move earlier");
+        assert!(!b.decide(Some(&s), 10_999, 1).decision.allowed);
+        assert!(b.decide(Some(&s), 11_000, 1).decision.allowed);
     }
 
     #[test]
@@ -296,9 +336,7 @@ mod tests {
     fn extreme_figures_do_not_overflow() {
         let b = TokenBucket::new(MAX_UNITS, MAX_UNITS, MAX_DURATION_MS).unwrap();
         let now = i64::MAX as u64 - 2 * MAX_DURATION_MS;
-        let Write::Store(s) = b.decide(None, now, MAX_UNITS).write else {
-            panic!()
-        };
+        let s = taken(&b, now, MAX_UNITS);
         let out = b.decide(Some(&s), now, 1);
         assert_eq!(
             out.decision.retry,
@@ -306,5 +344,13 @@ mod tests {
         );
         let out = b.decide(Some(&s), u64::MAX / 2, 1);
         assert!(out.decision.allowed);
+        // A clock far behind a state with the largest rate and slack.
+        let far = TokenState {
+            full_at: u64::MAX / 2,
+            slack: MAX_UNITS - 1,
+        };
+        let out = b.decide(Some(&far), 1, 1);
+        assert_eq!(out.decision.remaining, 0);
+        assert_eq!(out.write, Write::Keep);
     }
 }

@@ -10,15 +10,16 @@
 //!   the state is fresh again and the stored state's expiry, and encodings round-trip.
 
 use proptest::prelude::*;
-use ratelimit_core::codec::{Codec, Encoded};
+use ratelimit_core::codec::{Codec, ENCODING_VERSION, Encoded, Word};
 use ratelimit_core::sliding::granularity;
 use ratelimit_core::*;
 
 const CASES: u32 = 1500;
 const START: Millis = 1_700_000_000_000;
 
-/// Applies a write to the stored state, checking what every stored state must satisfy.
-fn apply<S: State + Codec>(
+/// Applies a write to the stored state, checking what every stored state must satisfy:
+/// the key's expiry is the reply's reset time, and both encodings round-trip.
+fn apply<S: State + Codec + Word>(
     state: &mut Option<S>,
     write: Write<S>,
     now: Millis,
@@ -27,11 +28,17 @@ fn apply<S: State + Codec>(
     match write {
         Write::Keep => {}
         Write::Store(s) => {
-            assert_eq!(s.reset_at(), now + reset_after, "expiry is the reset time");
             assert!(matches!(S::decode(Encoded::of(&s).as_bytes()), Ok(ref d) if *d == s));
+            if let Some(word) = s.to_word() {
+                assert_eq!(S::from_word(word).as_ref(), Some(&s));
+            }
             *state = Some(s);
         }
         Write::Delete => *state = None,
+    }
+    match state {
+        Some(s) => assert_eq!(s.reset_at(), now + reset_after, "expiry is the reset time"),
+        None => assert_eq!(reset_after, 0, "a fresh limiter resets now"),
     }
 }
 
@@ -219,22 +226,38 @@ proptest! {
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics_and_yields_only_valid_states(
+        version in 0u8..=3,
         tag in prop::sample::select(vec![b'F', b'S', b'T', b'X']),
         fields in prop::collection::vec(any::<u8>(), 0..600),
+        word in any::<u64>(),
     ) {
-        let mut bytes = vec![1, tag];
+        let mut bytes = vec![version, tag];
         bytes.extend(fields);
+        // What a state read from `bytes` encodes to: the same fields under the current version.
+        let mut current = bytes.clone();
+        current[0] = ENCODING_VERSION;
         if let Ok(s) = FixedState::decode(&bytes) {
             prop_assert!(s.is_valid());
-            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
+            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), current.clone());
         }
         if let Ok(s) = SlidingState::decode(&bytes) {
             prop_assert!(s.is_valid());
-            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
+            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), current.clone());
         }
         if let Ok(s) = TokenState::decode(&bytes) {
             prop_assert!(s.is_valid());
-            prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), bytes.clone());
+            // Version 1 buckets are converted to the current layout.
+            if version == ENCODING_VERSION {
+                prop_assert_eq!(Encoded::of(&s).as_bytes().to_vec(), current.clone());
+            }
+        }
+        if let Some(s) = FixedState::from_word(word) {
+            prop_assert!(s.is_valid());
+            prop_assert_eq!(s.to_word(), Some(word));
+        }
+        if let Some(s) = TokenState::from_word(word) {
+            prop_assert!(s.is_valid());
+            prop_assert_eq!(s.to_word(), Some(word));
         }
     }
 }
