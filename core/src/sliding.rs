@@ -31,9 +31,10 @@ pub struct SlidingWindow {
     window: Millis,
 }
 
-/// Units per bucket. Up to three buckets live inside the state itself (as much room as a
-/// pointer to the heap takes), so a lightly used limiter costs no second allocation and a
-/// call on it allocates nothing.
+/// Units per bucket, from the oldest to the newest one counting (empty ones between them
+/// included). Up to three buckets live inside the state itself (as much room as a pointer to
+/// the heap takes), so a limiter whose units fall within three consecutive buckets (a burst)
+/// costs no second allocation and a call on it allocates nothing.
 pub type Counts = SmallVec<[u64; 3]>;
 
 /// Units counted per bucket, for the buckets that still overlap the window.
@@ -64,7 +65,20 @@ fn oldest_live(window: Millis, now: Millis) -> u64 {
     (now + 1).saturating_sub(window) / granularity(window)
 }
 
-/// A state's buckets brought to one window and one moment, on the stack.
+/// When `excess` units of `counts` (buckets from `first` on) will have been forgotten, the
+/// oldest first.
+fn time_to_forget(window: Millis, first: u64, counts: &[u64], excess: u64) -> Millis {
+    let mut forgotten = 0;
+    for (i, &count) in counts.iter().enumerate() {
+        forgotten += count;
+        if forgotten >= excess {
+            return drop_time(window, first + i as u64).unwrap_or(Millis::MAX);
+        }
+    }
+    Millis::MAX // unreachable for an excess within the sum
+}
+
+/// A state's buckets brought to another window's grid, on the stack.
 struct Buckets {
     window: Millis,
     first: u64,
@@ -82,22 +96,11 @@ impl Buckets {
         }
     }
 
-    /// The buckets of `state` in `window`'s grid that still count at `now`.
-    fn live(state: &SlidingState, window: Millis, now: Millis) -> Self {
+    /// The buckets of a state made with another window, moved to `window`'s grid, that still
+    /// count at `now`: each bucket moves to the new bucket of its last millisecond.
+    fn regrid(state: &SlidingState, window: Millis, now: Millis) -> Self {
         let mut out = Self::empty(window);
         let oldest = oldest_live(window, now);
-        if state.window == window && state.counts.len() <= MAX_BUCKETS {
-            // Same grid: the live buckets are a suffix of the stored ones (the common case).
-            let gone = (oldest.saturating_sub(state.first) as usize).min(state.counts.len());
-            let live = &state.counts[gone..];
-            let zeros = live.iter().take_while(|&&c| c == 0).count();
-            let live = &live[zeros..];
-            out.first = state.first + (gone + zeros) as u64;
-            out.len = live.len();
-            out.counts[..live.len()].copy_from_slice(live);
-            return out;
-        }
-        // Another grid: each bucket moves to the new bucket of its last millisecond.
         let (old_g, new_g) = (granularity(state.window), granularity(window));
         for (i, &count) in state.counts.iter().enumerate() {
             let bucket = ((state.first + i as u64 + 1) * old_g - 1) / new_g;
@@ -110,10 +113,6 @@ impl Buckets {
 
     fn slice(&self) -> &[u64] {
         &self.counts[..self.len]
-    }
-
-    fn sum(&self) -> u64 {
-        self.slice().iter().sum()
     }
 
     fn last(&self) -> Option<u64> {
@@ -148,18 +147,6 @@ impl Buckets {
         self.counts[self.len..=index].fill(0);
         self.len = self.len.max(index + 1);
         self.counts[index] += units;
-    }
-
-    /// When `excess` units will have been forgotten, the oldest first.
-    fn time_to_forget(&self, excess: u64) -> Millis {
-        let mut forgotten = 0;
-        for (i, &count) in self.slice().iter().enumerate() {
-            forgotten += count;
-            if forgotten >= excess {
-                return drop_time(self.window, self.first + i as u64).unwrap_or(Millis::MAX);
-            }
-        }
-        Millis::MAX // unreachable for an excess within the sum
     }
 
     fn to_state(&self) -> SlidingState {
@@ -225,16 +212,74 @@ impl Limiter for SlidingWindow {
         now: Millis,
         cost: u64,
     ) -> Outcome<SlidingState> {
-        let mut buckets = match state {
-            Some(s) => Buckets::live(s, self.window, now),
-            None => Buckets::empty(self.window),
+        let Some(old) = state else {
+            return self.decide_in_grid(None, now, cost);
         };
-        let used = buckets.sum();
-        let allowed = cost <= self.limit && used + cost <= self.limit;
-        if allowed {
-            buckets.add(now / granularity(self.window), cost);
+        if old.window == self.window {
+            return self.decide_in_grid(Some((old.first, &old.counts)), now, cost);
         }
-        let counted = buckets.sum();
+        // Another window: regrid, then decide as on a state of this window that must be
+        // stored whatever the call does, so its expiry follows the new grid.
+        let buckets = Buckets::regrid(old, self.window, now);
+        let regridded = buckets.to_state();
+        let mut out = self.decide_in_grid(Some((regridded.first, &regridded.counts)), now, cost);
+        if out.write == Write::Keep {
+            out.write = if regridded.counts.is_empty() {
+                Write::Delete
+            } else {
+                Write::Store(regridded)
+            };
+        }
+        out
+    }
+}
+
+impl SlidingWindow {
+    /// A call on buckets of this window's grid (`first` and counts, as stored): reads them in
+    /// place and builds the new ones directly (on the heap only beyond three buckets).
+    fn decide_in_grid(
+        &self,
+        stored: Option<(u64, &[u64])>,
+        now: Millis,
+        cost: u64,
+    ) -> Outcome<SlidingState> {
+        let (first, live) = stored.map_or((0, &[][..]), |(first, counts)| {
+            // The buckets still overlapping the window, without leading empty ones.
+            let gone =
+                (oldest_live(self.window, now).saturating_sub(first) as usize).min(counts.len());
+            let zeros = counts[gone..].iter().take_while(|&&c| c == 0).count();
+            (first + (gone + zeros) as u64, &counts[gone + zeros..])
+        });
+        let used: u64 = live.iter().sum();
+        let allowed = cost <= self.limit && used + cost <= self.limit;
+        let taking = allowed && cost > 0;
+        let counted = if taking { used + cost } else { used };
+        let newest = live.len().checked_sub(1).map(|i| first + i as u64);
+
+        let write = if taking {
+            // The bucket of `now`, or the newest one if the clock went back. Either is at
+            // most 64 buckets after `first`: the oldest live bucket is 64 before `now`'s.
+            let bucket = (now / granularity(self.window)).max(newest.unwrap_or(0));
+            let first = if live.is_empty() { bucket } else { first };
+            let index = (bucket - first) as usize;
+            let mut counts = Counts::with_capacity(index + 1);
+            counts.extend_from_slice(live);
+            counts.resize(index + 1, 0);
+            counts[index] += cost;
+            Write::Store(SlidingState {
+                window: self.window,
+                first,
+                counts,
+            })
+        } else if counted == 0 && stored.is_some() {
+            Write::Delete
+        } else {
+            Write::Keep
+        };
+        let last = match &write {
+            Write::Store(s) => Some(s.first + s.counts.len() as u64 - 1),
+            _ => newest,
+        };
 
         let decision = Decision {
             allowed,
@@ -244,19 +289,13 @@ impl Limiter for SlidingWindow {
                 Retry::Now
             } else {
                 let excess = used + cost - self.limit;
-                crate::denied_retry(cost, self.limit, || buckets.time_to_forget(excess) - now)
+                crate::denied_retry(cost, self.limit, || {
+                    time_to_forget(self.window, first, live, excess) - now
+                })
             },
-            reset_after: buckets.last().map_or(0, |last| {
+            reset_after: last.map_or(0, |last| {
                 drop_time(self.window, last).unwrap_or(Millis::MAX) - now
             }),
-        };
-        let write = match state {
-            _ if counted == 0 => match state {
-                Some(_) => Write::Delete,
-                None => Write::Keep,
-            },
-            Some(old) if !(allowed && cost > 0) && old.window == self.window => Write::Keep,
-            _ => Write::Store(buckets.to_state()),
         };
         Outcome { decision, write }
     }
