@@ -11,14 +11,14 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::{self, Codec, Encoded};
-use ratelimit_core::{Decision, FixedState, Limiter, SlidingState, TokenState, Write};
+use ratelimit_core::{Decision, FixedState, Limiter, SlidingState, State, TokenState, Write};
 use redis_module::raw;
 
 use crate::args::{self, Request};
 use crate::error::Error;
 use crate::guard;
 use crate::redis::{Args, Ctx, Key, RString, bytes};
-use crate::types::Stored;
+use crate::types::{Stored, Value};
 
 type Argv = *mut RString;
 
@@ -74,26 +74,63 @@ where
     let request = parse(Args(rest.iter()))?;
     let now = ctx.now();
     let mut key = Key::open(ctx, *name, !request.dry_run);
-    let state = match &mut key {
+    let value = match &mut key {
         Some(key) => key.value::<L::State>()?,
         None => None,
     };
-    let outcome = request.limiter.decide(state.as_deref(), now, request.cost);
-    if let (Some(key), false) = (&mut key, request.dry_run) {
-        match outcome.write {
-            Write::Keep => {}
-            Write::Store(state) => {
+    let (limiter, cost) = (&request.limiter, request.cost);
+    let (decision, effect) = match value {
+        // A boxed sliding window is updated where it lies: no new counters to build and move
+        // in. (Fixed windows and token buckets are two words, which may pack again.)
+        Some(Value::Boxed(state)) if L::State::UPDATE_IN_PLACE && !request.dry_run => {
+            let out = limiter.decide_in_place(state, now, cost);
+            let effect = match out.write {
+                Write::Keep => Effect::None,
+                Write::Store(()) => {
+                    ctx.replicate_state(*name, &Encoded::of(&*state));
+                    Effect::Updated(state.reset_at())
+                }
+                Write::Delete => Effect::Delete,
+            };
+            (out.decision, effect)
+        }
+        value => {
+            let out = limiter.decide(value.as_deref(), now, cost);
+            let effect = match out.write {
+                _ if request.dry_run => Effect::None,
+                Write::Keep => Effect::None,
+                Write::Store(state) => Effect::Store(state),
+                Write::Delete => Effect::Delete,
+            };
+            (out.decision, effect)
+        }
+    };
+    if let Some(key) = &mut key {
+        match effect {
+            Effect::None => {}
+            Effect::Store(state) => {
                 ctx.replicate_state(*name, &Encoded::of(&state));
                 key.store(state);
             }
-            Write::Delete => {
+            Effect::Updated(reset_at) => key.updated(reset_at),
+            Effect::Delete => {
                 key.delete();
                 ctx.replicate_delete(*name);
             }
         }
     }
-    reply(ctx, &outcome.decision);
+    reply(ctx, &decision);
     Ok(())
+}
+
+/// What a call does to its key.
+enum Effect<S> {
+    None,
+    /// Store this new state.
+    Store(S),
+    /// The stored state was updated in place (and replicated): the key expires at this time.
+    Updated(u64),
+    Delete,
 }
 
 fn reply(ctx: Ctx, d: &Decision) {

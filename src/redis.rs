@@ -276,6 +276,16 @@ impl Key {
         }
     }
 
+    /// Records that the value `value` returned was updated in place: the key now expires at
+    /// `reset_at`.
+    pub fn updated(&mut self, reset_at: u64) {
+        // SAFETY: the key is open for writing and holds a value.
+        unsafe {
+            api!(RedisModule_SetAbsExpire)(self.raw(), i64::try_from(reset_at).unwrap_or(i64::MAX));
+            api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);
+        }
+    }
+
     pub fn delete(&self) {
         // SAFETY: the key is open for writing.
         unsafe {

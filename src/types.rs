@@ -35,6 +35,9 @@ pub trait Stored: Codec + Word + State + 'static {
     /// The data type registered for this state.
     fn data_type() -> &'static RedisType;
 
+    /// Whether a call updates a boxed state in place rather than storing a new one.
+    const UPDATE_IN_PLACE: bool = false;
+
     /// Bytes the state owns on the heap beyond its own size.
     fn heap_size(&self) -> usize {
         0
@@ -52,6 +55,8 @@ impl Stored for FixedState {
 }
 
 impl Stored for SlidingState {
+    const UPDATE_IN_PLACE: bool = true;
+
     fn data_type() -> &'static RedisType {
         &SLIDING_TYPE
     }

@@ -104,6 +104,36 @@ pub trait Limiter {
     /// Decides a call of `cost` units at `now` against the stored state (`None`: fresh) and
     /// says what the state becomes. `cost == 0` reports without taking.
     fn decide(&self, state: Option<&Self::State>, now: Millis, cost: u64) -> Outcome<Self::State>;
+
+    /// Decides like [`decide`](Self::decide) on a stored state, but updates it in place: the
+    /// same decision, and `Store(())` when `state` now holds what `decide` would store
+    /// (`Keep` and `Delete` leave it untouched). An algorithm overrides this where updating
+    /// saves building a new state.
+    fn decide_in_place(&self, state: &mut Self::State, now: Millis, cost: u64) -> Outcome<()> {
+        replace_state(self, state, now, cost)
+    }
+}
+
+/// [`Limiter::decide_in_place`] by building the new state and moving it in.
+pub fn replace_state<L: Limiter + ?Sized>(
+    limiter: &L,
+    state: &mut L::State,
+    now: Millis,
+    cost: u64,
+) -> Outcome<()> {
+    let out = limiter.decide(Some(state), now, cost);
+    let write = match out.write {
+        Write::Keep => Write::Keep,
+        Write::Delete => Write::Delete,
+        Write::Store(new) => {
+            *state = new;
+            Write::Store(())
+        }
+    };
+    Outcome {
+        decision: out.decision,
+        write,
+    }
 }
 
 /// The `Retry` of a call that was not allowed: `Never` when `cost` exceeds `limit`.

@@ -232,53 +232,85 @@ impl Limiter for SlidingWindow {
         }
         out
     }
+
+    /// In the same grid, drops forgotten buckets and counts the new units in the stored
+    /// vector, which grows at most to [`MAX_BUCKETS`] and is never reallocated after.
+    fn decide_in_place(&self, state: &mut SlidingState, now: Millis, cost: u64) -> Outcome<()> {
+        if state.window != self.window {
+            return crate::replace_state(self, state, now, cost);
+        }
+        let Plan { decision, change } = self.plan(Some((state.first, &state.counts)), now, cost);
+        let write = match change {
+            Change::None => Write::Keep,
+            Change::Fresh => Write::Delete,
+            Change::Take { skip, first, index } => {
+                let counts = &mut state.counts;
+                counts.drain(..skip);
+                if index >= counts.capacity() {
+                    // Grow by doubling up to the most a state holds, never beyond.
+                    let target = (2 * counts.capacity()).clamp(index + 1, MAX_BUCKETS);
+                    counts.reserve_exact(target - counts.len());
+                }
+                counts.resize(index + 1, 0);
+                counts[index] += cost;
+                state.first = first;
+                Write::Store(())
+            }
+        };
+        Outcome { decision, write }
+    }
+}
+
+/// What a call does to buckets of one grid: its decision, and what happens to the buckets.
+struct Plan {
+    decision: Decision,
+    change: Change,
+}
+
+enum Change {
+    /// Nothing (a denial, a report, `cost` 0).
+    None,
+    /// Nothing counts any more: the state can go.
+    Fresh,
+    /// Take `cost` units: drop `skip` stored buckets from the front (forgotten or empty), the
+    /// rest starting at bucket `first`, and add `cost` to the bucket at `index` from there.
+    Take {
+        skip: usize,
+        first: u64,
+        index: usize,
+    },
 }
 
 impl SlidingWindow {
-    /// A call on buckets of this window's grid (`first` and counts, as stored): reads them in
-    /// place and builds the new ones directly (on the heap only beyond three buckets).
-    fn decide_in_grid(
-        &self,
-        stored: Option<(u64, &[u64])>,
-        now: Millis,
-        cost: u64,
-    ) -> Outcome<SlidingState> {
-        let (first, live) = stored.map_or((0, &[][..]), |(first, counts)| {
+    /// Decides a call on the buckets of this window's grid (`first` and counts, as stored),
+    /// reading them in place.
+    fn plan(&self, stored: Option<(u64, &[u64])>, now: Millis, cost: u64) -> Plan {
+        let (skip, first, live) = stored.map_or((0, 0, &[][..]), |(first, counts)| {
             // The buckets still overlapping the window, without leading empty ones.
             let gone =
                 (oldest_live(self.window, now).saturating_sub(first) as usize).min(counts.len());
-            let zeros = counts[gone..].iter().take_while(|&&c| c == 0).count();
-            (first + (gone + zeros) as u64, &counts[gone + zeros..])
+            let skip = gone + counts[gone..].iter().take_while(|&&c| c == 0).count();
+            (skip, first + skip as u64, &counts[skip..])
         });
         let used: u64 = live.iter().sum();
         let allowed = cost <= self.limit && used + cost <= self.limit;
-        let taking = allowed && cost > 0;
-        let counted = if taking { used + cost } else { used };
         let newest = live.len().checked_sub(1).map(|i| first + i as u64);
 
-        let write = if taking {
+        let change = if allowed && cost > 0 {
             // The bucket of `now`, or the newest one if the clock went back. Either is at
             // most 64 buckets after `first`: the oldest live bucket is 64 before `now`'s.
             let bucket = (now / granularity(self.window)).max(newest.unwrap_or(0));
             let first = if live.is_empty() { bucket } else { first };
             let index = (bucket - first) as usize;
-            let mut counts = Counts::with_capacity(index + 1);
-            counts.extend_from_slice(live);
-            counts.resize(index + 1, 0);
-            counts[index] += cost;
-            Write::Store(SlidingState {
-                window: self.window,
-                first,
-                counts,
-            })
-        } else if counted == 0 && stored.is_some() {
-            Write::Delete
+            Change::Take { skip, first, index }
+        } else if used == 0 && stored.is_some() {
+            Change::Fresh
         } else {
-            Write::Keep
+            Change::None
         };
-        let last = match &write {
-            Write::Store(s) => Some(s.first + s.counts.len() as u64 - 1),
-            _ => newest,
+        let (counted, last) = match change {
+            Change::Take { first, index, .. } => (used + cost, Some(first + index as u64)),
+            _ => (used, newest),
         };
 
         let decision = Decision {
@@ -296,6 +328,33 @@ impl SlidingWindow {
             reset_after: last.map_or(0, |last| {
                 drop_time(self.window, last).unwrap_or(Millis::MAX) - now
             }),
+        };
+        Plan { decision, change }
+    }
+
+    /// [`plan`](Self::plan), building the new state when the call takes units.
+    fn decide_in_grid(
+        &self,
+        stored: Option<(u64, &[u64])>,
+        now: Millis,
+        cost: u64,
+    ) -> Outcome<SlidingState> {
+        let Plan { decision, change } = self.plan(stored, now, cost);
+        let write = match change {
+            Change::None => Write::Keep,
+            Change::Fresh => Write::Delete,
+            Change::Take { skip, first, index } => {
+                let live = stored.map_or(&[][..], |(_, counts)| &counts[skip..]);
+                let mut counts = Counts::with_capacity(index + 1);
+                counts.extend_from_slice(live);
+                counts.resize(index + 1, 0);
+                counts[index] += cost;
+                Write::Store(SlidingState {
+                    window: self.window,
+                    first,
+                    counts,
+                })
+            }
         };
         Outcome { decision, write }
     }

@@ -6,6 +6,7 @@
 //!   (strict), and a denial only when the log over `window + g - 1` ms would deny too;
 //! - TOKEN against GCRA on exact rationals (theoretical arrival time in 1/rate ms);
 //! - decoding arbitrary bytes never panics and yields only valid states;
+//! - deciding in place on a stored state agrees with deciding on a copy;
 //! - for all: `retry_after` is exact (denied 1 ms before, allowed at it), `reset_after` is when
 //!   the state is fresh again and the stored state's expiry, and encodings round-trip.
 
@@ -16,6 +17,28 @@ use ratelimit_core::*;
 
 const CASES: u32 = 1500;
 const START: Millis = 1_700_000_000_000;
+
+/// Decides a call, and checks that deciding in place on a copy of the state gives the same
+/// decision and leaves the copy as the state `decide` stores (or untouched).
+fn decide<L: Limiter>(
+    l: &L,
+    state: Option<&L::State>,
+    now: Millis,
+    cost: u64,
+) -> Outcome<L::State> {
+    let out = l.decide(state, now, cost);
+    if let Some(s) = state {
+        let mut copy = s.clone();
+        let in_place = l.decide_in_place(&mut copy, now, cost);
+        assert_eq!(in_place.decision, out.decision, "in place");
+        match (&out.write, in_place.write) {
+            (Write::Store(new), Write::Store(())) => assert_eq!(&copy, new),
+            (Write::Keep, Write::Keep) | (Write::Delete, Write::Delete) => assert_eq!(&copy, s),
+            (write, in_place) => panic!("{write:?} but in place {in_place:?}"),
+        }
+    }
+    out
+}
 
 /// Applies a write to the stored state, checking what every stored state must satisfy:
 /// the key's expiry is the reply's reset time, and both encodings round-trip.
@@ -96,7 +119,7 @@ proptest! {
         let mut counter: (u64, u64) = (0, 0); // (window index, count)
         for (gap, cost) in ops {
             now += gap;
-            let out = l.decide(state.as_ref(), now, cost);
+            let out = decide(&l, state.as_ref(), now, cost);
             let d = out.decision;
             let index = now / window;
             if counter.0 != index {
@@ -137,7 +160,7 @@ proptest! {
         };
         for (gap, cost) in ops {
             now += gap % (2 * window + 1);
-            let out = l.decide(state.as_ref(), now, cost);
+            let out = decide(&l, state.as_ref(), now, cost);
             let d = out.decision;
             if d.allowed {
                 log.push((now, cost));
@@ -170,7 +193,7 @@ proptest! {
         let mut tat: u128 = 0;
         for (gap, cost) in ops {
             now += gap;
-            let out = b.decide(state.as_ref(), now, cost);
+            let out = decide(&b, state.as_ref(), now, cost);
             let d = out.decision;
             let t = u128::from(now) * r;
             let start = tat.max(t);
@@ -204,17 +227,17 @@ proptest! {
         for ((limit, window, rate), (gap, cost)) in params.iter().cycle().zip(ops) {
             now += gap;
             let f = FixedWindow::new(*limit, *window).unwrap();
-            let out = f.decide(fixed.as_ref(), now, cost);
+            let out = decide(&f, fixed.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
             apply(&mut fixed, out.write, now, out.decision.reset_after);
 
             let s = SlidingWindow::new(*limit, *window).unwrap();
-            let out = s.decide(sliding.as_ref(), now, cost);
+            let out = decide(&s, sliding.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
             apply(&mut sliding, out.write, now, out.decision.reset_after);
 
             let t = TokenBucket::new(*limit, *rate, *window).unwrap();
-            let out = t.decide(token.as_ref(), now, cost);
+            let out = decide(&t, token.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
             apply(&mut token, out.write, now, out.decision.reset_after);
         }
