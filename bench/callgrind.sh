@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Instructions per command, counted by callgrind (deterministic, unlike timings on a noisy
 # machine): for each case, a redis-server with the module runs under callgrind, receives
-# N commands (pipeline 16, one client, 100,000 random keys) and shuts down; an idle run is
+# N commands (pipeline 16, one client, random keys among KEYS) and shuts down; an idle run is
 # subtracted. Then, for RL.FIXED, the inclusive cost of the module API calls it makes.
+# With the default 100,000 keys most calls create their key; KEYS=1000 measures calls on
+# keys that exist, as in steady traffic.
 #
-#   bench/callgrind.sh [N]        (default 50000; needs valgrind)
+#   [KEYS=100000] bench/callgrind.sh [N]        (default N 50000; needs valgrind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-50000}"
+keys="${KEYS:-100000}"
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 cargo build --release --lib -q
 dir=$(mktemp -d)
@@ -23,7 +26,7 @@ run() { # name count command...
     local pid=$!
     for _ in $(seq 200); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
     if [ "$count" -gt 0 ]; then
-        redis-benchmark -p "$port" -c 1 -P 16 -n "$count" -r 100000 -q "$@" >/dev/null
+        redis-benchmark -p "$port" -c 1 -P 16 -n "$count" -r "$keys" -q "$@" >/dev/null
     fi
     redis-cli -p "$port" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
     wait "$pid" || true

@@ -153,7 +153,17 @@ fn duration(arg: Arg, bytes: &[u8]) -> Result<Millis, Error> {
         .position(|b| b.is_ascii_alphabetic())
         .unwrap_or(bytes.len());
     let (number, unit) = bytes.split_at(split);
-    let scale: Millis = match unit.to_ascii_lowercase().as_slice() {
+    // Units are at most two letters: lower-cased on the stack, as this runs on every call.
+    let mut lower = [0u8; 2];
+    let unit = match lower.get_mut(..unit.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(unit);
+            lower.make_ascii_lowercase();
+            &*lower
+        }
+        None => return Err(Error::NotDuration(arg)),
+    };
+    let scale: Millis = match unit {
         b"" | b"s" => 1000,
         b"ms" => 1,
         b"m" => 60 * 1000,

@@ -79,6 +79,8 @@ where
         None => None,
     };
     let (limiter, cost) = (&request.limiter, request.cost);
+    // The key expires when its state is fresh again: at the stored state's reset time.
+    let expiry = value.as_deref().map(State::reset_at);
     let (decision, effect) = match value {
         // A boxed sliding window is updated where it lies: no new counters to build and move
         // in. (Fixed windows and token buckets are two words, which may pack again.)
@@ -110,9 +112,9 @@ where
             Effect::None => {}
             Effect::Store(state) => {
                 ctx.replicate_state(*name, &Encoded::of(&state));
-                key.store(state);
+                key.store(state, expiry);
             }
-            Effect::Updated(reset_at) => key.updated(reset_at),
+            Effect::Updated(reset_at) => key.updated(reset_at, expiry),
             Effect::Delete => {
                 key.delete();
                 ctx.replicate_delete(*name);
@@ -166,6 +168,6 @@ fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Err
     let state = S::decode(encoded).map_err(|_| Error::InvalidState)?;
     let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
     // The master's state is authoritative: it replaces whatever the key holds.
-    key.store(state);
+    key.store(state, None);
     Ok(())
 }

@@ -232,8 +232,9 @@ impl Key {
 
     /// Stores a state, replacing whatever the key held, and expires the key when the state is
     /// fresh again. A boxed state of the same type is overwritten in place, a packed one
-    /// replaced in the key's value (neither allocates).
-    pub fn store<S: Stored>(&mut self, state: S) {
+    /// replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
+    /// caller knows it (the previous state's reset time): an unchanged one is not set again.
+    pub fn store<S: Stored>(&mut self, state: S, expiry: Option<u64>) {
         let reset_at = state.reset_at();
         // What `value` already found, else a fresh look (RL.STATE comes straight here).
         if !matches!(self.found, Some((found_type, _)) if found_type == S::redis_type()) {
@@ -271,17 +272,19 @@ impl Key {
                     api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), new);
                 }
             }
-            api!(RedisModule_SetAbsExpire)(self.raw(), i64::try_from(reset_at).unwrap_or(i64::MAX));
-            api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);
         }
+        self.updated(reset_at, expiry);
     }
 
-    /// Records that the value `value` returned was updated in place: the key now expires at
-    /// `reset_at`.
-    pub fn updated(&mut self, reset_at: u64) {
+    /// Records that the key's value changed (stored, or updated in place through what `value`
+    /// returned): the key now expires at `reset_at`, which is set unless it is `expiry`.
+    pub fn updated(&mut self, reset_at: u64, expiry: Option<u64>) {
         // SAFETY: the key is open for writing and holds a value.
         unsafe {
-            api!(RedisModule_SetAbsExpire)(self.raw(), i64::try_from(reset_at).unwrap_or(i64::MAX));
+            if expiry != Some(reset_at) {
+                let at = i64::try_from(reset_at).unwrap_or(i64::MAX);
+                api!(RedisModule_SetAbsExpire)(self.raw(), at);
+            }
             api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);
         }
     }

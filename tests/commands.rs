@@ -127,6 +127,24 @@ fn keys_expire_when_fresh_again() {
 }
 
 #[test]
+fn the_expiry_is_set_when_the_reset_time_moves() {
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    rl(&mut con, "RL.FIXED f 5 1s").unwrap();
+    let pttl = int(&mut con, "PTTL f");
+    assert!(pttl > 0 && pttl <= 1000, "{pttl}");
+    // A TTL changed by hand holds while the window (the reset time) stays the same...
+    assert_eq!(int(&mut con, "PERSIST f"), 1);
+    rl(&mut con, "RL.FIXED f 5 1s").unwrap();
+    assert_eq!(int(&mut con, "PTTL f"), -1);
+    // ...and the next window sets it again.
+    server.clock.advance(1000);
+    assert_eq!(rl(&mut con, "RL.FIXED f 5 1s").unwrap(), [1, 5, 4, 0, 1000]);
+    assert_eq!(int(&mut con, "PTTL f"), 1000);
+}
+
+#[test]
 fn resp3_replies_are_maps() {
     let server = Server::start();
     let mut con = server.resp3();
