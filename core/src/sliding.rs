@@ -234,7 +234,9 @@ impl Limiter for SlidingWindow {
     }
 
     /// In the same grid, drops forgotten buckets and counts the new units in the stored
-    /// vector, which grows at most to [`MAX_BUCKETS`] and is never reallocated after.
+    /// vector, which doubles up to [`MAX_BUCKETS`] as the span of counted buckets grows and
+    /// shrinks when the span falls below half of it: a busy limiter reallocates
+    /// nothing, and the memory follows the span.
     fn decide_in_place(&self, state: &mut SlidingState, now: Millis, cost: u64) -> Outcome<()> {
         if state.window != self.window {
             return crate::replace_state(self, state, now, cost);
@@ -253,6 +255,10 @@ impl Limiter for SlidingWindow {
                 }
                 counts.resize(index + 1, 0);
                 counts[index] += cost;
+                if counts.capacity() > 2 * counts.len().max(counts.inline_size()) {
+                    // Most of the span was forgotten: give the room back (inline if it fits).
+                    counts.shrink_to_fit();
+                }
                 state.first = first;
                 Write::Store(())
             }
@@ -482,6 +488,33 @@ mod tests {
             panic!()
         };
         assert_eq!((s.counts.len(), s.counts.spilled()), (3, false));
+    }
+
+    #[test]
+    fn in_place_counters_grow_to_the_span_and_give_room_back() {
+        // 100 ms buckets: a call every 100 ms spans all 65 buckets, then a pause leaves one.
+        let l = SlidingWindow::new(1_000, 6400).unwrap();
+        let mut s = match l.decide(None, 0, 1).write {
+            Write::Store(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let mut capacities = vec![];
+        for now in (100..10_000).step_by(100) {
+            assert_eq!(l.decide_in_place(&mut s, now, 1).write, Write::Store(()));
+            capacities.push(s.counts.capacity());
+        }
+        assert_eq!(s.counts.len(), MAX_BUCKETS);
+        assert_eq!(
+            s.counts.capacity(),
+            MAX_BUCKETS,
+            "never beyond the most a state holds"
+        );
+        // Doubling: a handful of growths over 99 calls, not one per call.
+        capacities.dedup();
+        assert_eq!(capacities, [3, 6, 12, 24, 48, 65]);
+        // After the window has passed, one call leaves one bucket: back inline.
+        assert_eq!(l.decide_in_place(&mut s, 20_000, 1).write, Write::Store(()));
+        assert_eq!((s.counts.len(), s.counts.spilled()), (1, false));
     }
 
     #[test]
