@@ -248,7 +248,7 @@ impl Key {
         // new value becomes owned by Redis, which frees it through our `free` callback.
         unsafe {
             match existing {
-                Some(old) if old.as_ptr() as usize & 1 == 0 && state.to_word().is_none() => {
+                Some(old) if Value::<S>::holds_box(old.as_ptr()) && state.to_word().is_none() => {
                     *old.cast::<S>().as_ptr() = state;
                 }
                 Some(_) => {

@@ -100,12 +100,11 @@ impl<'a, S: Stored> Value<'a, S> {
     /// # Safety
     /// `ptr` came from `into_raw::<S>` and is still owned by the key (not freed).
     pub unsafe fn from_raw(ptr: NonNull<c_void>) -> Option<Self> {
-        let addr = ptr.as_ptr() as usize;
-        if addr & 1 == 1 {
-            S::from_word((addr >> 1) as u64).map(Value::Packed)
-        } else {
+        if Self::holds_box(ptr.as_ptr()) {
             // SAFETY: an even pointer of this type is a live `Box<S>`.
             Some(Value::Boxed(unsafe { ptr.cast::<S>().as_mut() }))
+        } else {
+            S::from_word((ptr.as_ptr().addr() >> 1) as u64).map(Value::Packed)
         }
     }
 
@@ -113,9 +112,14 @@ impl<'a, S: Stored> Value<'a, S> {
     pub fn into_raw(state: S) -> *mut c_void {
         match state.to_word().and_then(|word| usize::try_from(word).ok()) {
             // Below 2^63: the shift loses nothing on a 64-bit target.
-            Some(word) if usize::BITS >= 64 => (word << 1 | 1) as *mut c_void,
+            Some(word) if usize::BITS >= 64 => std::ptr::without_provenance_mut(word << 1 | 1),
             _ => Box::into_raw(Box::new(state)).cast(),
         }
+    }
+
+    /// Whether a pointer `into_raw` made holds a `Box` (an even address) rather than a state.
+    pub fn holds_box(ptr: *const c_void) -> bool {
+        !ptr.is_null() && ptr.addr() & 1 == 0
     }
 
     /// Releases what `into_raw` made.
@@ -123,7 +127,7 @@ impl<'a, S: Stored> Value<'a, S> {
     /// # Safety
     /// `ptr` came from `into_raw::<S>` and is not used after.
     pub unsafe fn free(ptr: *mut c_void) {
-        if !ptr.is_null() && ptr as usize & 1 == 0 {
+        if Self::holds_box(ptr) {
             // SAFETY: an even pointer of this type is a `Box<S>` owned by the caller.
             drop(unsafe { Box::from_raw(ptr.cast::<S>()) });
         }

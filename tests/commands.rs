@@ -575,3 +575,47 @@ fn a_crafted_restore_payload_is_refused_without_harm() {
     let _: () = restore.unwrap();
     assert_eq!(fingerprint(&mut con, "copy"), fingerprint(&mut con, "f"));
 }
+
+#[test]
+fn a_version_1_token_bucket_restores_as_the_same_bucket() {
+    // The first release stored a token bucket as its parameters and level (encoding
+    // version 1); a payload from it must load as the bucket it was.
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN t 10 1 COST 4").unwrap(),
+        [1, 10, 6, 0, 4_000]
+    );
+    let dump: Vec<u8> = redis::cmd("DUMP").arg("t").query(&mut con).unwrap();
+    let body = &dump[..dump.len() - 8];
+    // The module string: its length (18), then version 2, tag T, full_at, slack.
+    let at = body
+        .windows(3)
+        .position(|w| w == [18, 2, b'T'])
+        .expect("the encoded state");
+    // Version 1 of the same bucket: capacity 10, 1 per 1000 ms, 6 tokens (6,000 parts) at T0.
+    let mut v1 = vec![1, b'T'];
+    for field in [10u64, 1, 1000, T0] {
+        v1.extend(field.to_le_bytes());
+    }
+    v1.extend(6_000u128.to_le_bytes());
+    let mut forged = body[..at].to_vec();
+    forged.push(v1.len() as u8);
+    forged.extend(&v1);
+    forged.extend(&body[at + 19..]);
+    forged.extend(crc64(&forged).to_le_bytes());
+    let _: () = redis::cmd("RESTORE")
+        .arg("old")
+        .arg(T0 + 4_000)
+        .arg(&forged)
+        .arg("ABSTTL")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(fingerprint(&mut con, "old"), fingerprint(&mut con, "t"));
+    server.clock.advance(1_000);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN old 10 1").unwrap(),
+        [1, 10, 6, 0, 4_000]
+    );
+}
