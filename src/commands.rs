@@ -17,7 +17,7 @@ use redis_module::raw;
 use crate::args::{self, Request};
 use crate::error::Error;
 use crate::guard;
-use crate::redis::{Args, Ctx, Key, RString, bytes};
+use crate::redis::{Args, Ctx, Key, KeyEvent, RString, bytes};
 use crate::types::{Stored, Value};
 
 type Argv = *mut RString;
@@ -108,17 +108,25 @@ where
         }
     };
     if let Some(key) = &mut key {
-        match effect {
-            Effect::None => {}
+        let event = match effect {
+            Effect::None => None,
             Effect::Store(state) => {
                 ctx.replicate_state(*name, &Encoded::of(&state));
                 key.store(state, expiry);
+                Some(KeyEvent::Changed(L::State::EVENT))
             }
-            Effect::Updated(reset_at) => key.updated(reset_at, expiry),
+            Effect::Updated(reset_at) => {
+                key.updated(reset_at, expiry);
+                Some(KeyEvent::Changed(L::State::EVENT))
+            }
             Effect::Delete => {
                 key.delete();
                 ctx.replicate_delete(*name);
+                Some(KeyEvent::Deleted)
             }
+        };
+        if let Some(event) = event {
+            ctx.notify(event, *name);
         }
     }
     reply(ctx, &decision);
@@ -169,5 +177,6 @@ fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Err
     let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
     // The master's state is authoritative: it replaces whatever the key holds.
     key.store(state, None);
+    ctx.notify(KeyEvent::Changed(c"rl.state"), name);
     Ok(())
 }

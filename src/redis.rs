@@ -48,6 +48,7 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_DeleteKey,
         RedisModule_SetAbsExpire,
         RedisModule_SignalModifiedKey,
+        RedisModule_NotifyKeyspaceEvent,
         RedisModule_StringPtrLen,
         RedisModule_Milliseconds,
         RedisModule_GetContextFlags,
@@ -157,6 +158,17 @@ impl Ctx {
         unsafe { api!(RedisModule_ReplyWithError)(self.0, error.message().as_ptr()) };
     }
 
+    /// Fires a keyspace notification: `event` on `key`, of a module-type key (`d` in
+    /// `notify-keyspace-events`) or, for a deletion, a generic one (`g`), as `DEL` does.
+    pub fn notify(self, event: KeyEvent, key: RString) {
+        let (class, name) = match event {
+            KeyEvent::Changed(name) => (raw::REDISMODULE_NOTIFY_MODULE, name),
+            KeyEvent::Deleted => (raw::REDISMODULE_NOTIFY_GENERIC, c"del"),
+        };
+        // SAFETY: a valid context and key; a static event name. Cheap when nobody listens.
+        unsafe { api!(RedisModule_NotifyKeyspaceEvent)(self.0, class, name.as_ptr(), key) };
+    }
+
     /// Replicates a state as `RL.STATE <key> <encoded state>` (to replicas and the AOF).
     pub fn replicate_state(self, key: RString, state: &Encoded) {
         let bytes = state.as_bytes();
@@ -178,6 +190,14 @@ impl Ctx {
         // SAFETY: format "s" takes a Redis string.
         unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key) };
     }
+}
+
+/// A keyspace event.
+pub enum KeyEvent {
+    /// A limiter was stored or updated, by the command of this name.
+    Changed(&'static CStr),
+    /// A limiter back to fresh was deleted.
+    Deleted,
 }
 
 /// An open key, closed when dropped.

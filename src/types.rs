@@ -14,7 +14,7 @@
 //! or payload never yields a bad limiter. The RDB encoding version of each type is 1; the
 //! blob carries its own version.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{CStr, c_int, c_void};
 use std::mem::size_of;
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -35,6 +35,9 @@ pub trait Stored: Codec + Word + State + 'static {
     /// The data type registered for this state.
     fn data_type() -> &'static RedisType;
 
+    /// The keyspace event a change fires: the command's name, in lower case.
+    const EVENT: &'static CStr;
+
     /// Whether a call updates a boxed state in place rather than storing a new one.
     const UPDATE_IN_PLACE: bool = false;
 
@@ -49,12 +52,15 @@ pub trait Stored: Codec + Word + State + 'static {
 }
 
 impl Stored for FixedState {
+    const EVENT: &'static CStr = c"rl.fixed";
+
     fn data_type() -> &'static RedisType {
         &FIXED_TYPE
     }
 }
 
 impl Stored for SlidingState {
+    const EVENT: &'static CStr = c"rl.sliding";
     const UPDATE_IN_PLACE: bool = true;
 
     fn data_type() -> &'static RedisType {
@@ -71,6 +77,8 @@ impl Stored for SlidingState {
 }
 
 impl Stored for TokenState {
+    const EVENT: &'static CStr = c"rl.token";
+
     fn data_type() -> &'static RedisType {
         &TOKEN_TYPE
     }

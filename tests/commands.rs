@@ -619,3 +619,50 @@ fn a_version_1_token_bucket_restores_as_the_same_bucket() {
         [1, 10, 6, 0, 4_000]
     );
 }
+
+#[test]
+fn changes_fire_keyspace_events() {
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    call(&mut con, "CONFIG SET notify-keyspace-events KA").unwrap();
+    let mut listener = server.conn();
+    let mut pubsub = listener.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:*").unwrap();
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+
+    rl(&mut con, "RL.FIXED f 1 1s").unwrap(); // stored: an event
+    rl(&mut con, "RL.FIXED f 1 1s").unwrap(); // denied: none
+    rl(&mut con, "RL.FIXED f 1 1s DRYRUN COST 0").unwrap(); // none
+    rl(&mut con, "RL.TOKEN t 2 1").unwrap();
+    rl(&mut con, "RL.SLIDING s 2 1s").unwrap();
+    rl(&mut con, "RL.SLIDING s 2 1s").unwrap(); // a second change: a second event
+    server.clock.advance(1_000);
+    rl(&mut con, "RL.FIXED f 1 1s COST 0").unwrap(); // fresh again: deleted
+    call(&mut con, "SET end x").unwrap();
+
+    let mut events = vec![];
+    loop {
+        let message = pubsub.get_message().unwrap();
+        let key = message
+            .get_channel_name()
+            .trim_start_matches("__keyspace@0__:");
+        let event: String = message.get_payload().unwrap();
+        if key == "end" {
+            break;
+        }
+        events.push(format!("{key} {event}"));
+    }
+    assert_eq!(
+        events,
+        [
+            "f rl.fixed",
+            "t rl.token",
+            "s rl.sliding",
+            "s rl.sliding",
+            "f del"
+        ]
+    );
+}
