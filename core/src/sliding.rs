@@ -66,11 +66,16 @@ fn oldest_live(window: Millis, now: Millis) -> u64 {
 }
 
 /// The bucket of `now` and [`oldest_live`], with one division instead of two (a division is
-/// the slowest step of a call). With `now = q * g + r` and `window = 64 * g - d`,
-/// `now + 1 - window = (q - 64) * g + (r + 1 + d)`, and `r + 1 + d < g + 64`.
-fn current_and_oldest(window: Millis, now: Millis) -> (u64, u64) {
+/// the slowest step of a call), and none when `now` falls in the bucket `guess` (the newest
+/// stored one: so it goes for every call after the first in a sub-window). With
+/// `now = q * g + r` and `window = 64 * g - d`, `now + 1 - window = (q - 64) * g + (r + 1 + d)`,
+/// and `r + 1 + d < g + 64`.
+fn current_and_oldest(window: Millis, now: Millis, guess: Option<u64>) -> (u64, u64) {
     let g = granularity(window);
-    let (q, r) = (now / g, now % g);
+    let (q, r) = match guess.and_then(|b| Some((b, now.checked_sub(b.checked_mul(g)?)?))) {
+        Some((b, r)) if r < g => (b, r),
+        _ => (now / g, now % g),
+    };
     let extra = r + 1 + (SUB_WINDOWS * g - window);
     // At most 1 for a bucket of 64 ms or more (windows from 4033 ms).
     let carry = match extra {
@@ -307,7 +312,10 @@ impl SlidingWindow {
     /// Decides a call on the buckets of this window's grid (`first` and counts, as stored),
     /// reading them in place.
     fn plan(&self, stored: Option<(u64, &[u64])>, now: Millis, cost: u64) -> Plan {
-        let (current, oldest) = current_and_oldest(self.window, now);
+        let newest_stored = stored.and_then(|(first, counts)| {
+            Some(first + u64::try_from(counts.len().checked_sub(1)?).ok()?)
+        });
+        let (current, oldest) = current_and_oldest(self.window, now, newest_stored);
         let (skip, first, live) = stored.map_or((0, 0, &[][..]), |(first, counts)| {
             // The buckets still overlapping the window, without leading empty ones.
             let gone = (oldest.saturating_sub(first) as usize).min(counts.len());
@@ -535,11 +543,20 @@ mod tests {
 
     #[test]
     fn one_division_finds_both_buckets() {
-        let moments = (0..3_000).chain((0..3_000).map(|i| 1_800_000_000_000 + i * 7919));
-        for window in (1..5_000).chain([59_999, 60_000, 60_001, 86_400_000, MAX_DURATION_MS]) {
+        let moments = (0..1_000).chain((0..1_000).map(|i| 1_800_000_000_000 + i * 7919));
+        let windows =
+            (1..5_000)
+                .step_by(3)
+                .chain([4_032, 4_033, 60_000, 86_400_000, MAX_DURATION_MS]);
+        for window in windows {
             for now in moments.clone() {
                 let expected = (now / granularity(window), oldest_live(window, now));
-                assert_eq!(current_and_oldest(window, now), expected, "{window} {now}");
+                let g = granularity(window);
+                let q = now / g;
+                for guess in [None, Some(q), Some(q + 1), q.checked_sub(1), Some(u64::MAX)] {
+                    let got = current_and_oldest(window, now, guess);
+                    assert_eq!(got, expected, "{window} {now} {guess:?}");
+                }
             }
         }
     }
