@@ -271,7 +271,7 @@ impl Limiter for SlidingWindow {
                 counts.drain(..skip);
                 if index >= counts.capacity() {
                     // Grow by doubling up to the most a state holds, never beyond.
-                    let target = (2 * counts.capacity()).clamp(index + 1, MAX_BUCKETS);
+                    let target = (2 * counts.capacity()).min(MAX_BUCKETS).max(index + 1);
                     counts.reserve_exact(target - counts.len());
                 }
                 counts.resize(index + 1, 0);
