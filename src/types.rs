@@ -152,11 +152,6 @@ impl<'a, S: Stored> Value<'a, S> {
             None => fallback,
         }
     }
-
-    /// Whether the state lives in a `Box` (else in the pointer itself).
-    pub fn is_boxed(&self) -> bool {
-        matches!(self, Value::Boxed(_))
-    }
 }
 
 /// Type names are exactly nine characters; `TYPE key` shows them.
@@ -254,12 +249,13 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
 }
 
 unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
-    // SAFETY: `value` is a value this type stored.
-    guard::callback(0, || unsafe {
-        match NonNull::new(value.cast_mut()).and_then(|p| Value::<S>::from_raw(p)) {
-            Some(value) if value.is_boxed() => size_of::<S>() + value.heap_size(),
-            _ => 0,
+    guard::callback(0, || {
+        // A packed state lives in Redis' own wrapper: it owns nothing.
+        if !Value::<S>::holds_box(value) {
+            return 0;
         }
+        // SAFETY: `value` is a value this type stored.
+        unsafe { Value::<S>::with(value, 0, |s| size_of::<S>() + s.heap_size()) }
     })
 }
 

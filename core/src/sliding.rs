@@ -240,16 +240,12 @@ impl Limiter for SlidingWindow {
             return self.decide_in_grid(Some((old.first, &old.counts)), now, cost);
         }
         // Another window: regrid, then decide as on a state of this window that must be
-        // stored whatever the call does, so its expiry follows the new grid.
-        let buckets = Buckets::regrid(old, self.window, now);
-        let regridded = buckets.to_state();
+        // stored whatever the call does, so its expiry follows the new grid. (A regridded
+        // state that counts nothing is deleted by the decision itself.)
+        let regridded = Buckets::regrid(old, self.window, now).to_state();
         let mut out = self.decide_in_grid(Some((regridded.first, &regridded.counts)), now, cost);
         if out.write == Write::Keep {
-            out.write = if regridded.counts.is_empty() {
-                Write::Delete
-            } else {
-                Write::Store(regridded)
-            };
+            out.write = Write::Store(regridded);
         }
         out
     }
