@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
 # redis-server and redis-tools, a C compiler, clang/libclang (bindgen), and a Rust toolchain.
+# It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
+# libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
 set -euo pipefail
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
+installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
+
 packages=()
-command -v redis-server >/dev/null || packages+=(redis-server)
-command -v redis-cli >/dev/null || packages+=(redis-tools)
-command -v cc >/dev/null || packages+=(build-essential)
-command -v curl >/dev/null || packages+=(curl ca-certificates)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || packages+=(clang libclang-dev)
+for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev; do
+    installed "$package" || packages+=("$package")
+done
 
 if [ ${#packages[@]} -gt 0 ]; then
     echo "Installing: ${packages[*]}"
