@@ -1,43 +1,37 @@
 //! Every error the module replies with, and its message: the one place error text lives.
 //!
-//! Each message starts with its Redis error code (`ERR`, `WRONGTYPE`) and is a static C
-//! string, so replying with an error never allocates. The README lists them all.
+//! Each message starts with its Redis error code (`ERR`, `WRONGTYPE`). A variant about an
+//! argument carries that argument's description, so its message names exactly the argument
+//! that was wrong. The README lists the messages.
 
-use std::ffi::CStr;
+use std::ffi::CString;
+use std::fmt;
 
-/// The argument an error is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arg {
-    Limit,
-    Capacity,
-    Rate,
-    Window,
-    Per,
-    Cost,
-    DryRun,
-}
+use crate::param::{Param, SHARED};
 
 /// Why a command was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {
     /// Not a decimal integer (letters, a fraction, empty).
-    NotInteger(Arg),
-    /// Zero or negative where at least 1 is needed (or negative for COST).
-    TooSmall(Arg),
+    NotInteger(&'static Param),
+    /// Zero or negative where at least 1 is needed.
+    NotPositive(&'static Param),
+    /// Negative where 0 is allowed (COST).
+    Negative(&'static Param),
     /// Above `MAX_UNITS`.
-    TooLarge(Arg),
+    TooLarge(&'static Param),
     /// Not a number with an optional unit.
-    NotDuration(Arg),
+    NotDuration(&'static Param),
     /// A duration of zero (or negative).
-    DurationTooShort(Arg),
+    DurationTooShort(&'static Param),
     /// A duration above `MAX_DURATION_MS`.
-    DurationTooLong(Arg),
+    DurationTooLong(&'static Param),
     /// An option given as the last argument, without its value.
-    MissingValue(Arg),
-    /// An option this command does not know; `per` says whether PER is one it knows.
-    UnknownOption { per: bool },
+    MissingValue(&'static Param),
+    /// An option this command does not know: its own arguments, then [`SHARED`]'s options.
+    UnknownOption(&'static [Param]),
     /// An option given twice.
-    Repeated(Arg),
+    Repeated(&'static Param),
     /// A token bucket that would take more than `MAX_DURATION_MS` to refill.
     RefillTooSlow,
     /// The key holds another type, or a limiter of another algorithm.
@@ -48,93 +42,95 @@ pub enum Error {
     WrongArity,
     /// `RL.STATE` with a blob that is not a valid limiter state.
     InvalidState,
+    /// A handler panicked (and the panic was stopped): a bug, logged in the server log.
+    Internal,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Error::*;
+        const DURATION: &str = "a duration such as 60, 1500ms, 10m, 2h or 1d";
+        match self {
+            NotInteger(p) => write!(f, "ERR {} must be an integer", p.label()),
+            NotPositive(p) => write!(f, "ERR {} must be at least 1", p.label()),
+            Negative(p) => write!(f, "ERR {} must not be negative", p.label()),
+            TooLarge(p) => write!(f, "ERR {} must be at most {}", p.label(), i64::MAX),
+            NotDuration(p) => write!(f, "ERR {} must be {DURATION}", p.label()),
+            DurationTooShort(p) => write!(f, "ERR {} must be at least 1ms", p.label()),
+            DurationTooLong(p) => write!(f, "ERR {} must be at most 3650d", p.label()),
+            MissingValue(p) => write!(f, "ERR {} needs a value", p.label()),
+            Repeated(p) => write!(f, "ERR {} given more than once", p.label()),
+            UnknownOption(own) => {
+                let tokens: Vec<&str> = (own.iter().chain(SHARED))
+                    .filter(|p| p.token.is_some())
+                    .map(Param::label)
+                    .collect();
+                write!(f, "ERR unknown option, expected ")?;
+                match tokens.split_last() {
+                    Some((last, [])) => write!(f, "{last}"),
+                    Some((last, rest)) => write!(f, "{} or {last}", rest.join(", ")),
+                    None => write!(f, "none"),
+                }
+            }
+            RefillTooSlow => f.write_str(
+                "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly",
+            ),
+            WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            StateNotAllowed => {
+                f.write_str("ERR RL.STATE only applies state sent by a master or read from the AOF")
+            }
+            InvalidState => f.write_str("ERR invalid limiter state"),
+            WrongArity => f.write_str("ERR wrong number of arguments"),
+            Internal => f.write_str("ERR internal error in the rate limiter, see the server log"),
+        }
+    }
 }
 
 impl Error {
-    pub fn message(self) -> &'static CStr {
-        use Arg::*;
-        use Error::*;
-        match self {
-            NotInteger(Limit) => c"ERR limit must be an integer",
-            NotInteger(Capacity) => c"ERR capacity must be an integer",
-            NotInteger(Rate) => c"ERR rate must be an integer",
-            NotInteger(_) => c"ERR COST must be an integer",
-            TooSmall(Limit) => c"ERR limit must be at least 1",
-            TooSmall(Capacity) => c"ERR capacity must be at least 1",
-            TooSmall(Rate) => c"ERR rate must be at least 1",
-            TooSmall(_) => c"ERR COST must not be negative",
-            TooLarge(Limit) => c"ERR limit must be at most 9223372036854775807",
-            TooLarge(Capacity) => c"ERR capacity must be at most 9223372036854775807",
-            TooLarge(Rate) => c"ERR rate must be at most 9223372036854775807",
-            TooLarge(_) => c"ERR COST must be at most 9223372036854775807",
-            NotDuration(Per) => c"ERR PER must be a duration such as 60, 1500ms, 10m, 2h or 1d",
-            NotDuration(_) => c"ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d",
-            DurationTooShort(Per) => c"ERR PER must be at least 1ms",
-            DurationTooShort(_) => c"ERR window must be at least 1ms",
-            DurationTooLong(Per) => c"ERR PER must be at most 3650d",
-            DurationTooLong(_) => c"ERR window must be at most 3650d",
-            MissingValue(Per) => c"ERR PER needs a value",
-            MissingValue(_) => c"ERR COST needs a value",
-            UnknownOption { per: true } => c"ERR unknown option, expected PER, COST or DRYRUN",
-            UnknownOption { per: false } => c"ERR unknown option, expected COST or DRYRUN",
-            Repeated(Per) => c"ERR PER given more than once",
-            Repeated(DryRun) => c"ERR DRYRUN given more than once",
-            Repeated(_) => c"ERR COST given more than once",
-            RefillTooSlow => {
-                c"ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"
-            }
-            WrongType => c"WRONGTYPE Operation against a key holding the wrong kind of value",
-            StateNotAllowed => {
-                c"ERR RL.STATE only applies state sent by a master or read from the AOF"
-            }
-            InvalidState => c"ERR invalid limiter state",
-            WrongArity => c"ERR wrong number of arguments",
-        }
+    /// The reply text, as Redis takes it. Errors are rare: building it may allocate.
+    pub fn message(self) -> CString {
+        CString::new(self.to_string()).unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::param::{COST, DRYRUN, LIMIT, WINDOW};
 
     #[test]
-    fn every_message_starts_with_a_code() {
-        let args = [
-            Arg::Limit,
-            Arg::Capacity,
-            Arg::Rate,
-            Arg::Window,
-            Arg::Per,
-            Arg::Cost,
+    fn every_message_starts_with_a_code_and_names_its_argument() {
+        let about = [
+            (Error::NotInteger(&COST), "ERR COST must be an integer"),
+            (Error::Negative(&COST), "ERR COST must not be negative"),
+            (Error::NotPositive(&LIMIT), "ERR limit must be at least 1"),
+            (
+                Error::DurationTooShort(&WINDOW),
+                "ERR window must be at least 1ms",
+            ),
+            (Error::Repeated(&DRYRUN), "ERR DRYRUN given more than once"),
+            (
+                Error::UnknownOption(&[LIMIT, WINDOW]),
+                "ERR unknown option, expected COST or DRYRUN",
+            ),
         ];
-        let mut all = vec![
-            Error::UnknownOption { per: true },
-            Error::UnknownOption { per: false },
-            Error::Repeated(Arg::DryRun),
+        for (error, text) in about {
+            assert_eq!(error.to_string(), text);
+        }
+        for error in [
             Error::RefillTooSlow,
             Error::WrongType,
             Error::StateNotAllowed,
-            Error::InvalidState,
             Error::WrongArity,
-        ];
-        for arg in args {
-            all.extend([
-                Error::NotInteger(arg),
-                Error::TooSmall(arg),
-                Error::TooLarge(arg),
-                Error::NotDuration(arg),
-                Error::DurationTooShort(arg),
-                Error::DurationTooLong(arg),
-                Error::MissingValue(arg),
-                Error::Repeated(arg),
-            ]);
-        }
-        for e in all {
-            let text = e.message().to_str().unwrap();
+            Error::InvalidState,
+            Error::Internal,
+        ] {
+            let text = error.to_string();
             assert!(
                 text.starts_with("ERR ") || text.starts_with("WRONGTYPE "),
                 "{text}"
             );
+            assert_eq!(error.message().to_str(), Ok(text.as_str()));
         }
     }
 }

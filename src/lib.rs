@@ -3,28 +3,35 @@
 //! Load with `redis-server --loadmodule libredis_ratelimit.so`. The algorithms live in the
 //! `ratelimit-core` crate (pure, time as an argument); this crate is the Redis layer:
 //!
-//! - `args`: arguments parsed once into validated limiters;
+//! - `algorithms`: one definition per algorithm (command, parameters, data type), and the
+//!   list everything registered at load is derived from;
+//! - `algorithm`: what a definition gives, and the handler the limiting commands share;
+//! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
+//! - `param`, `args`: what the arguments are, and their parser;
 //! - `error`: every error reply and its text;
-//! - `commands`: the handlers (one clock read, one key open, effect replication);
-//! - `types`: the three data types and their RDB / AOF / digest / copy callbacks;
-//! - `metadata`: command flags, key specs and docs;
-//! - `redis`: the thin layer over the raw module API;
-//! - `guard`: no panic ever reaches Redis.
+//! - `command`: registration (flags, key specs, docs) and the guarded handler runner;
+//! - `storage`: how a state lives in a key, and its RDB / AOF / digest / copy callbacks;
+//! - `redis`: the thin layer over the module API (keys, replies, replication);
+//! - `api`: raw API access; `guard`: no panic ever reaches Redis.
 
 // Test builds leave out the entry point, so the Redis-facing code is unreachable there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod algorithm;
+mod algorithms;
+mod api;
 mod args;
-mod commands;
+mod command;
 mod error;
 mod guard;
-mod metadata;
+mod param;
 mod redis;
-mod types;
+mod state;
+mod storage;
 
 use redis_module::{Context, RedisString, Status, raw};
-#[cfg(not(test))]
-use types::{FIXED_TYPE, SLIDING_TYPE, TOKEN_TYPE};
+
+use crate::algorithms::ALGORITHMS;
 
 // Unit tests run outside Redis, where the Redis allocator does not exist: the module entry
 // point (which installs it as the global allocator) is left out of test builds.
@@ -33,14 +40,14 @@ redis_module::redis_module! {
     name: "ratelimit",
     version: 1,
     allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
-    data_types: [FIXED_TYPE, SLIDING_TYPE, TOKEN_TYPE],
+    data_types: [],
     init: init,
 }
 
-/// Load-time setup, after the data types exist: checks the API, sets options, registers
-/// the commands.
+/// Load-time setup: checks the API, sets options, creates the data types and registers the
+/// commands, all from [`ALGORITHMS`].
 fn init(ctx: &Context, _args: &[RedisString]) -> Status {
-    let missing = redis::missing_api();
+    let missing = api::missing_api();
     if !missing.is_empty() {
         ctx.log_warning(&format!(
             "ratelimit: this Redis lacks module API functions the module needs: {} \
@@ -55,20 +62,26 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         // Load errors come back to `rdb_load` instead of stopping the server (a crafted
         // RESTORE payload must not crash it), and keys are signalled as modified (WATCH)
         // only when a call really changes them, not on every call that opens them.
-        redis::api!(RedisModule_SetModuleOptions)(
+        api::api!(RedisModule_SetModuleOptions)(
             ctx.ctx,
             (raw::REDISMODULE_OPTIONS_HANDLE_IO_ERRORS
                 | raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED) as i32,
         );
     }
-    match metadata::register(redis::Ctx(ctx.ctx)) {
-        Ok(()) => Status::Ok,
-        Err(name) => {
+    for entry in &ALGORITHMS {
+        if (entry.data_type)().create_data_type(ctx.ctx).is_err() {
+            return Status::Err;
+        }
+    }
+    let commands = ALGORITHMS.iter().map(|entry| &entry.command);
+    for command in commands.chain([&state::COMMAND]) {
+        if let Err(name) = command::register(redis::Ctx(ctx.ctx), command) {
             ctx.log_warning(&format!(
                 "ratelimit: could not register {}",
                 name.to_string_lossy()
             ));
-            Status::Err
+            return Status::Err;
         }
     }
+    Status::Ok
 }

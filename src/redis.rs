@@ -2,7 +2,7 @@
 //! once, typed values, absolute expiry, replies, effect replication and context flags.
 //!
 //! Everything goes through the raw function pointers that Redis fills in at load time; the
-//! module refuses to load if one is missing ([`missing_api`]), so [`api!`] never fails after.
+//! module refuses to load if one is missing (`api::missing_api`), so `api!` never fails after.
 
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
@@ -10,68 +10,9 @@ use std::ptr::NonNull;
 use ratelimit_core::codec::Encoded;
 use redis_module::raw;
 
+use crate::api::api;
 use crate::error::Error;
-use crate::types::{Stored, Value};
-
-/// The raw API function `$name`, checked present at load time.
-macro_rules! api {
-    ($name:ident) => {{
-        // SAFETY: a plain read of a pointer Redis wrote once, before any command ran.
-        #[allow(unused_unsafe)]
-        let f = unsafe { redis_module::raw::$name };
-        match f {
-            Some(f) => f,
-            None => panic!(concat!(stringify!($name), " is missing")),
-        }
-    }};
-}
-pub(crate) use api;
-
-/// The names of the API functions this module needs that Redis did not provide.
-pub fn missing_api() -> Vec<&'static str> {
-    macro_rules! check {
-        ($($name:ident),* $(,)?) => {{
-            let mut missing = Vec::new();
-            // SAFETY: plain reads of pointers Redis wrote during RedisModule_Init.
-            $(if unsafe { raw::$name }.is_none() { missing.push(stringify!($name)); })*
-            missing
-        }};
-    }
-    check!(
-        RedisModule_OpenKey,
-        RedisModule_CloseKey,
-        RedisModule_KeyType,
-        RedisModule_ModuleTypeGetType,
-        RedisModule_ModuleTypeGetValue,
-        RedisModule_ModuleTypeSetValue,
-        RedisModule_ModuleTypeReplaceValue,
-        RedisModule_DeleteKey,
-        RedisModule_SetAbsExpire,
-        RedisModule_SignalModifiedKey,
-        RedisModule_NotifyKeyspaceEvent,
-        RedisModule_StringPtrLen,
-        RedisModule_Milliseconds,
-        RedisModule_GetContextFlags,
-        RedisModule_Replicate,
-        RedisModule_ReplyWithArray,
-        RedisModule_ReplyWithMap,
-        RedisModule_ReplyWithLongLong,
-        RedisModule_ReplyWithStringBuffer,
-        RedisModule_ReplyWithSimpleString,
-        RedisModule_ReplyWithError,
-        RedisModule_EmitAOF,
-        RedisModule_SaveStringBuffer,
-        RedisModule_LoadStringBuffer,
-        RedisModule_IsIOError,
-        RedisModule_Free,
-        RedisModule_DigestAddStringBuffer,
-        RedisModule_DigestEndSequence,
-        RedisModule_SetModuleOptions,
-        RedisModule_CreateCommand,
-        RedisModule_GetCommand,
-        RedisModule_SetCommandInfo,
-    )
-}
+use crate::storage::{Stored, Value};
 
 /// A command's context.
 #[derive(Clone, Copy)]
@@ -154,8 +95,9 @@ impl Ctx {
     }
 
     pub fn reply_error(self, error: Error) {
-        // SAFETY: a valid context and a static string.
-        unsafe { api!(RedisModule_ReplyWithError)(self.0, error.message().as_ptr()) };
+        let message = error.message();
+        // SAFETY: a valid context and a NUL-terminated string, which Redis copies.
+        unsafe { api!(RedisModule_ReplyWithError)(self.0, message.as_ptr()) };
     }
 
     /// Fires a keyspace notification: `event` on `key`, of a module-type key (`d` in
@@ -169,26 +111,26 @@ impl Ctx {
         unsafe { api!(RedisModule_NotifyKeyspaceEvent)(self.0, class, name.as_ptr(), key) };
     }
 
-    /// Replicates a state as `RL.STATE <key> <encoded state>` (to replicas and the AOF).
-    pub fn replicate_state(self, key: RString, state: &Encoded) {
-        let bytes = state.as_bytes();
-        // SAFETY: format "sb" takes a Redis string, then a pointer and a length.
+    /// Replicates an effect on `key` (to replicas and the AOF): its new state, as
+    /// `RL.STATE <key> <encoded state>`, or its deletion (`None`), as `DEL <key>`.
+    pub fn replicate(self, key: RString, state: Option<&Encoded>) {
+        // SAFETY: format "sb" takes a Redis string, then a pointer and a length; "s" a string.
         unsafe {
-            api!(RedisModule_Replicate)(
-                self.0,
-                c"RL.STATE".as_ptr(),
-                c"sb".as_ptr(),
-                key,
-                bytes.as_ptr(),
-                bytes.len(),
-            );
+            match state {
+                Some(state) => {
+                    let bytes = state.as_bytes();
+                    api!(RedisModule_Replicate)(
+                        self.0,
+                        c"RL.STATE".as_ptr(),
+                        c"sb".as_ptr(),
+                        key,
+                        bytes.as_ptr(),
+                        bytes.len(),
+                    )
+                }
+                None => api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key),
+            };
         }
-    }
-
-    /// Replicates the deletion of a key.
-    pub fn replicate_delete(self, key: RString) {
-        // SAFETY: format "s" takes a Redis string.
-        unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key) };
     }
 }
 

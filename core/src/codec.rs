@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! byte 0     encoding version (2)
-//! byte 1     algorithm: b'F' fixed window, b'S' sliding window, b'T' token bucket
-//! then       little-endian fields
+//! byte 1     algorithm ([`Codec::TAG`]): b'F' fixed window, b'S' sliding window, b'T' token bucket
+//! then       little-endian fields, written and read by each algorithm's file
 //!   F        window_end u64, count u64                                      (18 bytes)
 //!   S        window u64, first u64, n u8, counts u64 x n (1..=65)           (27..=539 bytes)
 //!   T        full_at u64, slack u64                                         (18 bytes)
@@ -18,23 +18,22 @@
 //! [`Word`] is a second, in-memory encoding: a fixed window or token bucket with usual
 //! figures fits in 63 bits, which the storage layer keeps in place of a pointer.
 
-use crate::{FixedState, SlidingState, State, TokenState, sliding::MAX_BUCKETS};
-
 /// The version written in byte 0.
 pub const ENCODING_VERSION: u8 = 2;
 
 /// Versions this build reads.
 const READABLE: std::ops::RangeInclusive<u8> = 1..=ENCODING_VERSION;
 
-/// The longest encoding: a sliding window with every bucket in use.
-pub const MAX_ENCODED_LEN: usize = 2 + 17 + 8 * MAX_BUCKETS;
+/// The longest encoding of any state: a sliding window with all 65 buckets in use (each
+/// algorithm's file asserts at compile time that its encodings fit).
+pub const MAX_ENCODED_LEN: usize = 539;
 
 /// Why a blob is not a state of the expected kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// Empty, or a version this build does not know.
     UnknownVersion,
-    /// A state of another algorithm.
+    /// A state of another algorithm (or of none this build knows).
     OtherAlgorithm,
     /// Truncated, too long, or breaking an invariant.
     Invalid,
@@ -55,8 +54,8 @@ pub trait Codec: Sized {
             [version, tag, fields @ ..] if *tag == Self::TAG => {
                 Self::decode_fields(*version, &mut Fields(fields)).ok_or(DecodeError::Invalid)
             }
-            [_, b'F' | b'S' | b'T', ..] => Err(DecodeError::OtherAlgorithm),
-            [_, ..] => Err(DecodeError::Invalid),
+            [_, _, ..] => Err(DecodeError::OtherAlgorithm),
+            [_] => Err(DecodeError::Invalid),
             [] => Err(DecodeError::UnknownVersion),
         }
     }
@@ -92,43 +91,13 @@ pub trait Word: Sized {
 const TIME_BITS: u32 = 43;
 const NUMBER_BITS: u32 = 63 - TIME_BITS;
 
-fn pack(time: u64, number: u64) -> Option<u64> {
+pub(crate) fn pack(time: u64, number: u64) -> Option<u64> {
     (time < 1 << TIME_BITS && number < 1 << NUMBER_BITS).then_some(number << TIME_BITS | time)
 }
 
-fn unpack(word: u64) -> Option<(u64, u64)> {
+pub(crate) fn unpack(word: u64) -> Option<(u64, u64)> {
     (word < 1 << 63).then_some((word & ((1 << TIME_BITS) - 1), word >> TIME_BITS))
 }
-
-/// A fixed window fits while its count is below 2^20 (1,048,576).
-impl Word for FixedState {
-    fn to_word(&self) -> Option<u64> {
-        pack(self.window_end, self.count)
-    }
-
-    fn from_word(word: u64) -> Option<Self> {
-        let (window_end, count) = unpack(word)?;
-        let state = FixedState { window_end, count };
-        state.is_valid().then_some(state)
-    }
-}
-
-/// A token bucket fits while its slack is below 2^20, which a rate below 2^20 parts per ms
-/// (tokens per period) guarantees.
-impl Word for TokenState {
-    fn to_word(&self) -> Option<u64> {
-        pack(self.full_at, self.slack)
-    }
-
-    fn from_word(word: u64) -> Option<Self> {
-        let (full_at, slack) = unpack(word)?;
-        let state = TokenState { full_at, slack };
-        state.is_valid().then_some(state)
-    }
-}
-
-/// Sliding windows hold up to 65 counters: always allocated.
-impl Word for SlidingState {}
 
 /// An encoded state, on the stack: encoding never allocates.
 pub struct Encoded {
@@ -146,7 +115,7 @@ impl Encoded {
         out
     }
 
-    fn put(&mut self, bytes: &[u8]) {
+    pub(crate) fn put(&mut self, bytes: &[u8]) {
         self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
     }
@@ -164,104 +133,34 @@ impl Encoded {
 }
 
 /// The fields of an encoding, read front to back.
-pub struct Fields<'a>(&'a [u8]);
+pub struct Fields<'a>(pub(crate) &'a [u8]);
 
 impl Fields<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+    pub(crate) fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
     }
 
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
     }
 
-    fn u128(&mut self) -> Option<u128> {
+    pub(crate) fn u128(&mut self) -> Option<u128> {
         self.take().map(u128::from_le_bytes)
     }
 
     /// `Some(())` if every byte was read.
-    fn end(&self) -> Option<()> {
+    pub(crate) fn end(&self) -> Option<()> {
         self.0.is_empty().then_some(())
-    }
-}
-
-impl Codec for FixedState {
-    const TAG: u8 = b'F';
-
-    fn encode(&self, out: &mut Encoded) {
-        out.put(&self.window_end.to_le_bytes());
-        out.put(&self.count.to_le_bytes());
-    }
-
-    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
-        let state = FixedState {
-            window_end: f.u64()?,
-            count: f.u64()?,
-        };
-        f.end()?;
-        state.is_valid().then_some(state)
-    }
-}
-
-impl Codec for SlidingState {
-    const TAG: u8 = b'S';
-
-    fn encode(&self, out: &mut Encoded) {
-        out.put(&self.window.to_le_bytes());
-        out.put(&self.first.to_le_bytes());
-        // At most MAX_BUCKETS (65) counts in a valid state: the count fits a byte.
-        out.put(&[self.counts.len() as u8]);
-        for count in &self.counts {
-            out.put(&count.to_le_bytes());
-        }
-    }
-
-    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
-        let (window, first, [n]) = (f.u64()?, f.u64()?, f.take::<1>()?);
-        if f.0.len() != 8 * usize::from(n) {
-            return None;
-        }
-        let counts =
-            f.0.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
-        let state = SlidingState {
-            window,
-            first,
-            counts: counts.collect(),
-        };
-        state.is_valid().then_some(state)
-    }
-}
-
-impl Codec for TokenState {
-    const TAG: u8 = b'T';
-
-    fn encode(&self, out: &mut Encoded) {
-        out.put(&self.full_at.to_le_bytes());
-        out.put(&self.slack.to_le_bytes());
-    }
-
-    fn decode_fields(version: u8, f: &mut Fields) -> Option<Self> {
-        let state = if version == 1 {
-            let (capacity, rate, period) = (f.u64()?, f.u64()?, f.u64()?);
-            let (updated_at, level) = (f.u64()?, f.u128()?);
-            TokenState::from_level(capacity, rate, period, updated_at, level)?
-        } else {
-            TokenState {
-                full_at: f.u64()?,
-                slack: f.u64()?,
-            }
-        };
-        f.end()?;
-        state.is_valid().then_some(state)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sliding::MAX_BUCKETS;
+    use crate::{FixedState, SlidingState, TokenState};
 
     fn round_trip<S: Codec + PartialEq + std::fmt::Debug>(state: S) {
         let encoded = Encoded::of(&state);

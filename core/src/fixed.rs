@@ -6,6 +6,7 @@
 //! an earlier window), the count of a window that has not ended yet carries over into the
 //! current window: units already taken keep counting, so a change never admits a burst.
 
+use crate::codec::{self, Codec, Encoded, Fields, Word};
 use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
 
 /// Validated fixed-window parameters.
@@ -83,6 +84,37 @@ impl Limiter for FixedWindow {
             _ => Write::Store(next),
         };
         Outcome { decision, write }
+    }
+}
+
+impl Codec for FixedState {
+    const TAG: u8 = b'F';
+
+    fn encode(&self, out: &mut Encoded) {
+        out.put(&self.window_end.to_le_bytes());
+        out.put(&self.count.to_le_bytes());
+    }
+
+    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
+        let state = FixedState {
+            window_end: f.u64()?,
+            count: f.u64()?,
+        };
+        f.end()?;
+        state.is_valid().then_some(state)
+    }
+}
+
+/// A fixed window fits while its count is below 2^20 (1,048,576).
+impl Word for FixedState {
+    fn to_word(&self) -> Option<u64> {
+        codec::pack(self.window_end, self.count)
+    }
+
+    fn from_word(word: u64) -> Option<Self> {
+        let (window_end, count) = codec::unpack(word)?;
+        let state = FixedState { window_end, count };
+        state.is_valid().then_some(state)
     }
 }
 

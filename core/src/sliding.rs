@@ -16,6 +16,7 @@
 
 use smallvec::SmallVec;
 
+use crate::codec::{self, Codec, Encoded, Fields, Word};
 use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
 
 /// How many buckets a window is split into.
@@ -23,6 +24,9 @@ pub const SUB_WINDOWS: u64 = 64;
 
 /// The most buckets a state holds: those overlapping one window, `SUB_WINDOWS + 1`.
 pub const MAX_BUCKETS: usize = SUB_WINDOWS as usize + 1;
+
+// The longest encoding (header, window, first, n, counts) fits the encoder's buffer.
+const _: () = assert!(2 + 17 + 8 * MAX_BUCKETS <= codec::MAX_ENCODED_LEN);
 
 /// Validated sliding-window parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -385,6 +389,39 @@ impl SlidingWindow {
         Outcome { decision, write }
     }
 }
+
+impl Codec for SlidingState {
+    const TAG: u8 = b'S';
+
+    fn encode(&self, out: &mut Encoded) {
+        out.put(&self.window.to_le_bytes());
+        out.put(&self.first.to_le_bytes());
+        // At most MAX_BUCKETS (65) counts in a valid state: the count fits a byte.
+        out.put(&[self.counts.len() as u8]);
+        for count in &self.counts {
+            out.put(&count.to_le_bytes());
+        }
+    }
+
+    fn decode_fields(_version: u8, f: &mut Fields) -> Option<Self> {
+        let (window, first, [n]) = (f.u64()?, f.u64()?, f.take::<1>()?);
+        if f.0.len() != 8 * usize::from(n) {
+            return None;
+        }
+        let counts =
+            f.0.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        let state = SlidingState {
+            window,
+            first,
+            counts: counts.collect(),
+        };
+        state.is_valid().then_some(state)
+    }
+}
+
+/// Sliding windows hold up to 65 counters: always allocated.
+impl Word for SlidingState {}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@
 //! a bigger bucket is mostly full at once, a smaller one may be empty. Changes take effect
 //! from that call on. A clock that goes back leaves the bucket emptier, never fuller.
 
+use crate::codec::{self, Codec, Encoded, Fields, Word};
 use crate::{
     Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write,
     div_ceil_u128, div_u128,
@@ -164,6 +165,44 @@ impl Limiter for TokenBucket {
             reset_after: after.map_or(0, |s| s.full_at - now),
         };
         Outcome { decision, write }
+    }
+}
+
+impl Codec for TokenState {
+    const TAG: u8 = b'T';
+
+    fn encode(&self, out: &mut Encoded) {
+        out.put(&self.full_at.to_le_bytes());
+        out.put(&self.slack.to_le_bytes());
+    }
+
+    fn decode_fields(version: u8, f: &mut Fields) -> Option<Self> {
+        let state = if version == 1 {
+            let (capacity, rate, period) = (f.u64()?, f.u64()?, f.u64()?);
+            let (updated_at, level) = (f.u64()?, f.u128()?);
+            TokenState::from_level(capacity, rate, period, updated_at, level)?
+        } else {
+            TokenState {
+                full_at: f.u64()?,
+                slack: f.u64()?,
+            }
+        };
+        f.end()?;
+        state.is_valid().then_some(state)
+    }
+}
+
+/// A token bucket fits while its slack is below 2^20, which a rate below 2^20 parts per ms
+/// (tokens per period) guarantees.
+impl Word for TokenState {
+    fn to_word(&self) -> Option<u64> {
+        codec::pack(self.full_at, self.slack)
+    }
+
+    fn from_word(word: u64) -> Option<Self> {
+        let (full_at, slack) = codec::unpack(word)?;
+        let state = TokenState { full_at, slack };
+        state.is_valid().then_some(state)
     }
 }
 

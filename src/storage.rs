@@ -1,4 +1,5 @@
-//! The three module data types, one per algorithm, and their persistence callbacks.
+//! How a limiter state lives in a Redis key: the module data type each algorithm registers
+//! ([`data_type`]), its value pointer ([`Value`]) and its persistence callbacks.
 //!
 //! A key's value pointer holds a core state in one of two ways ([`Value`]): a state that
 //! fits in 63 bits (a fixed window or a token bucket with usual figures, see
@@ -19,13 +20,13 @@ use std::mem::size_of;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
+use ratelimit_core::State;
 use ratelimit_core::codec::{Codec, Encoded, Word};
-use ratelimit_core::{FixedState, SlidingState, State, TokenState};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
+use crate::api::api;
 use crate::guard;
-use crate::redis::api;
 
 /// The RDB encoding version of every type.
 const ENCODING_VERSION: c_int = 1;
@@ -48,39 +49,6 @@ pub trait Stored: Codec + Word + State + 'static {
 
     fn redis_type() -> *mut raw::RedisModuleType {
         *Self::data_type().raw_type.borrow()
-    }
-}
-
-impl Stored for FixedState {
-    const EVENT: &'static CStr = c"rl.fixed";
-
-    fn data_type() -> &'static RedisType {
-        &FIXED_TYPE
-    }
-}
-
-impl Stored for SlidingState {
-    const EVENT: &'static CStr = c"rl.sliding";
-    const UPDATE_IN_PLACE: bool = true;
-
-    fn data_type() -> &'static RedisType {
-        &SLIDING_TYPE
-    }
-
-    fn heap_size(&self) -> usize {
-        if self.counts.spilled() {
-            self.counts.capacity() * size_of::<u64>()
-        } else {
-            0
-        }
-    }
-}
-
-impl Stored for TokenState {
-    const EVENT: &'static CStr = c"rl.token";
-
-    fn data_type() -> &'static RedisType {
-        &TOKEN_TYPE
     }
 }
 
@@ -154,13 +122,10 @@ impl<'a, S: Stored> Value<'a, S> {
     }
 }
 
-/// Type names are exactly nine characters; `TYPE key` shows them.
-pub static FIXED_TYPE: RedisType =
-    RedisType::new("ratelimFW", ENCODING_VERSION, methods::<FixedState>());
-pub static SLIDING_TYPE: RedisType =
-    RedisType::new("ratelimSW", ENCODING_VERSION, methods::<SlidingState>());
-pub static TOKEN_TYPE: RedisType =
-    RedisType::new("ratelimTB", ENCODING_VERSION, methods::<TokenState>());
+/// The data type of states `S`, named `name` (exactly nine characters; `TYPE key` shows it).
+pub const fn data_type<S: Stored>(name: &'static str) -> RedisType {
+    RedisType::new(name, ENCODING_VERSION, methods::<S>())
+}
 
 const fn methods<S: Stored>() -> raw::RedisModuleTypeMethods {
     raw::RedisModuleTypeMethods {
@@ -191,7 +156,7 @@ unsafe extern "C" fn rdb_load<S: Stored>(
     rdb: *mut raw::RedisModuleIO,
     encver: c_int,
 ) -> *mut c_void {
-    guard::callback(std::ptr::null_mut(), || {
+    guard::catch(|| {
         if encver != ENCODING_VERSION {
             return std::ptr::null_mut();
         }
@@ -211,15 +176,16 @@ unsafe extern "C" fn rdb_load<S: Stored>(
             }
         }
     })
+    .unwrap_or(std::ptr::null_mut())
 }
 
 unsafe extern "C" fn rdb_save<S: Stored>(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
-    guard::callback((), || {
+    guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
         let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
         let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
         unsafe { api!(RedisModule_SaveStringBuffer)(rdb, bytes.as_ptr().cast(), bytes.len()) };
-    })
+    });
 }
 
 unsafe extern "C" fn aof_rewrite<S: Stored>(
@@ -227,7 +193,7 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
     key: *mut raw::RedisModuleString,
     value: *mut c_void,
 ) {
-    guard::callback((), || {
+    guard::catch(|| {
         // SAFETY: `value` is a value this type stored; format "sb" takes a Redis string, a
         // pointer and a length.
         let Some(bytes) = (unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) })
@@ -245,11 +211,11 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
                 bytes.len(),
             )
         };
-    })
+    });
 }
 
 unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
-    guard::callback(0, || {
+    guard::catch(|| {
         // A packed state lives in Redis' own wrapper: it owns nothing.
         if !Value::<S>::holds_box(value) {
             return 0;
@@ -257,10 +223,11 @@ unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
         // SAFETY: `value` is a value this type stored.
         unsafe { Value::<S>::with(value, 0, |s| size_of::<S>() + s.heap_size()) }
     })
+    .unwrap_or(0)
 }
 
 unsafe extern "C" fn digest<S: Stored>(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
-    guard::callback((), || {
+    guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
         let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
         let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
@@ -268,14 +235,14 @@ unsafe extern "C" fn digest<S: Stored>(md: *mut raw::RedisModuleDigest, value: *
             api!(RedisModule_DigestAddStringBuffer)(md, bytes.as_ptr().cast(), bytes.len());
             api!(RedisModule_DigestEndSequence)(md);
         }
-    })
+    });
 }
 
 unsafe extern "C" fn free<S: Stored>(value: *mut c_void) {
-    guard::callback((), || {
+    guard::catch(|| {
         // SAFETY: `value` is a value this type stored, which Redis hands back exactly once.
         unsafe { Value::<S>::free(value) };
-    })
+    });
 }
 
 unsafe extern "C" fn copy<S: Stored>(
@@ -283,8 +250,9 @@ unsafe extern "C" fn copy<S: Stored>(
     _to: *mut raw::RedisModuleString,
     value: *const c_void,
 ) -> *mut c_void {
-    guard::callback(std::ptr::null_mut(), || {
+    guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
         unsafe { Value::<S>::with(value, std::ptr::null_mut(), |s| Value::into_raw(s.clone())) }
     })
+    .unwrap_or(std::ptr::null_mut())
 }

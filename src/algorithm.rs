@@ -1,0 +1,352 @@
+//! What an algorithm's definition gives ([`Algorithm`]), and the one handler every limiting
+//! command shares: parse once, read the clock once, open the key once, decide, store,
+//! replicate the effect, reply.
+//!
+//! Replication sends effects, never the command: a call that changes a limiter replicates
+//! `RL.STATE <key> <encoded state>` and a call that empties one replicates `DEL <key>`, both
+//! from [`commit`], so a replica or an AOF load sets the very state the master computed,
+//! whatever its own clock says, and derives the same expiry from it. `DRYRUN` and calls that
+//! change nothing replicate nothing.
+
+use std::ffi::{CStr, c_int};
+
+use ratelimit_core::codec::{Codec, Encoded};
+use ratelimit_core::{Decision, Limiter, State, Write};
+use redis_module::native_types::RedisType;
+use redis_module::raw;
+
+use crate::args;
+use crate::command::{self, Command, DECIDE_KEY};
+use crate::error::Error;
+use crate::param::{Param, SHARED};
+use crate::redis::{Args, Ctx, Key, KeyEvent, RString};
+use crate::storage::{Stored, Value};
+
+/// An algorithm of the core with its command: `RL.<NAME> key <PARAMS> [COST n] [DRYRUN]`.
+/// Its state says how it is stored ([`Stored`]).
+pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
+    /// The command's name, `RL.` and the algorithm's name.
+    const COMMAND: &'static CStr;
+    /// One line for `COMMAND DOCS`.
+    const SUMMARY: &'static CStr;
+    /// The arguments after the key: positional ones, then the algorithm's own options.
+    const PARAMS: &'static [Param];
+
+    /// The limiter these values describe, one per entry of `PARAMS`, in its order (an absent
+    /// option has its default); each value is already in its kind's range.
+    fn build(values: &[u64]) -> Result<Self, Error>;
+
+    /// Parses the arguments after the key: the limiter, the cost and `DRYRUN`.
+    fn request<'a>(args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Self>, Error> {
+        let parsed = args::parse(Self::PARAMS, args)?;
+        Ok(Request {
+            limiter: Self::build(&parsed.own[..Self::PARAMS.len()])?,
+            cost: parsed.cost,
+            dry_run: parsed.dry_run,
+        })
+    }
+}
+
+/// A parsed call: the limiter with this call's parameters, the cost, and whether to change
+/// anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<L> {
+    pub limiter: L,
+    pub cost: u64,
+    pub dry_run: bool,
+}
+
+/// What the module registers for one algorithm: its command, its data type, and how
+/// `RL.STATE` restores its states.
+pub struct Entry {
+    pub command: Command,
+    pub tag: u8,
+    pub data_type: fn() -> &'static RedisType,
+    pub restore: fn(Ctx, RString, &[u8]) -> Result<(), Error>,
+}
+
+impl Entry {
+    pub const fn of<A: Algorithm>() -> Self {
+        Entry {
+            command: Command {
+                name: A::COMMAND,
+                handler: handler::<A>,
+                flags: c"write deny-oom fast",
+                key: DECIDE_KEY,
+                summary: A::SUMMARY,
+                params: A::PARAMS,
+                shared: SHARED,
+            },
+            tag: <A::State as Codec>::TAG,
+            data_type: <A::State as Stored>::data_type,
+            restore: restore::<A::State>,
+        }
+    }
+}
+
+extern "C" fn handler<A: Algorithm>(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut RString,
+    argc: c_int,
+) -> c_int {
+    command::run(ctx, argv, argc, limit::<A>)
+}
+
+/// `RL.<ALGORITHM> key ...`: one decision.
+fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
+    // Redis checks the arity (at least the key and the positional arguments) before calling.
+    let [_, name, rest @ ..] = argv else {
+        return Err(Error::WrongArity);
+    };
+    let Request {
+        limiter,
+        cost,
+        dry_run,
+    } = A::request(Args(rest.iter()))?;
+    let now = ctx.now();
+    let mut key = Key::open(ctx, *name, !dry_run);
+    let value = match &mut key {
+        Some(key) => key.value::<A::State>()?,
+        None => None,
+    };
+    // The key expires when its state is fresh again: at the stored state's reset time.
+    let expiry = value.as_deref().map(State::reset_at);
+    let encoded;
+    let (decision, change) = match value {
+        // A boxed sliding window is updated where it lies: no new counters to build and move
+        // in. (Fixed windows and token buckets are two words, which may pack again.)
+        Some(Value::Boxed(state)) if A::State::UPDATE_IN_PLACE && !dry_run => {
+            let out = limiter.decide_in_place(state, now, cost);
+            let change = match out.write {
+                Write::Keep => None,
+                Write::Store(()) => {
+                    encoded = Encoded::of(&*state);
+                    Some(Change::Updated(state.reset_at(), &encoded))
+                }
+                Write::Delete => Some(Change::Delete),
+            };
+            (out.decision, change)
+        }
+        value => {
+            let out = limiter.decide(value.as_deref(), now, cost);
+            let change = match out.write {
+                _ if dry_run => None,
+                Write::Keep => None,
+                Write::Store(state) => Some(Change::Store(state)),
+                Write::Delete => Some(Change::Delete),
+            };
+            (out.decision, change)
+        }
+    };
+    if let (Some(key), Some(change)) = (&mut key, change) {
+        commit::<A::State>(ctx, key, *name, change, expiry);
+    }
+    reply(ctx, &decision);
+    Ok(())
+}
+
+/// What a call does to its key.
+enum Change<'a, S> {
+    /// Store this new state.
+    Store(S),
+    /// The stored state was updated in place: it expires at this time and encodes so.
+    Updated(u64, &'a Encoded),
+    Delete,
+}
+
+/// Applies a change to the key, replicates its effect and notifies keyspace listeners: the
+/// one place a limiting command writes.
+fn commit<S: Stored>(
+    ctx: Ctx,
+    key: &mut Key,
+    name: RString,
+    change: Change<S>,
+    expiry: Option<u64>,
+) {
+    let stored;
+    let (state, event) = match change {
+        Change::Store(state) => {
+            stored = Encoded::of(&state);
+            key.store(state, expiry);
+            (Some(&stored), KeyEvent::Changed(S::EVENT))
+        }
+        Change::Updated(reset_at, encoded) => {
+            key.updated(reset_at, expiry);
+            (Some(encoded), KeyEvent::Changed(S::EVENT))
+        }
+        Change::Delete => {
+            key.delete();
+            (None, KeyEvent::Deleted)
+        }
+    };
+    ctx.replicate(name, state);
+    ctx.notify(event, name);
+}
+
+fn reply(ctx: Ctx, d: &Decision) {
+    ctx.reply_decision([
+        (c"allowed", i64::from(d.allowed)),
+        (c"limit", d.limit as i64),
+        (c"remaining", d.remaining as i64),
+        (c"retry_after_ms", d.retry.as_millis()),
+        (c"reset_after_ms", d.reset_after as i64),
+    ]);
+}
+
+/// Sets a replicated state of this algorithm (for `RL.STATE`): the master's state is
+/// authoritative and replaces whatever the key holds.
+fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Error> {
+    let state = S::decode(encoded).map_err(|_| Error::InvalidState)?;
+    let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
+    key.store(state, None);
+    ctx.notify(KeyEvent::Changed(c"rl.state"), name);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ratelimit_core::{FixedWindow, MAX_DURATION_MS, SlidingWindow, TokenBucket};
+
+    use super::*;
+
+    fn words(line: &str) -> impl Iterator<Item = &[u8]> {
+        line.split_whitespace().map(str::as_bytes)
+    }
+
+    /// The reply text of a parse, for comparing errors as clients see them.
+    fn message<A: Algorithm>(line: &str) -> String {
+        match A::request(words(line)) {
+            Ok(_) => "ok".into(),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn parses_fixed_and_sliding() {
+        assert_eq!(
+            FixedWindow::request(words("10 60")),
+            Ok(Request {
+                limiter: FixedWindow::new(10, 60_000).unwrap(),
+                cost: 1,
+                dry_run: false
+            })
+        );
+        assert_eq!(
+            SlidingWindow::request(words("5 1500ms dryrun CoSt 0")),
+            Ok(Request {
+                limiter: SlidingWindow::new(5, 1500).unwrap(),
+                cost: 0,
+                dry_run: true
+            })
+        );
+    }
+
+    #[test]
+    fn parses_token() {
+        let r = TokenBucket::request(words("100 10")).unwrap();
+        assert_eq!(r.limiter, TokenBucket::new(100, 10, 1000).unwrap());
+        let r = TokenBucket::request(words("100 10 COST 3 PER 1m DRYRUN")).unwrap();
+        assert_eq!((r.limiter.period(), r.cost, r.dry_run), (60_000, 3, true));
+        let r = TokenBucket::request(words("1 1 PER 3650d")).unwrap();
+        assert_eq!(r.limiter.period(), MAX_DURATION_MS);
+    }
+
+    #[rustfmt::skip]
+    #[test]
+    fn rejects_bad_input_naming_the_argument() {
+        let window_cases = [
+            ("abc 60",                   "ERR limit must be an integer"),
+            ("1.5 60",                   "ERR limit must be an integer"),
+            ("",                         "ERR limit must be an integer"),
+            ("0 60",                     "ERR limit must be at least 1"),
+            ("-3 60",                    "ERR limit must be at least 1"),
+            ("9223372036854775808 60",   "ERR limit must be at most 9223372036854775807"),
+            ("99999999999999999999 60",  "ERR limit must be at most 9223372036854775807"),
+            ("10",                       "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 10x",                   "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 1.5s",                  "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 ms",                    "ERR window must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 0",                     "ERR window must be at least 1ms"),
+            ("10 -5s",                   "ERR window must be at least 1ms"),
+            ("10 3651d",                 "ERR window must be at most 3650d"),
+            ("10 99999999999999999999d", "ERR window must be at most 3650d"),
+            ("10 60 COST",               "ERR COST needs a value"),
+            ("10 60 COST x",             "ERR COST must be an integer"),
+            ("10 60 COST -1",            "ERR COST must not be negative"),
+            ("10 60 COST 9223372036854775808", "ERR COST must be at most 9223372036854775807"),
+            ("10 60 COST 1 COST 2",      "ERR COST given more than once"),
+            ("10 60 DRYRUN DRYRUN",      "ERR DRYRUN given more than once"),
+            ("10 60 PER 1s",             "ERR unknown option, expected COST or DRYRUN"),
+            ("10 60 BOGUS",              "ERR unknown option, expected COST or DRYRUN"),
+        ];
+        for (line, error) in window_cases {
+            assert_eq!(message::<FixedWindow>(line), error, "RL.FIXED k {line}");
+            assert_eq!(message::<SlidingWindow>(line), error, "RL.SLIDING k {line}");
+        }
+        let token_cases = [
+            ("x 10",                 "ERR capacity must be an integer"),
+            ("0 10",                 "ERR capacity must be at least 1"),
+            ("10 x",                 "ERR rate must be an integer"),
+            ("10 0",                 "ERR rate must be at least 1"),
+            ("10",                   "ERR rate must be an integer"),
+            ("10 -1",                "ERR rate must be at least 1"),
+            ("10 9223372036854775808", "ERR rate must be at most 9223372036854775807"),
+            ("10 1 PER",             "ERR PER needs a value"),
+            ("10 1 PER 0",           "ERR PER must be at least 1ms"),
+            ("10 1 PER 1y",          "ERR PER must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 1 PER 3651d",       "ERR PER must be at most 3650d"),
+            ("10 1 PER 1 PER 2",     "ERR PER given more than once"),
+            ("10 1 BOGUS",           "ERR unknown option, expected PER, COST or DRYRUN"),
+            ("3651 1 PER 1d",        "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"),
+        ];
+        for (line, error) in token_cases {
+            assert_eq!(message::<TokenBucket>(line), error, "RL.TOKEN k {line}");
+        }
+    }
+
+    #[test]
+    fn random_arguments_never_panic() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let words: [&[u8]; 16] = [
+            b"COST",
+            b"cost",
+            b"DRYRUN",
+            b"PER",
+            b"0",
+            b"1",
+            b"-1",
+            b"60",
+            b"1500ms",
+            b"3650d",
+            b"9223372036854775807",
+            b"99999999999999999999",
+            b"",
+            b"1.5",
+            b"\xff\x00",
+            b"m",
+        ];
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..50_000 {
+            let args: Vec<Vec<u8>> = (0..rng.gen_range(0..8))
+                .map(|_| match rng.gen_range(0..4) {
+                    0 => (0..rng.gen_range(0..6))
+                        .map(|_| rng.r#gen::<u8>())
+                        .collect(),
+                    _ => words[rng.gen_range(0..words.len())].to_vec(),
+                })
+                .collect();
+            let args = args.iter().map(Vec::as_slice);
+            // Each parser answers Ok or a typed error, whose message starts with its code;
+            // a panic fails the test.
+            for result in [
+                FixedWindow::request(args.clone()).map(|_| ()),
+                SlidingWindow::request(args.clone()).map(|_| ()),
+                TokenBucket::request(args.clone()).map(|_| ()),
+            ] {
+                if let Err(error) = result {
+                    assert!(error.to_string().starts_with("ERR "), "{error}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! `RL.STATE key encoded-state`: how replicas and AOF loads receive a limiter's new state.
+//!
+//! Refused unless it comes from the master link or an AOF being loaded (Redis 7.0 has no
+//! internal-command flag), and what it carries is fully validated anyway. The encoding's
+//! algorithm byte picks the algorithm among [`ALGORITHMS`].
+
+use std::ffi::c_int;
+
+use ratelimit_core::codec;
+use redis_module::raw;
+
+use crate::algorithms::ALGORITHMS;
+use crate::command::{self, Command};
+use crate::error::Error;
+use crate::param::{Kind, Param};
+use crate::redis::{Ctx, RString, bytes};
+
+pub const COMMAND: Command = Command {
+    name: c"RL.STATE",
+    handler,
+    flags: c"write deny-oom fast",
+    key: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
+    summary: c"Sets a limiter state computed by a master. Internal: accepted only from the master link or an AOF being loaded.",
+    params: &[Param::required(c"state", Kind::Bytes)],
+    shared: &[],
+};
+
+extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c_int) -> c_int {
+    command::run(ctx, argv, argc, apply)
+}
+
+fn apply(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
+    if !ctx.is_replicated_or_loading() {
+        return Err(Error::StateNotAllowed);
+    }
+    let [_, name, state] = argv else {
+        return Err(Error::WrongArity);
+    };
+    let state = bytes(*state);
+    let tag = codec::tag_of(state).ok_or(Error::InvalidState)?;
+    let entry = (ALGORITHMS.iter())
+        .find(|entry| entry.tag == tag)
+        .ok_or(Error::InvalidState)?;
+    (entry.restore)(ctx, *name, state)?;
+    ctx.reply_ok();
+    Ok(())
+}
