@@ -45,6 +45,7 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_Milliseconds,
         RedisModule_GetContextFlags,
         RedisModule_Replicate,
+        RedisModule_ReplicateVerbatim,
         RedisModule_ReplyWithArray,
         RedisModule_ReplyWithMap,
         RedisModule_ReplyWithLongLong,

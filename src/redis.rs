@@ -111,6 +111,12 @@ impl Ctx {
         unsafe { api!(RedisModule_NotifyKeyspaceEvent)(self.0, class, name.as_ptr(), key) };
     }
 
+    /// Propagates the command being run as it came (to the AOF, and to replicas of a master).
+    pub fn replicate_verbatim(self) {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_ReplicateVerbatim)(self.0) };
+    }
+
     /// Replicates an effect on `key` (to replicas and the AOF): its new state, as
     /// `RL.STATE <key> <encoded state>`, or its deletion (`None`), as `DEL <key>`.
     pub fn replicate(self, key: RString, state: Option<&Encoded>) {

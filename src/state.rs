@@ -3,6 +3,11 @@
 //! Refused unless it comes from the master link or an AOF being loaded (Redis 7.0 has no
 //! internal-command flag), and what it carries is fully validated anyway. The encoding's
 //! algorithm byte picks the algorithm among [`ALGORITHMS`].
+//!
+//! A replica propagates what it applies to its own AOF: Redis never propagates a module
+//! command unless the module asks, and without it a replica restarted from its AOF would
+//! come back without the states it received. (A replica's own replicas get the master's
+//! stream proxied, not what it propagates, and an AOF load propagates nothing.)
 
 use std::ffi::c_int;
 
@@ -42,6 +47,7 @@ fn apply(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         .find(|entry| entry.tag == tag)
         .ok_or(Error::InvalidState)?;
     (entry.restore)(ctx, *name, state)?;
+    ctx.replicate_verbatim();
     ctx.reply_ok();
     Ok(())
 }

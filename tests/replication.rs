@@ -26,9 +26,15 @@ fn info_field(con: &mut Connection, section: &str, field: &str) -> String {
 
 /// A master pinned at T0 and a replica pinned an hour earlier, linked.
 fn master_and_replica() -> (Server, Server) {
+    master_and_replica_with(&[])
+}
+
+/// The same, with extra arguments for the replica.
+fn master_and_replica_with(replica_args: &[&str]) -> (Server, Server) {
     let master = Server::start();
-    let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(String::from);
-    let args: Vec<&str> = replica_of.iter().map(String::as_str).collect();
+    let port = master.port.to_string();
+    let mut args = vec!["--replicaof", "127.0.0.1", &port];
+    args.extend(replica_args);
     let replica = Server::start_with(Clock::pinned(T0 - HOUR), &args);
     let mut con = replica.conn();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -164,4 +170,46 @@ fn rl_state_is_refused_from_clients_and_replicas_are_read_only() {
     assert_eq!(int(&mut m, "EXISTS k"), 0);
     let reply = rl(&mut r, "RL.FIXED k 1 1s");
     assert!(reply.unwrap_err().starts_with("READONLY"));
+}
+
+#[test]
+fn a_replica_restarted_from_its_own_aof_keeps_every_state() {
+    // Redis never propagates a module command by itself: unless RL.STATE asks, the states a
+    // replica receives reach its memory but not its own AOF.
+    let (mut master, mut replica) =
+        master_and_replica_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut m = master.conn();
+    // After its full sync the replica writes its first AOF; it refuses SHUTDOWN until then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ["aof_rewrite_in_progress", "aof_rewrite_scheduled"]
+        .iter()
+        .any(|field| info_field(&mut replica.conn(), "persistence", field) != "0")
+    {
+        assert!(Instant::now() < deadline, "the first AOF was not written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in [
+        "RL.FIXED f 10 1m COST 3",
+        "RL.SLIDING s 5 10s COST 2",
+        "RL.TOKEN t 10 1 COST 4",
+        "RL.TOKEN gone 10 1",
+    ] {
+        rl(&mut m, line).unwrap();
+    }
+    master.clock.advance(100);
+    rl(&mut m, "RL.SLIDING s 5 10s").unwrap();
+    rl(&mut m, "RL.TOKEN t 10 1 COST 0").unwrap();
+    master.clock.advance(900);
+    // Fresh again: deleted, and the deletion replicated as DEL.
+    rl(&mut m, "RL.TOKEN gone 10 1 COST 0").unwrap();
+    wait_replicated(&mut m);
+    let keys = ["f", "s", "t", "gone"];
+    let expected: Vec<_> = keys.iter().map(|k| fingerprint(&mut m, k)).collect();
+    assert_eq!(int(&mut m, "DBSIZE"), 3);
+    // The master is gone; the replica comes back from its AOF alone.
+    master.kill();
+    replica.restart();
+    let mut r = replica.conn();
+    let restored: Vec<_> = keys.iter().map(|k| fingerprint(&mut r, k)).collect();
+    assert_eq!(restored, expected);
 }
