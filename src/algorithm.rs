@@ -16,15 +16,17 @@ use redis_module::native_types::RedisType;
 use redis_module::raw;
 
 use crate::args;
-use crate::command::{self, Command, DECIDE_KEY};
+use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{Param, SHARED};
+use crate::param::{COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Key, KeyEvent, RString};
 use crate::storage::{Stored, Value};
 
 /// An algorithm of the core with its command: `RL.<NAME> key <PARAMS> [COST n] [DRYRUN]`.
 /// Its state says how it is stored ([`Stored`]).
 pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
+    /// The algorithm's name (`FIXED`), as `RL.PEEK` takes it.
+    const NAME: &'static CStr;
     /// The command's name, `RL.` and the algorithm's name.
     const COMMAND: &'static CStr;
     /// One line for `COMMAND DOCS`.
@@ -36,9 +38,13 @@ pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
     /// option has its default); each value is already in its kind's range.
     fn build(values: &[u64]) -> Result<Self, Error>;
 
-    /// Parses the arguments after the key: the limiter, the cost and `DRYRUN`.
-    fn request<'a>(args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Self>, Error> {
-        let parsed = args::parse(Self::PARAMS, args)?;
+    /// Parses the arguments after the key: the limiter, then the `shared` options given
+    /// (`COST`, `DRYRUN`).
+    fn request<'a>(
+        shared: &'static [Param],
+        args: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Request<Self>, Error> {
+        let parsed = args::parse(Self::PARAMS, shared, args)?;
         Ok(Request {
             limiter: Self::build(&parsed.own[..Self::PARAMS.len()])?,
             cost: parsed.cost,
@@ -56,29 +62,34 @@ pub struct Request<L> {
     pub dry_run: bool,
 }
 
-/// What the module registers for one algorithm: its command, its data type, and how
-/// `RL.STATE` restores its states.
+/// What the module registers for one algorithm: its command, its data type, how `RL.PEEK`
+/// decides with it and how `RL.STATE` restores its states.
 pub struct Entry {
+    pub name: &'static CStr,
     pub command: Command,
     pub tag: u8,
     pub data_type: fn() -> &'static RedisType,
+    /// `RL.PEEK key <name> <arguments>`, given the key and the arguments.
+    pub peek: fn(Ctx, RString, &[RString]) -> Result<(), Error>,
     pub restore: fn(Ctx, RString, &[u8]) -> Result<(), Error>,
 }
 
 impl Entry {
     pub const fn of<A: Algorithm>() -> Self {
         Entry {
+            name: A::NAME,
             command: Command {
                 name: A::COMMAND,
                 handler: handler::<A>,
                 flags: c"write deny-oom fast",
-                key: DECIDE_KEY,
+                keys: Keys::One(DECIDE_KEY),
                 summary: A::SUMMARY,
                 params: A::PARAMS,
                 shared: SHARED,
             },
             tag: <A::State as Codec>::TAG,
             data_type: <A::State as Stored>::data_type,
+            peek: peek::<A>,
             restore: restore::<A::State>,
         }
     }
@@ -98,13 +109,35 @@ fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     let [_, name, rest @ ..] = argv else {
         return Err(Error::WrongArity);
     };
+    let request = A::request(SHARED, Args(rest.iter()))?;
+    decide(ctx, *name, request)
+}
+
+/// The options `RL.PEEK` takes after the algorithm's arguments.
+pub const PEEK_SHARED: &[Param] = &[COST];
+
+/// `RL.PEEK key <NAME> ...`: the decision `RL.<NAME> key ... DRYRUN` would reply.
+fn peek<A: Algorithm>(ctx: Ctx, name: RString, args: &[RString]) -> Result<(), Error> {
+    let request = A::request(PEEK_SHARED, Args(args.iter()))?;
+    decide(
+        ctx,
+        name,
+        Request {
+            dry_run: true,
+            ..request
+        },
+    )
+}
+
+/// Decides a parsed call on the key `name`, applies what it changes and replies.
+fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<(), Error> {
     let Request {
         limiter,
         cost,
         dry_run,
-    } = A::request(Args(rest.iter()))?;
+    } = request;
     let now = ctx.now();
-    let mut key = Key::open(ctx, *name, !dry_run);
+    let mut key = Key::open(ctx, name, !dry_run);
     let value = match &mut key {
         Some(key) => key.value::<A::State>()?,
         None => None,
@@ -139,7 +172,7 @@ fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         }
     };
     if let (Some(key), Some(change)) = (&mut key, change) {
-        commit::<A::State>(ctx, key, *name, change, expiry);
+        commit::<A::State>(ctx, key, name, change, expiry);
     }
     reply(ctx, &decision);
     Ok(())
@@ -215,7 +248,7 @@ mod tests {
 
     /// The reply text of a parse, for comparing errors as clients see them.
     fn message<A: Algorithm>(line: &str) -> String {
-        match A::request(words(line)) {
+        match A::request(SHARED, words(line)) {
             Ok(_) => "ok".into(),
             Err(error) => error.to_string(),
         }
@@ -224,7 +257,7 @@ mod tests {
     #[test]
     fn parses_fixed_and_sliding() {
         assert_eq!(
-            FixedWindow::request(words("10 60")),
+            FixedWindow::request(SHARED, words("10 60")),
             Ok(Request {
                 limiter: FixedWindow::new(10, 60_000).unwrap(),
                 cost: 1,
@@ -232,7 +265,7 @@ mod tests {
             })
         );
         assert_eq!(
-            SlidingWindow::request(words("5 1500ms dryrun CoSt 0")),
+            SlidingWindow::request(SHARED, words("5 1500ms dryrun CoSt 0")),
             Ok(Request {
                 limiter: SlidingWindow::new(5, 1500).unwrap(),
                 cost: 0,
@@ -243,11 +276,11 @@ mod tests {
 
     #[test]
     fn parses_token() {
-        let r = TokenBucket::request(words("100 10")).unwrap();
+        let r = TokenBucket::request(SHARED, words("100 10")).unwrap();
         assert_eq!(r.limiter, TokenBucket::new(100, 10, 1000).unwrap());
-        let r = TokenBucket::request(words("100 10 COST 3 PER 1m DRYRUN")).unwrap();
+        let r = TokenBucket::request(SHARED, words("100 10 COST 3 PER 1m DRYRUN")).unwrap();
         assert_eq!((r.limiter.period(), r.cost, r.dry_run), (60_000, 3, true));
-        let r = TokenBucket::request(words("1 1 PER 3650d")).unwrap();
+        let r = TokenBucket::request(SHARED, words("1 1 PER 3650d")).unwrap();
         assert_eq!(r.limiter.period(), MAX_DURATION_MS);
     }
 
@@ -339,9 +372,9 @@ mod tests {
             // Each parser answers Ok or a typed error, whose message starts with its code;
             // a panic fails the test.
             for result in [
-                FixedWindow::request(args.clone()).map(|_| ()),
-                SlidingWindow::request(args.clone()).map(|_| ()),
-                TokenBucket::request(args.clone()).map(|_| ()),
+                FixedWindow::request(SHARED, args.clone()).map(|_| ()),
+                SlidingWindow::request(SHARED, args.clone()).map(|_| ()),
+                TokenBucket::request(SHARED, args.clone()).map(|_| ()),
             ] {
                 if let Err(error) = result {
                     assert!(error.to_string().starts_with("ERR "), "{error}");

@@ -1,8 +1,8 @@
 //! Command arguments, parsed once into validated values: bytes in, numbers out.
 //!
 //! A command describes its arguments as a list of [`Param`]s: positional ones first, in
-//! order, then its own options; the options every limiting command takes ([`SHARED`]: `COST`
-//! and `DRYRUN`) follow. [`parse`] reads any such list. Integers are plain decimals;
+//! order, then its own options; the options every limiting command takes (`COST` and
+//! `DRYRUN`, `param::SHARED`) follow. [`parse`] reads any such list. Integers are plain decimals;
 //! durations are a positive integer with an optional unit (`ms`, `s`, `m`, `h`, `d`, any
 //! case; none means seconds). Options are case-insensitive, in any order, each at most once.
 //! Nothing here touches Redis.
@@ -10,7 +10,7 @@
 use ratelimit_core::{MAX_DURATION_MS, MAX_UNITS, Millis};
 
 use crate::error::Error;
-use crate::param::{COST, Kind, Param, SHARED};
+use crate::param::{COST, Kind, Param};
 
 /// The most arguments a command's own list holds.
 pub const MAX_OWN: usize = 4;
@@ -24,12 +24,14 @@ pub struct Parsed {
     pub dry_run: bool,
 }
 
-/// Parses the arguments after the key against `own` (at most [`MAX_OWN`]) and [`SHARED`].
+/// Parses the arguments after the key against `own` (at most [`MAX_OWN`]) and `shared`
+/// (options of [`SHARED`]: all of them for a limiting call, only `COST` for a peek).
 /// Inlined into each command's handler, where `own` is a constant: the positional
 /// arguments' kinds are then known at compile time.
 #[inline(always)]
 pub fn parse<'a>(
     own: &'static [Param],
+    shared: &'static [Param],
     mut args: impl Iterator<Item = &'a [u8]>,
 ) -> Result<Parsed, Error> {
     let mut parsed = Parsed {
@@ -51,9 +53,9 @@ pub fn parse<'a>(
             p.token
                 .is_some_and(|t| word.eq_ignore_ascii_case(t.to_bytes()))
         };
-        let (i, param) = (own.iter().chain(SHARED).enumerate())
+        let (i, param) = (own.iter().chain(shared).enumerate())
             .find(|(_, p)| is(p))
-            .ok_or(Error::UnknownOption(own))?;
+            .ok_or(Error::UnknownOption(own, shared))?;
         if std::mem::replace(&mut given[i], true) {
             return Err(Error::Repeated(param));
         }
@@ -63,7 +65,7 @@ pub fn parse<'a>(
         };
         match i.checked_sub(own.len()) {
             None => parsed.own[i] = value,
-            Some(0) => parsed.cost = value,
+            Some(_) if *param == COST => parsed.cost = value,
             Some(_) => parsed.dry_run = true,
         }
     }

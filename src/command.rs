@@ -26,12 +26,20 @@ pub struct Command {
     pub name: &'static CStr,
     pub handler: Handler,
     pub flags: &'static CStr,
-    /// How the command uses its key (argument 1): `REDISMODULE_CMD_KEY_*` flags.
-    pub key: u32,
+    pub keys: Keys,
     pub summary: &'static CStr,
     /// The arguments after the key: the command's own, then the options it shares.
     pub params: &'static [Param],
     pub shared: &'static [Param],
+}
+
+/// Where a command's keys are and how it uses them (`REDISMODULE_CMD_KEY_*` flags).
+#[derive(Clone, Copy)]
+pub enum Keys {
+    /// One key, argument 1.
+    One(u32),
+    /// Every argument from 1 on is a key.
+    All(u32),
 }
 
 /// The key flags of a command that reads, decides and updates its key.
@@ -43,11 +51,13 @@ impl Command {
         self.params.iter().chain(self.shared)
     }
 
-    /// The name, the key and the positional arguments; negative ("at least") with options.
+    /// The name, the key and the positional arguments; negative ("at least") with options
+    /// or more keys.
     pub fn arity(&self) -> c_int {
         let positional = self.all_params().filter(|p| p.token.is_none()).count();
         let arity = 2 + positional as c_int;
-        if self.all_params().any(|p| p.token.is_some()) {
+        let options = self.all_params().any(|p| p.token.is_some());
+        if options || matches!(self.keys, Keys::All(_)) {
             -arity
         } else {
             arity
@@ -89,21 +99,28 @@ pub fn register(ctx: Ctx, command: &Command) -> Result<(), &'static CStr> {
     // SAFETY: a valid load-time context, static NUL-terminated strings, and info structs
     // that live until `RedisModule_SetCommandInfo` has copied them.
     unsafe {
+        let (flags, last_key) = match command.keys {
+            Keys::One(flags) => (flags, 1),
+            Keys::All(flags) => (flags, -1),
+        };
         let created = api!(RedisModule_CreateCommand)(
             ctx.0,
             name.as_ptr(),
             Some(command.handler),
             command.flags.as_ptr(),
             1,
-            1,
+            last_key,
             1,
         );
         let handle = api!(RedisModule_GetCommand)(ctx.0, name.as_ptr());
         if created != raw::REDISMODULE_OK as c_int || handle.is_null() {
             return Err(name);
         }
-        let mut key_specs = [key_spec(command.key), MaybeUninit::zeroed().assume_init()];
-        let mut args = vec![key_arg()];
+        let mut key_specs = [
+            key_spec(flags, last_key),
+            MaybeUninit::zeroed().assume_init(),
+        ];
+        let mut args = vec![key_arg(last_key < 0)];
         args.extend(command.all_params().map(raw_arg));
         args.push(MaybeUninit::zeroed().assume_init());
         let info = raw::RedisModuleCommandInfo {
@@ -124,8 +141,8 @@ pub fn register(ctx: Ctx, command: &Command) -> Result<(), &'static CStr> {
     Ok(())
 }
 
-/// The key is argument 1, alone.
-fn key_spec(flags: u32) -> raw::RedisModuleCommandKeySpec {
+/// The keys run from argument 1 to `last_key` (-1: the last argument).
+fn key_spec(flags: u32, last_key: c_int) -> raw::RedisModuleCommandKeySpec {
     raw::RedisModuleCommandKeySpec {
         notes: ptr::null(),
         flags: u64::from(flags),
@@ -136,7 +153,8 @@ fn key_spec(flags: u32) -> raw::RedisModuleCommandKeySpec {
         find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
         fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
             range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
-                lastkey: 0,
+                // Relative to the first key: 0 for one key, -1 for every argument after it.
+                lastkey: if last_key < 0 { -1 } else { 0 },
                 keystep: 1,
                 limit: 0,
             },
@@ -167,9 +185,15 @@ fn doc_arg(
     }
 }
 
-fn key_arg() -> raw::RedisModuleCommandArg {
+fn key_arg(multiple: bool) -> raw::RedisModuleCommandArg {
+    let flags = if multiple {
+        raw::REDISMODULE_CMD_ARG_MULTIPLE as c_int
+    } else {
+        0
+    };
     raw::RedisModuleCommandArg {
         key_spec_index: 0,
+        flags,
         ..doc_arg(
             c"key",
             raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,

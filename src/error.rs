@@ -7,7 +7,9 @@
 use std::ffi::CString;
 use std::fmt;
 
-use crate::param::{Param, SHARED};
+use std::ffi::CStr;
+
+use crate::param::Param;
 
 /// Why a command was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +30,13 @@ pub enum Error {
     DurationTooLong(&'static Param),
     /// An option given as the last argument, without its value.
     MissingValue(&'static Param),
-    /// An option this command does not know: its own arguments, then [`SHARED`]'s options.
-    UnknownOption(&'static [Param]),
+    /// An option this command does not know: its own arguments, then the shared options it
+    /// takes.
+    UnknownOption(&'static [Param], &'static [Param]),
+    /// `RL.PEEK` with an algorithm name that is none of these.
+    UnknownAlgorithm(&'static [&'static CStr]),
+    /// A key given to `RL.RESET` holds something that is not a limiter.
+    NotALimiter,
     /// An option given twice.
     Repeated(&'static Param),
     /// A token bucket that would take more than `MAX_DURATION_MS` to refill.
@@ -60,18 +67,19 @@ impl fmt::Display for Error {
             DurationTooLong(p) => write!(f, "ERR {} must be at most 3650d", p.label()),
             MissingValue(p) => write!(f, "ERR {} needs a value", p.label()),
             Repeated(p) => write!(f, "ERR {} given more than once", p.label()),
-            UnknownOption(own) => {
-                let tokens: Vec<&str> = (own.iter().chain(SHARED))
+            UnknownOption(own, shared) => {
+                let tokens = (own.iter().chain(*shared))
                     .filter(|p| p.token.is_some())
-                    .map(Param::label)
-                    .collect();
-                write!(f, "ERR unknown option, expected ")?;
-                match tokens.split_last() {
-                    Some((last, [])) => write!(f, "{last}"),
-                    Some((last, rest)) => write!(f, "{} or {last}", rest.join(", ")),
-                    None => write!(f, "none"),
-                }
+                    .map(Param::label);
+                write!(f, "ERR unknown option, expected {}", one_of(tokens))
             }
+            UnknownAlgorithm(names) => {
+                let names = names.iter().map(|n| n.to_str().unwrap_or("?"));
+                write!(f, "ERR unknown algorithm, expected {}", one_of(names))
+            }
+            NotALimiter => f.write_str(
+                "WRONGTYPE RL.RESET deletes rate limiters only: a key holds another type, nothing was deleted",
+            ),
             RefillTooSlow => f.write_str(
                 "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly",
             ),
@@ -86,6 +94,16 @@ impl fmt::Display for Error {
     }
 }
 
+/// `A, B or C`.
+fn one_of<'a>(words: impl Iterator<Item = &'a str>) -> String {
+    let words: Vec<&str> = words.collect();
+    match words.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "none".into(),
+    }
+}
+
 impl Error {
     /// The reply text, as Redis takes it. Errors are rare: building it may allocate.
     pub fn message(self) -> CString {
@@ -96,7 +114,7 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::param::{COST, DRYRUN, LIMIT, WINDOW};
+    use crate::param::{COST, DRYRUN, LIMIT, SHARED, WINDOW};
 
     #[test]
     fn every_message_starts_with_a_code_and_names_its_argument() {
@@ -110,7 +128,7 @@ mod tests {
             ),
             (Error::Repeated(&DRYRUN), "ERR DRYRUN given more than once"),
             (
-                Error::UnknownOption(&[LIMIT, WINDOW]),
+                Error::UnknownOption(&[LIMIT, WINDOW], SHARED),
                 "ERR unknown option, expected COST or DRYRUN",
             ),
         ];
@@ -124,6 +142,7 @@ mod tests {
             Error::WrongArity,
             Error::InvalidState,
             Error::Internal,
+            Error::NotALimiter,
         ] {
             let text = error.to_string();
             assert!(

@@ -6,6 +6,7 @@
 //! - `algorithms`: one definition per algorithm (command, parameters, data type), and the
 //!   list everything registered at load is derived from;
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
+//! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
 //! - `param`, `args`: what the arguments are, and their parser;
 //! - `error`: every error reply and its text;
@@ -25,7 +26,9 @@ mod command;
 mod error;
 mod guard;
 mod param;
+mod peek;
 mod redis;
+mod reset;
 mod state;
 mod storage;
 
@@ -74,7 +77,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         }
     }
     let commands = ALGORITHMS.iter().map(|entry| &entry.command);
-    for command in commands.chain([&state::COMMAND]) {
+    for command in commands.chain([&peek::COMMAND, &reset::COMMAND, &state::COMMAND]) {
         if let Err(name) = command::register(redis::Ctx(ctx.ctx), command) {
             ctx.log_warning(&format!(
                 "ratelimit: could not register {}",

@@ -89,6 +89,11 @@ impl Ctx {
         }
     }
 
+    pub fn reply_integer(self, value: i64) {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_ReplyWithLongLong)(self.0, value) };
+    }
+
     pub fn reply_ok(self) {
         // SAFETY: a valid context and a static string.
         unsafe { api!(RedisModule_ReplyWithSimpleString)(self.0, c"OK".as_ptr()) };
@@ -148,6 +153,15 @@ pub enum KeyEvent {
     Deleted,
 }
 
+/// What a key holds, by kind.
+pub enum Holds {
+    Nothing,
+    /// A value of this module data type (of this module or another).
+    Module(*mut raw::RedisModuleType),
+    /// Any other Redis type.
+    Other,
+}
+
 /// An open key, closed when dropped.
 pub struct Key {
     ctx: Ctx,
@@ -174,6 +188,25 @@ impl Key {
 
     fn raw(&self) -> *mut raw::RedisModuleKey {
         self.key.as_ptr()
+    }
+
+    /// What the key holds.
+    pub fn holds(&self) -> Holds {
+        // SAFETY: an open key.
+        unsafe {
+            match api!(RedisModule_KeyType)(self.raw()) as isize {
+                raw::REDISMODULE_KEYTYPE_EMPTY => Holds::Nothing,
+                raw::REDISMODULE_KEYTYPE_MODULE => {
+                    Holds::Module(api!(RedisModule_ModuleTypeGetType)(self.raw()))
+                }
+                _ => Holds::Other,
+            }
+        }
+    }
+
+    /// The name the key was opened with.
+    pub fn name(&self) -> RString {
+        self.name
     }
 
     /// The limiter state stored at this key: `None` if the key is empty, `WrongType` if it

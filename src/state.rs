@@ -15,7 +15,7 @@ use ratelimit_core::codec;
 use redis_module::raw;
 
 use crate::algorithms::ALGORITHMS;
-use crate::command::{self, Command};
+use crate::command::{self, Command, Keys};
 use crate::error::Error;
 use crate::param::{Kind, Param};
 use crate::redis::{Ctx, RString, bytes};
@@ -24,7 +24,7 @@ pub const COMMAND: Command = Command {
     name: c"RL.STATE",
     handler,
     flags: c"write deny-oom fast",
-    key: raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE,
+    keys: Keys::One(raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE),
     summary: c"Sets a limiter state computed by a master. Internal: accepted only from the master link or an AOF being loaded.",
     params: &[Param::required(c"state", Kind::Bytes)],
     shared: &[],

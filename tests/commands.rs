@@ -321,11 +321,18 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 fn command_metadata() {
     let server = Server::start();
     let mut con = server.conn();
-    for (name, arity) in [
-        ("RL.FIXED", -4),
-        ("RL.SLIDING", -4),
-        ("RL.TOKEN", -4),
-        ("RL.STATE", 3),
+    for (name, arity, expected_flags, last_key) in [
+        (
+            "RL.FIXED",
+            -4,
+            &["write", "denyoom", "module", "fast"][..],
+            1,
+        ),
+        ("RL.SLIDING", -4, &["write", "denyoom", "module", "fast"], 1),
+        ("RL.TOKEN", -4, &["write", "denyoom", "module", "fast"], 1),
+        ("RL.STATE", 3, &["write", "denyoom", "module", "fast"], 1),
+        ("RL.PEEK", -4, &["readonly", "module", "fast"], 1),
+        ("RL.RESET", -2, &["write", "module", "fast"], -1),
     ] {
         let Ok(Value::Array(info)) = call(&mut con, &format!("COMMAND INFO {name}")) else {
             panic!()
@@ -344,14 +351,10 @@ fn command_metadata() {
             other => panic!("{other:?}"),
         };
         assert_eq!(info[1], Value::Int(arity), "{name} arity");
-        assert_eq!(
-            flags,
-            ["write", "denyoom", "module", "fast"],
-            "{name} flags"
-        );
+        assert_eq!(flags, expected_flags, "{name} flags");
         assert_eq!(
             &info[3..6],
-            &[Value::Int(1), Value::Int(1), Value::Int(1)],
+            &[Value::Int(1), Value::Int(last_key), Value::Int(1)],
             "{name} keys"
         );
     }
@@ -664,5 +667,115 @@ fn changes_fire_keyspace_events() {
             "s rl.sliding",
             "f del"
         ]
+    );
+}
+
+#[test]
+fn peek_replies_what_dryrun_would_and_writes_nothing() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let calls = [
+        ("FIXED", "f", "3 60"),
+        ("SLIDING", "s", "3 6400ms"),
+        ("TOKEN", "t", "3 10 PER 1s"),
+    ];
+    // On fresh keys: nothing is created.
+    for (algorithm, key, args) in calls {
+        let peek = rl(
+            &mut con,
+            &format!("RL.PEEK {key} {algorithm} {args} COST 2"),
+        )
+        .unwrap();
+        assert_eq!(peek, [1, 3, 1, 0, peek[4]], "{algorithm}");
+        assert!(peek[4] > 0, "{algorithm}: as if taken");
+    }
+    assert_eq!(int(&mut con, "DBSIZE"), 0);
+    // After some calls, at several moments: the same reply as DRYRUN, and no change.
+    for step in 0..12 {
+        server.clock.advance(37 * step);
+        for (algorithm, key, args) in calls {
+            if step % 3 == 0 {
+                rl(&mut con, &format!("RL.{algorithm} {key} {args}")).unwrap();
+            }
+            // A read removes a key its clock has expired (Redis' lazy expiry): do it first.
+            int(&mut con, &format!("EXISTS {key}"));
+            let before = fingerprint(&mut con, key);
+            for cost in ["", " COST 0", " COST 2", " COST 4"] {
+                let dry = rl(
+                    &mut con,
+                    &format!("RL.{algorithm} {key} {args}{cost} DRYRUN"),
+                );
+                let lower = algorithm.to_lowercase();
+                let peek = rl(&mut con, &format!("RL.PEEK {key} {lower} {args}{cost}"));
+                assert_eq!(peek, dry, "step {step}: {algorithm} {key} {args}{cost}");
+            }
+            assert_eq!(fingerprint(&mut con, key), before);
+        }
+    }
+    // From a read-only script.
+    rl(&mut con, "RL.FIXED ro 5 60").unwrap();
+    let reply: Vec<i64> = redis::cmd("EVAL_RO")
+        .arg("return redis.call('RL.PEEK', KEYS[1], 'FIXED', 5, 60)")
+        .arg(1)
+        .arg("ro")
+        .query(&mut con)
+        .unwrap();
+    let until_minute = 60_000 - (server.clock.now() % 60_000) as i64;
+    assert_eq!(reply, [1, 5, 3, 0, until_minute]);
+    for (line, error) in [
+        (
+            "RL.PEEK f GCRA 3 60",
+            "ERR unknown algorithm, expected FIXED, SLIDING or TOKEN",
+        ),
+        (
+            "RL.PEEK f FIXED 3 60 DRYRUN",
+            "ERR unknown option, expected COST",
+        ),
+        (
+            "RL.PEEK t TOKEN 3 10 BOGUS",
+            "ERR unknown option, expected PER or COST",
+        ),
+        ("RL.PEEK f FIXED 0 60", "ERR limit must be at least 1"),
+        (
+            "RL.PEEK f TOKEN 3 10",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ),
+        (
+            "RL.PEEK f FIXED",
+            "ERR wrong number of arguments for 'RL.PEEK' command",
+        ),
+    ] {
+        assert_eq!(rl(&mut con, line), Err(error.to_string()), "{line}");
+    }
+}
+
+#[test]
+fn reset_deletes_limiters_only_and_all_or_nothing() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for line in ["RL.FIXED a 1 60", "RL.SLIDING b 1 60", "RL.TOKEN c 1 1"] {
+        assert_eq!(rl(&mut con, line).unwrap()[0], 1);
+    }
+    call(&mut con, "SET plain x").unwrap();
+    assert_eq!(
+        rl(&mut con, "RL.RESET a plain b"),
+        Err(
+            "WRONGTYPE RL.RESET deletes rate limiters only: a key holds another type, nothing was deleted"
+                .into()
+        )
+    );
+    assert_eq!(int(&mut con, "DBSIZE"), 4);
+    assert_eq!(int(&mut con, "RL.RESET a b missing"), 2);
+    assert_eq!(int(&mut con, "RL.RESET a"), 0);
+    assert_eq!(int(&mut con, "EXISTS a b c plain"), 2);
+    // A reset limiter starts fresh.
+    assert_eq!(rl(&mut con, "RL.FIXED a 1 60").unwrap()[0], 1);
+    assert_eq!(
+        call(&mut con, "COMMAND GETKEYS RL.RESET x y z"),
+        Ok(Value::Array(
+            ["x", "y", "z"]
+                .map(|k| Value::BulkString(k.as_bytes().to_vec()))
+                .to_vec()
+        ))
     );
 }

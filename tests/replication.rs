@@ -213,3 +213,29 @@ fn a_replica_restarted_from_its_own_aof_keeps_every_state() {
     let restored: Vec<_> = keys.iter().map(|k| fingerprint(&mut r, k)).collect();
     assert_eq!(restored, expected);
 }
+
+#[test]
+fn peek_answers_on_the_replica_and_reset_replicates() {
+    let (master, replica) = master_and_replica();
+    let (mut m, mut r) = (master.conn(), replica.conn());
+    rl(&mut m, "RL.TOKEN t 10 1 COST 4").unwrap();
+    rl(&mut m, "RL.FIXED f 10 1m COST 4").unwrap();
+    wait_replicated(&mut m);
+    // RL.PEEK decides on the replicated state with the replica's own clock, an hour behind:
+    // the bucket, full again at T0 + 4 s, reads as empty there.
+    let on_master = rl(&mut m, "RL.PEEK t TOKEN 10 1").unwrap();
+    assert_eq!(on_master, [1, 10, 5, 0, 5_000]);
+    assert_eq!(rl(&mut r, "RL.PEEK t TOKEN 10 1").unwrap()[..3], [0, 10, 0]);
+    assert_eq!(
+        rl(&mut r, "RL.PEEK f FIXED 10 1m COST 6").unwrap(),
+        rl(&mut m, "RL.PEEK f FIXED 10 1m COST 6").unwrap()
+    );
+    assert_eq!(int(&mut m, "RL.RESET t f"), 2);
+    wait_replicated(&mut m);
+    assert_eq!(int(&mut r, "EXISTS t f"), 0);
+    assert!(
+        rl(&mut r, "RL.RESET t")
+            .unwrap_err()
+            .starts_with("READONLY")
+    );
+}

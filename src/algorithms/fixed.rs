@@ -22,6 +22,7 @@ impl Stored for FixedState {
 }
 
 impl Algorithm for FixedWindow {
+    const NAME: &'static CStr = c"FIXED";
     const COMMAND: &'static CStr = c"RL.FIXED";
     const SUMMARY: &'static CStr = c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
     const PARAMS: &'static [Param] = &[LIMIT, WINDOW];

@@ -5,12 +5,27 @@ mod fixed;
 mod sliding;
 mod token;
 
+use std::ffi::CStr;
+
 use ratelimit_core::{FixedWindow, SlidingWindow, TokenBucket};
 
 use crate::algorithm::Entry;
 
-pub static ALGORITHMS: [Entry; 3] = [
+const ENTRIES: [Entry; 3] = [
     Entry::of::<FixedWindow>(),
     Entry::of::<SlidingWindow>(),
     Entry::of::<TokenBucket>(),
 ];
+
+pub static ALGORITHMS: [Entry; ENTRIES.len()] = ENTRIES;
+
+/// The algorithms' names (`FIXED`, ...), for messages.
+pub static NAMES: [&CStr; ENTRIES.len()] = {
+    let mut names = [c""; ENTRIES.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = ENTRIES[i].name;
+        i += 1;
+    }
+    names
+};

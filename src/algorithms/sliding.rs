@@ -32,6 +32,7 @@ impl Stored for SlidingState {
 }
 
 impl Algorithm for SlidingWindow {
+    const NAME: &'static CStr = c"SLIDING";
     const COMMAND: &'static CStr = c"RL.SLIDING";
     const SUMMARY: &'static CStr = c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
     const PARAMS: &'static [Param] = &[LIMIT, WINDOW];

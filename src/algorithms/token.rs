@@ -27,6 +27,7 @@ impl Stored for TokenState {
 }
 
 impl Algorithm for TokenBucket {
+    const NAME: &'static CStr = c"TOKEN";
     const COMMAND: &'static CStr = c"RL.TOKEN";
     const SUMMARY: &'static CStr = c"Takes COST tokens (default 1) from a token bucket of `capacity` tokens refilled at `rate` tokens per PER (default 1s). Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
     const PARAMS: &'static [Param] = &[CAPACITY, RATE, PER];

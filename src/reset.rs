@@ -1,0 +1,55 @@
+//! `RL.RESET key [key ...]`: deletes the rate limiters among the keys and replies how many
+//! it deleted. All or nothing: if any key holds something that is not a limiter, nothing is
+//! deleted and the reply is `WRONGTYPE`. Each deletion replicates as `DEL` and fires `del`,
+//! as `DEL` does.
+
+use std::ffi::c_int;
+
+use redis_module::raw;
+
+use crate::algorithms::ALGORITHMS;
+use crate::command::{self, Command, Keys};
+use crate::error::Error;
+use crate::redis::{Ctx, Holds, Key, KeyEvent, RString};
+
+pub const COMMAND: Command = Command {
+    name: c"RL.RESET",
+    handler,
+    flags: c"write fast",
+    keys: Keys::All(raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_DELETE),
+    summary: c"Deletes the rate limiters among the keys (WRONGTYPE, and nothing deleted, if one holds another type). Replies the number deleted.",
+    params: &[],
+    shared: &[],
+};
+
+extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c_int) -> c_int {
+    command::run(ctx, argv, argc, reset)
+}
+
+fn reset(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
+    let [_, names @ ..] = argv else {
+        return Err(Error::WrongArity);
+    };
+    let mut limiters = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(key) = Key::open(ctx, *name, true) else {
+            continue;
+        };
+        match key.holds() {
+            Holds::Nothing => {}
+            Holds::Module(found) if is_limiter(found) => limiters.push(key),
+            Holds::Module(_) | Holds::Other => return Err(Error::NotALimiter),
+        }
+    }
+    for key in &limiters {
+        key.delete();
+        ctx.replicate(key.name(), None);
+        ctx.notify(KeyEvent::Deleted, key.name());
+    }
+    ctx.reply_integer(limiters.len() as i64);
+    Ok(())
+}
+
+fn is_limiter(found: *mut raw::RedisModuleType) -> bool {
+    (ALGORITHMS.iter()).any(|entry| *(entry.data_type)().raw_type.borrow() == found)
+}
