@@ -644,6 +644,8 @@ fn changes_fire_keyspace_events() {
     rl(&mut con, "RL.SLIDING s 2 1s").unwrap(); // a second change: a second event
     server.clock.advance(1_000);
     rl(&mut con, "RL.FIXED f 1 1s COST 0").unwrap(); // fresh again: deleted
+    rl(&mut con, "RL.PEEK t TOKEN 2 1 COST 2").unwrap(); // none
+    assert_eq!(int(&mut con, "RL.RESET t gone"), 1); // one del
     call(&mut con, "SET end x").unwrap();
 
     let mut events = vec![];
@@ -665,7 +667,8 @@ fn changes_fire_keyspace_events() {
             "t rl.token",
             "s rl.sliding",
             "s rl.sliding",
-            "f del"
+            "f del",
+            "t del"
         ]
     );
 }
