@@ -77,7 +77,10 @@ pub struct Entry {
 impl Entry {
     pub const fn of<A: Algorithm>() -> Self {
         // Evaluated at compile time: a definition with more arguments does not build.
-        assert!(A::PARAMS.len() <= args::MAX_OWN, "more arguments than args::MAX_OWN");
+        assert!(
+            A::PARAMS.len() <= args::MAX_OWN,
+            "more arguments than args::MAX_OWN"
+        );
         Entry {
             name: A::NAME,
             command: Command {
