@@ -212,22 +212,20 @@ impl Key {
     /// The limiter state stored at this key: `None` if the key is empty, `WrongType` if it
     /// holds anything but a limiter of type `S`.
     pub fn value<S: Stored>(&mut self) -> Result<Option<Value<'_, S>>, Error> {
-        // SAFETY: an open key; a value of our type is one `Value::into_raw` made.
-        unsafe {
-            match api!(RedisModule_KeyType)(self.raw()) as isize {
-                raw::REDISMODULE_KEYTYPE_EMPTY => {
-                    self.found = Some((S::redis_type(), None));
-                    Ok(None)
-                }
-                raw::REDISMODULE_KEYTYPE_MODULE
-                    if api!(RedisModule_ModuleTypeGetType)(self.raw()) == S::redis_type() =>
-                {
-                    let value = NonNull::new(api!(RedisModule_ModuleTypeGetValue)(self.raw()));
-                    self.found = Some((S::redis_type(), value));
-                    Ok(value.and_then(|v| Value::from_raw(v)))
-                }
-                _ => Err(Error::WrongType),
+        match self.holds() {
+            Holds::Nothing => {
+                self.found = Some((S::redis_type(), None));
+                Ok(None)
             }
+            Holds::Module(found) if found == S::redis_type() => {
+                // SAFETY: an open key holding a value of our type, which `Value::into_raw`
+                // made.
+                let value =
+                    NonNull::new(unsafe { api!(RedisModule_ModuleTypeGetValue)(self.raw()) });
+                self.found = Some((found, value));
+                Ok(value.and_then(|v| unsafe { Value::from_raw(v) }))
+            }
+            Holds::Module(_) | Holds::Other => Err(Error::WrongType),
         }
     }
 
