@@ -1,6 +1,6 @@
 //! What an algorithm's definition gives ([`Algorithm`]), and the one handler every limiting
-//! command shares: parse once, read the clock once, open the key once, decide, store,
-//! replicate the effect, reply.
+//! command shares: parse once, read the clock once, open the key once, decide (take or
+//! refund, and block: `ratelimit_core::record`), store, replicate the effect, reply.
 //!
 //! Replication sends effects, never the command: a call that changes a limiter replicates
 //! `RL.STATE <key> <encoded state>` and a call that empties one replicates `DEL <key>`, both
@@ -11,7 +11,7 @@
 use std::ffi::{CStr, c_int};
 
 use ratelimit_core::codec::{Codec, Encoded};
-use ratelimit_core::{Decision, Limiter, State, Write};
+use ratelimit_core::{Call, Decision, Limiter, Op, Record, State, Write, record};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
@@ -22,7 +22,8 @@ use crate::param::{COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Key, KeyEvent, RString};
 use crate::storage::{Stored, Value};
 
-/// An algorithm of the core with its command: `RL.<NAME> key <PARAMS> [COST n] [DRYRUN]`.
+/// An algorithm of the core with its command:
+/// `RL.<NAME> key <PARAMS> [COST n | REFUND n] [BLOCK duration] [DRYRUN]`.
 /// Its state says how it is stored ([`Stored`]).
 pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
     /// The algorithm's name (`FIXED`), as `RL.PEEK` takes it.
@@ -39,7 +40,7 @@ pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
     fn build(values: &[u64]) -> Result<Self, Error>;
 
     /// Parses the arguments after the key: the limiter, then the `shared` options given
-    /// (`COST`, `DRYRUN`).
+    /// (`COST`, `REFUND`, `BLOCK`, `DRYRUN`).
     fn request<'a>(
         shared: &'static [Param],
         args: impl Iterator<Item = &'a [u8]>,
@@ -47,18 +48,18 @@ pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
         let parsed = args::parse(Self::PARAMS, shared, args)?;
         Ok(Request {
             limiter: Self::build(&parsed.own[..Self::PARAMS.len()])?,
-            cost: parsed.cost,
+            call: parsed.call,
             dry_run: parsed.dry_run,
         })
     }
 }
 
-/// A parsed call: the limiter with this call's parameters, the cost, and whether to change
-/// anything.
+/// A parsed call: the limiter with this call's parameters, what the call does, and whether
+/// to change anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request<L> {
     pub limiter: L,
-    pub cost: u64,
+    pub call: Call,
     pub dry_run: bool,
 }
 
@@ -138,7 +139,7 @@ fn peek<A: Algorithm>(ctx: Ctx, name: RString, args: &[RString]) -> Result<(), E
 fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<(), Error> {
     let Request {
         limiter,
-        cost,
+        call,
         dry_run,
     } = request;
     let now = ctx.now();
@@ -147,26 +148,29 @@ fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<
         Some(key) => key.value::<A::State>()?,
         None => None,
     };
-    // The key expires when its state is fresh again: at the stored state's reset time.
+    // The key expires when its record is fresh again: at the stored record's reset time.
     let expiry = value.as_deref().map(State::reset_at);
+    let was_blocked = value
+        .as_deref()
+        .is_some_and(|r| r.blocked_at(now).is_some());
     let encoded;
     let (decision, change) = match value {
         // A boxed sliding window is updated where it lies: no new counters to build and move
         // in. (Fixed windows and token buckets are two words, which may pack again.)
-        Some(Value::Boxed(state)) if A::State::UPDATE_IN_PLACE && !dry_run => {
-            let out = limiter.decide_in_place(state, now, cost);
+        Some(Value::Boxed(record)) if A::State::UPDATE_IN_PLACE && !dry_run => {
+            let out = record::decide_in_place(&limiter, record, now, call);
             let change = match out.write {
                 Write::Keep => None,
                 Write::Store(()) => {
-                    encoded = Encoded::of(&*state);
-                    Some(Change::Updated(state.reset_at(), &encoded))
+                    encoded = Encoded::of(&*record);
+                    Some(Change::Updated(record.reset_at(), &encoded))
                 }
                 Write::Delete => Some(Change::Delete),
             };
             (out.decision, change)
         }
         value => {
-            let out = limiter.decide(value.as_deref(), now, cost);
+            let out = record::decide(&limiter, value.as_deref(), now, call);
             let change = match out.write {
                 _ if dry_run => None,
                 Write::Keep => None,
@@ -177,17 +181,28 @@ fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<
         }
     };
     if let (Some(key), Some(change)) = (&mut key, change) {
-        commit::<A::State>(ctx, key, name, change, expiry);
+        let event = event::<A::State>(call, was_blocked, decision.allowed);
+        commit::<A::State>(ctx, key, name, change, expiry, event);
     }
     reply(ctx, &decision);
     Ok(())
 }
 
+/// The keyspace event a call that changes its key fires: `rl.refund` for a refund,
+/// `rl.block` for a denied call that starts a block, else the command's own.
+fn event<S: Stored>(call: Call, was_blocked: bool, allowed: bool) -> &'static CStr {
+    match call.op {
+        Op::Refund(_) => c"rl.refund",
+        Op::Take(_) if call.block > 0 && !was_blocked && !allowed => c"rl.block",
+        Op::Take(_) => S::EVENT,
+    }
+}
+
 /// What a call does to its key.
 enum Change<'a, S> {
-    /// Store this new state.
-    Store(S),
-    /// The stored state was updated in place: it expires at this time and encodes so.
+    /// Store this new record.
+    Store(Record<S>),
+    /// The stored record was updated in place: it expires at this time and encodes so.
     Updated(u64, &'a Encoded),
     Delete,
 }
@@ -200,17 +215,18 @@ fn commit<S: Stored>(
     name: RString,
     change: Change<S>,
     expiry: Option<u64>,
+    event: &'static CStr,
 ) {
     let stored;
     let (state, event) = match change {
-        Change::Store(state) => {
-            stored = Encoded::of(&state);
-            key.store(state, expiry);
-            (Some(&stored), KeyEvent::Changed(S::EVENT))
+        Change::Store(record) => {
+            stored = Encoded::of(&record);
+            key.store(record, expiry);
+            (Some(&stored), KeyEvent::Changed(event))
         }
         Change::Updated(reset_at, encoded) => {
             key.updated(reset_at, expiry);
-            (Some(encoded), KeyEvent::Changed(S::EVENT))
+            (Some(encoded), KeyEvent::Changed(event))
         }
         Change::Delete => {
             key.delete();
@@ -231,12 +247,12 @@ fn reply(ctx: Ctx, d: &Decision) {
     ]);
 }
 
-/// Sets a replicated state of this algorithm (for `RL.STATE`): the master's state is
+/// Sets a replicated record of this algorithm (for `RL.STATE`): the master's record is
 /// authoritative and replaces whatever the key holds.
 fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Error> {
-    let state = S::decode(encoded).map_err(|_| Error::InvalidState)?;
+    let record = Record::<S>::decode(encoded).map_err(|_| Error::InvalidState)?;
     let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
-    key.store(state, None);
+    key.store(record, None);
     ctx.notify(KeyEvent::Changed(c"rl.state"), name);
     Ok(())
 }
@@ -265,7 +281,7 @@ mod tests {
             FixedWindow::request(SHARED, words("10 60")),
             Ok(Request {
                 limiter: FixedWindow::new(10, 60_000).unwrap(),
-                cost: 1,
+                call: Call::take(1),
                 dry_run: false
             })
         );
@@ -273,10 +289,29 @@ mod tests {
             SlidingWindow::request(SHARED, words("5 1500ms dryrun CoSt 0")),
             Ok(Request {
                 limiter: SlidingWindow::new(5, 1500).unwrap(),
-                cost: 0,
+                call: Call::take(0),
                 dry_run: true
             })
         );
+    }
+
+    #[test]
+    fn parses_refund_and_block() {
+        let r = FixedWindow::request(SHARED, words("10 60 refund 3 BLOCK 10m")).unwrap();
+        let call = Call {
+            op: Op::Refund(3),
+            block: 600_000,
+        };
+        assert_eq!((r.call, r.dry_run), (call, false));
+        let r = FixedWindow::request(SHARED, words("10 60 BLOCK 1500ms COST 2 DRYRUN")).unwrap();
+        let call = Call {
+            op: Op::Take(2),
+            block: 1_500,
+        };
+        assert_eq!((r.call, r.dry_run), (call, true));
+        // A peek takes COST only.
+        let error = FixedWindow::request(PEEK_SHARED, words("10 60 BLOCK 1s")).unwrap_err();
+        assert_eq!(error.to_string(), "ERR unknown option, expected COST");
     }
 
     #[test]
@@ -284,7 +319,10 @@ mod tests {
         let r = TokenBucket::request(SHARED, words("100 10")).unwrap();
         assert_eq!(r.limiter, TokenBucket::new(100, 10, 1000).unwrap());
         let r = TokenBucket::request(SHARED, words("100 10 COST 3 PER 1m DRYRUN")).unwrap();
-        assert_eq!((r.limiter.period(), r.cost, r.dry_run), (60_000, 3, true));
+        assert_eq!(
+            (r.limiter.period(), r.call, r.dry_run),
+            (60_000, Call::take(3), true)
+        );
         let r = TokenBucket::request(SHARED, words("1 1 PER 3650d")).unwrap();
         assert_eq!(r.limiter.period(), MAX_DURATION_MS);
     }
@@ -314,8 +352,14 @@ mod tests {
             ("10 60 COST 9223372036854775808", "ERR COST must be at most 9223372036854775807"),
             ("10 60 COST 1 COST 2",      "ERR COST given more than once"),
             ("10 60 DRYRUN DRYRUN",      "ERR DRYRUN given more than once"),
-            ("10 60 PER 1s",             "ERR unknown option, expected COST or DRYRUN"),
-            ("10 60 BOGUS",              "ERR unknown option, expected COST or DRYRUN"),
+            ("10 60 COST 1 REFUND 1",    "ERR COST and REFUND exclude each other"),
+            ("10 60 REFUND 1 COST 1",    "ERR COST and REFUND exclude each other"),
+            ("10 60 REFUND -1",          "ERR REFUND must not be negative"),
+            ("10 60 BLOCK",              "ERR BLOCK needs a value"),
+            ("10 60 BLOCK 0",            "ERR BLOCK must be at least 1ms"),
+            ("10 60 BLOCK 10y",          "ERR BLOCK must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
+            ("10 60 PER 1s",             "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
+            ("10 60 BOGUS",              "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
         ];
         for (line, error) in window_cases {
             assert_eq!(message::<FixedWindow>(line), error, "RL.FIXED k {line}");
@@ -334,7 +378,7 @@ mod tests {
             ("10 1 PER 1y",          "ERR PER must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
             ("10 1 PER 3651d",       "ERR PER must be at most 3650d"),
             ("10 1 PER 1 PER 2",     "ERR PER given more than once"),
-            ("10 1 BOGUS",           "ERR unknown option, expected PER, COST or DRYRUN"),
+            ("10 1 BOGUS",           "ERR unknown option, expected PER, COST, REFUND, BLOCK or DRYRUN"),
             ("3651 1 PER 1d",        "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"),
         ];
         for (line, error) in token_cases {

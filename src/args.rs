@@ -1,16 +1,16 @@
 //! Command arguments, parsed once into validated values: bytes in, numbers out.
 //!
 //! A command describes its arguments as a list of [`Param`]s: positional ones first, in
-//! order, then its own options; the options every limiting command takes (`COST` and
-//! `DRYRUN`, `param::SHARED`) follow. [`parse`] reads any such list. Integers are plain decimals;
+//! order, then its own options; the options every limiting command takes (`COST`, `REFUND`,
+//! `BLOCK` and `DRYRUN`, `param::SHARED`) follow. [`parse`] reads any such list. Integers are plain decimals;
 //! durations are a positive integer with an optional unit (`ms`, `s`, `m`, `h`, `d`, any
 //! case; none means seconds). Options are case-insensitive, in any order, each at most once.
 //! Nothing here touches Redis.
 
-use ratelimit_core::{MAX_DURATION_MS, MAX_UNITS, Millis};
+use ratelimit_core::{Call, MAX_DURATION_MS, MAX_UNITS, Millis, Op};
 
 use crate::error::Error;
-use crate::param::{COST, Kind, Param};
+use crate::param::{BLOCK, COST, Kind, Param, REFUND};
 
 /// The most arguments a command's own list holds.
 pub const MAX_OWN: usize = 4;
@@ -20,12 +20,13 @@ pub const MAX_OWN: usize = 4;
 pub struct Parsed {
     /// The command's own arguments, in the order of its list (an absent option: its default).
     pub own: [u64; MAX_OWN],
-    pub cost: u64,
+    /// What the call does: take `COST` units (by default 1) or `REFUND` some, and `BLOCK`.
+    pub call: Call,
     pub dry_run: bool,
 }
 
 /// Parses the arguments after the key against `own` (at most [`MAX_OWN`]) and `shared`
-/// (options of [`SHARED`]: all of them for a limiting call, only `COST` for a peek).
+/// (options of `param::SHARED`: all of them for a limiting call, only `COST` for a peek).
 /// Inlined into each command's handler, where `own` is a constant: the positional
 /// arguments' kinds are then known at compile time.
 #[inline(always)]
@@ -36,7 +37,7 @@ pub fn parse<'a>(
 ) -> Result<Parsed, Error> {
     let mut parsed = Parsed {
         own: [0; MAX_OWN],
-        cost: COST.default,
+        call: Call::take(COST.default),
         dry_run: false,
     };
     let own = &own[..own.len().min(MAX_OWN)];
@@ -47,7 +48,8 @@ pub fn parse<'a>(
             Some(_) => param.default,
         };
     }
-    let mut given = [false; MAX_OWN + 2];
+    let mut given = [false; MAX_OWN + 4];
+    let mut op_given = false;
     while let Some(word) = args.next() {
         let is = |p: &Param| {
             p.token
@@ -63,11 +65,27 @@ pub fn parse<'a>(
             Kind::Flag => 1,
             _ => value(param, args.next().ok_or(Error::MissingValue(param))?)?,
         };
-        match i.checked_sub(own.len()) {
-            None => parsed.own[i] = value,
-            Some(_) if *param == COST => parsed.cost = value,
-            Some(_) => parsed.dry_run = true,
+        if i < own.len() {
+            parsed.own[i] = value;
+            continue;
         }
+        let op = match param {
+            p if *p == COST => Op::Take(value),
+            p if *p == REFUND => Op::Refund(value),
+            p if *p == BLOCK => {
+                parsed.call.block = value;
+                continue;
+            }
+            _ => {
+                parsed.dry_run = true;
+                continue;
+            }
+        };
+        // COST and REFUND exclude each other.
+        if std::mem::replace(&mut op_given, true) {
+            return Err(Error::Exclusive(&COST, &REFUND));
+        }
+        parsed.call.op = op;
     }
     Ok(parsed)
 }

@@ -39,6 +39,8 @@ pub enum Error {
     NotALimiter,
     /// An option given twice.
     Repeated(&'static Param),
+    /// Two options that exclude each other.
+    Exclusive(&'static Param, &'static Param),
     /// A token bucket that would take more than `MAX_DURATION_MS` to refill.
     RefillTooSlow,
     /// The key holds another type, or a limiter of another algorithm.
@@ -67,6 +69,7 @@ impl fmt::Display for Error {
             DurationTooLong(p) => write!(f, "ERR {} must be at most 3650d", p.label()),
             MissingValue(p) => write!(f, "ERR {} needs a value", p.label()),
             Repeated(p) => write!(f, "ERR {} given more than once", p.label()),
+            Exclusive(a, b) => write!(f, "ERR {} and {} exclude each other", a.label(), b.label()),
             UnknownOption(own, shared) => {
                 let tokens = (own.iter().chain(*shared))
                     .filter(|p| p.token.is_some())
@@ -129,7 +132,7 @@ mod tests {
             (Error::Repeated(&DRYRUN), "ERR DRYRUN given more than once"),
             (
                 Error::UnknownOption(&[LIMIT, WINDOW], SHARED),
-                "ERR unknown option, expected COST or DRYRUN",
+                "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN",
             ),
         ];
         for (error, text) in about {

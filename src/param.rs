@@ -8,10 +8,14 @@ use std::ffi::CStr;
 pub const LIMIT: Param = Param::required(c"limit", Kind::Units);
 pub const WINDOW: Param = Param::required(c"window", Kind::Duration);
 pub const COST: Param = Param::option(c"COST", c"cost", Kind::Amount, 1);
+/// Gives back up to this many units instead of taking (excludes `COST`).
+pub const REFUND: Param = Param::option(c"REFUND", c"units", Kind::Amount, 0);
+/// A denied call blocks the key for this long (none unless given).
+pub const BLOCK: Param = Param::option(c"BLOCK", c"duration", Kind::Duration, 0);
 pub const DRYRUN: Param = Param::option(c"DRYRUN", c"dryrun", Kind::Flag, 0);
 
 /// The options every limiting command takes, after its own arguments.
-pub const SHARED: &[Param] = &[COST, DRYRUN];
+pub const SHARED: &[Param] = &[COST, REFUND, BLOCK, DRYRUN];
 
 /// What an argument's value is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

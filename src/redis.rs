@@ -7,7 +7,8 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 
-use ratelimit_core::codec::Encoded;
+use ratelimit_core::codec::{Encoded, Word};
+use ratelimit_core::{Record, State};
 use redis_module::raw;
 
 use crate::api::api;
@@ -209,7 +210,7 @@ impl Key {
         self.name
     }
 
-    /// The limiter state stored at this key: `None` if the key is empty, `WrongType` if it
+    /// The limiter record stored at this key: `None` if the key is empty, `WrongType` if it
     /// holds anything but a limiter of type `S`.
     pub fn value<S: Stored>(&mut self) -> Result<Option<Value<'_, S>>, Error> {
         match self.holds() {
@@ -229,12 +230,12 @@ impl Key {
         }
     }
 
-    /// Stores a state, replacing whatever the key held, and expires the key when the state is
-    /// fresh again. A boxed state of the same type is overwritten in place, a packed one
+    /// Stores a record, replacing whatever the key held, and expires the key when it is
+    /// fresh again. A boxed record of the same type is overwritten in place, a packed one
     /// replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
     /// caller knows it (the previous state's reset time): an unchanged one is not set again.
-    pub fn store<S: Stored>(&mut self, state: S, expiry: Option<u64>) {
-        let reset_at = state.reset_at();
+    pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<u64>) {
+        let reset_at = record.reset_at();
         // What `value` already found, else a fresh look (RL.STATE comes straight here).
         if !matches!(self.found, Some((found_type, _)) if found_type == S::redis_type()) {
             let _ = self.value::<S>();
@@ -247,12 +248,12 @@ impl Key {
         // new value becomes owned by Redis, which frees it through our `free` callback.
         unsafe {
             match existing {
-                Some(old) if Value::<S>::holds_box(old.as_ptr()) && state.to_word().is_none() => {
-                    *old.cast::<S>().as_ptr() = state;
+                Some(old) if Value::<S>::holds_box(old.as_ptr()) && record.to_word().is_none() => {
+                    *old.cast::<Record<S>>().as_ptr() = record;
                 }
                 Some(_) => {
                     let mut old = std::ptr::null_mut();
-                    let new = Value::into_raw(state);
+                    let new = Value::into_raw(record);
                     let replaced = api!(RedisModule_ModuleTypeReplaceValue)(
                         self.raw(),
                         S::redis_type(),
@@ -267,7 +268,7 @@ impl Key {
                     }
                 }
                 None => {
-                    let new = Value::into_raw(state);
+                    let new = Value::into_raw(record);
                     api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), new);
                 }
             }

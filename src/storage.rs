@@ -1,11 +1,11 @@
-//! How a limiter state lives in a Redis key: the module data type each algorithm registers
+//! How a limiter lives in a Redis key: the module data type each algorithm registers
 //! ([`data_type`]), its value pointer ([`Value`]) and its persistence callbacks.
 //!
-//! A key's value pointer holds a core state in one of two ways ([`Value`]): a state that
-//! fits in 63 bits (a fixed window or a token bucket with usual figures, see
-//! `ratelimit_core::codec::Word`) is the pointer itself, shifted left with the low bit set,
-//! as Redis keeps small integers in an object's pointer; any other state is a `Box`, whose
-//! address is even. Redis never reads a module value itself: it hands the pointer back to
+//! A key holds a core `Record` (the algorithm's state and its block), its value pointer in one
+//! of two ways ([`Value`]): a record that fits in 63 bits (a fixed window or a token bucket
+//! with usual figures and no block, see `ratelimit_core::codec::Word`) is the pointer itself,
+//! shifted left with the low bit set, as Redis keeps small integers in an object's pointer;
+//! any other record is a `Box`, whose address is even. Redis never reads a module value itself: it hands the pointer back to
 //! these callbacks, and active defrag moves only its own wrapper unless the type registers a
 //! `defrag` callback, which these do not.
 //!
@@ -20,8 +20,8 @@ use std::mem::size_of;
 use std::ops::Deref;
 use std::ptr::NonNull;
 
-use ratelimit_core::State;
 use ratelimit_core::codec::{Codec, Encoded, Word};
+use ratelimit_core::{Record, State};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
@@ -52,16 +52,17 @@ pub trait Stored: Codec + Word + State + 'static {
     }
 }
 
-/// A module value pointer, read: a state packed into the pointer, or a boxed one.
+/// A module value pointer, read: a key's record ([`Record`]: a state of type `S` and its
+/// block) packed into the pointer, or a boxed one.
 pub enum Value<'a, S> {
-    Packed(S),
-    Boxed(&'a mut S),
+    Packed(Record<S>),
+    Boxed(&'a mut Record<S>),
 }
 
 impl<S> Deref for Value<'_, S> {
-    type Target = S;
+    type Target = Record<S>;
 
-    fn deref(&self) -> &S {
+    fn deref(&self) -> &Record<S> {
         match self {
             Value::Packed(state) => state,
             Value::Boxed(state) => state,
@@ -77,19 +78,19 @@ impl<'a, S: Stored> Value<'a, S> {
     /// `ptr` came from `into_raw::<S>` and is still owned by the key (not freed).
     pub unsafe fn from_raw(ptr: NonNull<c_void>) -> Option<Self> {
         if Self::holds_box(ptr.as_ptr()) {
-            // SAFETY: an even pointer of this type is a live `Box<S>`.
-            Some(Value::Boxed(unsafe { ptr.cast::<S>().as_mut() }))
+            // SAFETY: an even pointer of this type is a live `Box<Record<S>>`.
+            Some(Value::Boxed(unsafe { ptr.cast::<Record<S>>().as_mut() }))
         } else {
-            S::from_word((ptr.as_ptr().addr() >> 1) as u64).map(Value::Packed)
+            Record::from_word((ptr.as_ptr().addr() >> 1) as u64).map(Value::Packed)
         }
     }
 
-    /// The pointer that holds `state`: the state itself if it packs, else a new `Box`.
-    pub fn into_raw(state: S) -> *mut c_void {
-        match state.to_word().and_then(|word| usize::try_from(word).ok()) {
+    /// The pointer that holds `record`: the record itself if it packs, else a new `Box`.
+    pub fn into_raw(record: Record<S>) -> *mut c_void {
+        match record.to_word().and_then(|word| usize::try_from(word).ok()) {
             // Below 2^63: the shift loses nothing on a 64-bit target.
             Some(word) if usize::BITS >= 64 => std::ptr::without_provenance_mut(word << 1 | 1),
-            _ => Box::into_raw(Box::new(state)).cast(),
+            _ => Box::into_raw(Box::new(record)).cast(),
         }
     }
 
@@ -104,16 +105,16 @@ impl<'a, S: Stored> Value<'a, S> {
     /// `ptr` came from `into_raw::<S>` and is not used after.
     pub unsafe fn free(ptr: *mut c_void) {
         if Self::holds_box(ptr) {
-            // SAFETY: an even pointer of this type is a `Box<S>` owned by the caller.
-            drop(unsafe { Box::from_raw(ptr.cast::<S>()) });
+            // SAFETY: an even pointer of this type is a `Box<Record<S>>` owned by the caller.
+            drop(unsafe { Box::from_raw(ptr.cast::<Record<S>>()) });
         }
     }
 
-    /// Runs `f` on the state `ptr` holds; `fallback` if it holds none.
+    /// Runs `f` on the record `ptr` holds; `fallback` if it holds none.
     ///
     /// # Safety
     /// As for [`from_raw`](Self::from_raw).
-    unsafe fn with<R>(ptr: *const c_void, fallback: R, f: impl FnOnce(&S) -> R) -> R {
+    unsafe fn with<R>(ptr: *const c_void, fallback: R, f: impl FnOnce(&Record<S>) -> R) -> R {
         // SAFETY: forwarded to the caller.
         match NonNull::new(ptr.cast_mut()).and_then(|p| unsafe { Self::from_raw(p) }) {
             Some(value) => f(&value),
@@ -151,7 +152,7 @@ const fn methods<S: Stored>() -> raw::RedisModuleTypeMethods {
     }
 }
 
-/// Reads one encoded state; null (a load error for Redis) if it is not a valid `S`.
+/// Reads one encoded record; null (a load error for Redis) if it is not a valid one of `S`.
 unsafe extern "C" fn rdb_load<S: Stored>(
     rdb: *mut raw::RedisModuleIO,
     encver: c_int,
@@ -168,10 +169,10 @@ unsafe extern "C" fn rdb_load<S: Stored>(
             if buf.is_null() || api!(RedisModule_IsIOError)(rdb) != 0 {
                 return std::ptr::null_mut();
             }
-            let state = S::decode(std::slice::from_raw_parts(buf.cast::<u8>(), len));
+            let record = Record::<S>::decode(std::slice::from_raw_parts(buf.cast::<u8>(), len));
             api!(RedisModule_Free)(buf.cast());
-            match state {
-                Ok(state) => Value::into_raw(state),
+            match record {
+                Ok(record) => Value::into_raw(record),
                 Err(_) => std::ptr::null_mut(),
             }
         }
@@ -221,7 +222,11 @@ unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
             return 0;
         }
         // SAFETY: `value` is a value this type stored.
-        unsafe { Value::<S>::with(value, 0, |s| size_of::<S>() + s.heap_size()) }
+        unsafe {
+            Value::<S>::with(value, 0, |r| {
+                size_of::<Record<S>>() + r.state.as_ref().map_or(0, S::heap_size)
+            })
+        }
     })
     .unwrap_or(0)
 }

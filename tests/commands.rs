@@ -294,8 +294,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ("RL.FIXED k 10 60 COST 99999999999999999999", "ERR COST must be at most 9223372036854775807"),
         ("RL.FIXED k 10 60 COST 1 cost 1",         "ERR COST given more than once"),
         ("RL.FIXED k 10 60 DRYRUN DRYRUN",         "ERR DRYRUN given more than once"),
-        ("RL.FIXED k 10 60 PER 1s",                "ERR unknown option, expected COST or DRYRUN"),
-        ("RL.TOKEN k 5 1 LATER",                   "ERR unknown option, expected PER, COST or DRYRUN"),
+        ("RL.FIXED k 10 60 PER 1s",                "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
+        ("RL.TOKEN k 5 1 LATER",                   "ERR unknown option, expected PER, COST, REFUND, BLOCK or DRYRUN"),
         ("RL.TOKEN k x 1",                         "ERR capacity must be an integer"),
         ("RL.TOKEN k 0 1",                         "ERR capacity must be at least 1"),
         ("RL.TOKEN k 5 0",                         "ERR rate must be at least 1"),
@@ -440,8 +440,9 @@ fn dump_restore_and_copy_keep_the_state() {
 fn memory_usage_is_reported() {
     let server = Server::start();
     let mut con = server.conn();
-    // States that fit a word live in the value pointer; a count of 2^20 or more needs a
-    // 16-byte allocation, a sliding window one with its counters.
+    // Records that fit a word live in the value pointer; a count of 2^20 or more needs a
+    // 32-byte allocation (the state, and room for a block), a sliding window one with its
+    // counters.
     rl(&mut con, "RL.FIXED f 5 1m").unwrap();
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
     rl(&mut con, "RL.FIXED b 2000000 1m COST 1048576").unwrap();
@@ -450,12 +451,12 @@ fn memory_usage_is_reported() {
     let [fixed, token, big, sliding] = ["f", "t", "b", "s"].map(|key| usage(&mut con, key));
     assert!(fixed > 16, "{fixed}");
     assert_eq!(token, fixed);
-    assert_eq!(big, fixed + 16);
+    assert_eq!(big, fixed + 32);
     assert!(sliding > big, "sliding {sliding}, fixed {big}");
     // A token bucket gaining 3,000,000 parts per ms keeps a slack above 2^20: boxed. The
     // same key moves between the two forms as its figures change.
     rl(&mut con, "RL.TOKEN r 10 3000000").unwrap();
-    assert_eq!(usage(&mut con, "r"), fixed + 16);
+    assert_eq!(usage(&mut con, "r"), fixed + 32);
     assert_eq!(
         rl(&mut con, "RL.TOKEN r 10 1").unwrap(),
         [1, 10, 8, 0, 1_001]
@@ -472,7 +473,7 @@ fn memory_usage_is_reported() {
         rl(&mut con, "RL.TOKEN r 10000 3000000").unwrap(),
         [1, 10_000, 6_999, 0, 2]
     );
-    assert_eq!(usage(&mut con, "r"), fixed + 16);
+    assert_eq!(usage(&mut con, "r"), fixed + 32);
     // A boxed state is updated in place.
     assert_eq!(
         rl(&mut con, "RL.FIXED b 2000000 1m COST 951424").unwrap()[..3],
@@ -541,13 +542,15 @@ fn a_crafted_restore_payload_is_refused_without_harm() {
         dump[dump.len() - 8..],
         "the payload's checksum"
     );
-    // The encoded state sits in the payload: version 2, tag F, window end, count 2.
+    // The encoded record sits in the payload: version 3, tag F, a state and no block, window
+    // end, count 2.
     let at = body
-        .windows(2)
-        .position(|w| w == [2, b'F'])
-        .expect("the encoded state");
+        .windows(3)
+        .position(|w| w == [3, b'F', 2])
+        .expect("the encoded record");
     for (offset, byte, what) in [
-        (10, 0, "a count of 0"),
+        (11, 0, "a count of 0"),
+        (2, 0, "neither a state nor a block"),
         (1, b'T', "another algorithm"),
         (0, 9, "an unknown version"),
     ] {
@@ -592,11 +595,11 @@ fn a_version_1_token_bucket_restores_as_the_same_bucket() {
     );
     let dump: Vec<u8> = redis::cmd("DUMP").arg("t").query(&mut con).unwrap();
     let body = &dump[..dump.len() - 8];
-    // The module string: its length (18), then version 2, tag T, full_at, slack.
+    // The module string: its length (19), then version 3, tag T, flags, full_at, slack.
     let at = body
-        .windows(3)
-        .position(|w| w == [18, 2, b'T'])
-        .expect("the encoded state");
+        .windows(4)
+        .position(|w| w == [19, 3, b'T', 2])
+        .expect("the encoded record");
     // Version 1 of the same bucket: capacity 10, 1 per 1000 ms, 6 tokens (6,000 parts) at T0.
     let mut v1 = vec![1, b'T'];
     for field in [10u64, 1, 1000, T0] {
@@ -606,7 +609,7 @@ fn a_version_1_token_bucket_restores_as_the_same_bucket() {
     let mut forged = body[..at].to_vec();
     forged.push(v1.len() as u8);
     forged.extend(&v1);
-    forged.extend(&body[at + 19..]);
+    forged.extend(&body[at + 20..]);
     forged.extend(crc64(&forged).to_le_bytes());
     let _: () = redis::cmd("RESTORE")
         .arg("old")

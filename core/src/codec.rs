@@ -1,32 +1,45 @@
-//! The binary encoding of limiter states, shared by RDB files, replication and AOF rewrites.
+//! The binary encoding of limiter records, shared by RDB files, replication and AOF rewrites.
 //!
 //! ```text
-//! byte 0     encoding version (2)
+//! byte 0     encoding version (3)
 //! byte 1     algorithm ([`Codec::TAG`]): b'F' fixed window, b'S' sliding window, b'T' token bucket
-//! then       little-endian fields, written and read by each algorithm's file
-//!   F        window_end u64, count u64                                      (18 bytes)
-//!   S        window u64, first u64, n u8, counts u64 x n (1..=65)           (27..=539 bytes)
-//!   T        full_at u64, slack u64                                         (18 bytes)
+//! byte 2     what follows: bit 0 the end of a block, bit 1 a state (at least one of them)
+//! then       blocked_until u64 (bit 0), and the state's fields (bit 1), little-endian, written
+//!            and read by each algorithm's file:
+//!   F        window_end u64, count u64                                      (16 bytes)
+//!   S        window u64, first u64, n u8, counts u64 x n (1..=65)           (25..=537 bytes)
+//!   T        full_at u64, slack u64                                         (16 bytes)
 //! ```
 //!
-//! Version 1 differs only in its token buckets, which carried their parameters and a level
-//! (`capacity u64, rate u64, period u64, updated_at u64, level u128`, 50 bytes); it is still
-//! read, and converted exactly. Decoding checks every invariant a state built by the
-//! algorithms holds (`is_valid`), so a blob from a damaged file or a hand-written command can
-//! never become a limiter that misbehaves.
+//! Versions 1 and 2 had no byte 2: a state and no block. Version 1 differs from 2 only in its
+//! token buckets, which carried their parameters and a level (`capacity u64, rate u64,
+//! period u64, updated_at u64, level u128`, 48 bytes), converted exactly. Both are still
+//! read. Decoding checks every invariant a record built by the algorithms holds
+//! (`is_valid`), so a blob from a damaged file or a hand-written command can never become a
+//! limiter that misbehaves.
 //!
 //! [`Word`] is a second, in-memory encoding: a fixed window or token bucket with usual
-//! figures fits in 63 bits, which the storage layer keeps in place of a pointer.
+//! figures and no block fits in 63 bits, which the storage layer keeps in place of a pointer.
+
+use crate::State;
+use crate::record::Record;
 
 /// The version written in byte 0.
-pub const ENCODING_VERSION: u8 = 2;
+pub const ENCODING_VERSION: u8 = 3;
 
 /// Versions this build reads.
 const READABLE: std::ops::RangeInclusive<u8> = 1..=ENCODING_VERSION;
 
-/// The longest encoding of any state: a sliding window with all 65 buckets in use (each
-/// algorithm's file asserts at compile time that its encodings fit).
-pub const MAX_ENCODED_LEN: usize = 539;
+/// The longest encoding of any record: a blocked sliding window with all 65 buckets in use
+/// (each algorithm's file asserts at compile time that its encodings fit).
+pub const MAX_ENCODED_LEN: usize = 548;
+
+/// The bytes before a state's fields at most: version, algorithm, flags and a block's end.
+pub const HEADER_LEN: usize = 11;
+
+/// Byte 2's bits.
+const BLOCKED: u8 = 1;
+const HAS_STATE: u8 = 2;
 
 /// Why a blob is not a state of the expected kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,19 +52,26 @@ pub enum DecodeError {
     Invalid,
 }
 
-/// A state with a binary encoding.
+/// A state with a binary encoding, the fields of a record.
 pub trait Codec: Sized {
     /// The algorithm byte.
     const TAG: u8;
 
-    /// Appends the fields (after the two header bytes) to `out`.
+    /// Appends the state's fields to `out`.
     fn encode(&self, out: &mut Encoded);
 
-    /// Reads a state written by `encode` (this version or an earlier one) and checks it.
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+    /// Reads the fields `encode` wrote (in a `version` encoding), to the end; `None` if they
+    /// do not make a valid state.
+    fn decode_fields(version: u8, fields: &mut Fields) -> Option<Self>;
+}
+
+impl<S: Codec + State> Record<S> {
+    /// Reads a record written by [`Encoded::of`] (this version or an earlier one) and checks
+    /// it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         match bytes {
             [version, ..] if !READABLE.contains(version) => Err(DecodeError::UnknownVersion),
-            [version, tag, fields @ ..] if *tag == Self::TAG => {
+            [version, tag, fields @ ..] if *tag == S::TAG => {
                 Self::decode_fields(*version, &mut Fields(fields)).ok_or(DecodeError::Invalid)
             }
             [_, _, ..] => Err(DecodeError::OtherAlgorithm),
@@ -60,9 +80,32 @@ pub trait Codec: Sized {
         }
     }
 
-    /// Reads the fields of a `version` encoding after the two header bytes; `None` if they do
-    /// not make a valid state.
-    fn decode_fields(version: u8, fields: &mut Fields) -> Option<Self>;
+    fn decode_fields(version: u8, f: &mut Fields) -> Option<Self> {
+        let record = if version < 3 {
+            Record::of(S::decode_fields(version, f)?)
+        } else {
+            let [flags] = f.take()?;
+            if flags & !(BLOCKED | HAS_STATE) != 0 {
+                return None;
+            }
+            let blocked_until = if flags & BLOCKED != 0 { f.u64()? } else { 0 };
+            let state = if flags & HAS_STATE != 0 {
+                Some(S::decode_fields(version, f)?)
+            } else {
+                f.end()?;
+                None
+            };
+            // A block that is written is one that was set.
+            if flags & BLOCKED != 0 && blocked_until == 0 {
+                return None;
+            }
+            Record {
+                state,
+                blocked_until,
+            }
+        };
+        record.is_valid().then_some(record)
+    }
 }
 
 /// The algorithm byte of an encoded state, if the version is known.
@@ -84,6 +127,23 @@ pub trait Word: Sized {
     /// The state `to_word` made this word of; `None` if it is not one.
     fn from_word(_word: u64) -> Option<Self> {
         None
+    }
+}
+
+/// A record packs when its state does and it has no block.
+impl<S: Word> Word for Record<S> {
+    fn to_word(&self) -> Option<u64> {
+        match self {
+            Record {
+                state: Some(state),
+                blocked_until: 0,
+            } => state.to_word(),
+            _ => None,
+        }
+    }
+
+    fn from_word(word: u64) -> Option<Self> {
+        S::from_word(word).map(Record::of)
     }
 }
 
@@ -124,10 +184,18 @@ impl Encoded {
         &self.buf[..self.len]
     }
 
-    /// Encodes a state.
-    pub fn of<S: Codec>(state: &S) -> Self {
+    /// Encodes a record.
+    pub fn of<S: Codec>(record: &Record<S>) -> Self {
         let mut out = Self::start(S::TAG);
-        state.encode(&mut out);
+        let blocked = record.blocked_until != 0;
+        let has_state = record.state.is_some();
+        out.put(&[(u8::from(blocked) * BLOCKED) | (u8::from(has_state) * HAS_STATE)]);
+        if blocked {
+            out.put(&record.blocked_until.to_le_bytes());
+        }
+        if let Some(state) = &record.state {
+            state.encode(&mut out);
+        }
         out
     }
 }
@@ -162,94 +230,134 @@ mod tests {
     use crate::sliding::MAX_BUCKETS;
     use crate::{FixedState, SlidingState, TokenState};
 
-    fn round_trip<S: Codec + PartialEq + std::fmt::Debug>(state: S) {
-        let encoded = Encoded::of(&state);
-        assert_eq!(S::decode(encoded.as_bytes()), Ok(state));
+    fn round_trip<S: Codec + State>(record: Record<S>) {
+        let encoded = Encoded::of(&record);
+        assert_eq!(Record::decode(encoded.as_bytes()), Ok(record));
         // Every strict prefix and any extra byte are refused.
         let bytes = encoded.as_bytes();
         for len in 0..bytes.len() {
-            assert!(S::decode(&bytes[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                Record::<S>::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
         }
         let mut longer = bytes.to_vec();
         longer.push(0);
-        assert!(S::decode(&longer).is_err());
+        assert!(Record::<S>::decode(&longer).is_err());
+    }
+
+    fn fixed(window_end: u64, count: u64) -> Record<FixedState> {
+        Record::of(FixedState { window_end, count })
     }
 
     #[test]
-    fn states_round_trip() {
-        round_trip(FixedState {
-            window_end: 1_700_000_060_000,
-            count: 42,
-        });
-        round_trip(SlidingState {
+    fn records_round_trip() {
+        round_trip(fixed(1_700_000_060_000, 42));
+        round_trip(Record::of(SlidingState {
             window: 60_000,
             first: 28_333_334,
             counts: vec![3, 0, 1].into(),
+        }));
+        round_trip(Record {
+            state: Some(SlidingState {
+                window: 6_400,
+                first: 9,
+                counts: vec![1; MAX_BUCKETS].into(),
+            }),
+            blocked_until: 1_700_000_600_000,
         });
-        round_trip(SlidingState {
-            window: 6_400,
-            first: 9,
-            counts: vec![1; MAX_BUCKETS].into(),
-        });
-        round_trip(TokenState {
+        round_trip(Record::of(TokenState {
             full_at: 1_700_000_000_123,
             slack: 9,
+        }));
+        round_trip(Record::<TokenState> {
+            state: None,
+            blocked_until: 1_700_000_600_000,
         });
     }
 
     #[test]
     fn layout_is_fixed() {
-        let bytes = Encoded::of(&FixedState {
-            window_end: 0x0102,
-            count: 3,
-        });
+        let bytes = Encoded::of(&fixed(0x0102, 3));
         assert_eq!(
             bytes.as_bytes(),
-            [2, b'F', 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0].as_slice()
+            [3, b'F', 2, 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0].as_slice()
         );
-        let max = SlidingState {
-            window: 6_400,
-            first: 9,
-            counts: vec![1; MAX_BUCKETS].into(),
+        let blocked = Record::<FixedState> {
+            state: None,
+            blocked_until: 0x0203,
+        };
+        assert_eq!(
+            Encoded::of(&blocked).as_bytes(),
+            [3, b'F', 1, 3, 2, 0, 0, 0, 0, 0, 0].as_slice()
+        );
+        let max = Record {
+            state: Some(SlidingState {
+                window: 6_400,
+                first: 9,
+                counts: vec![1; MAX_BUCKETS].into(),
+            }),
+            blocked_until: 1,
         };
         assert_eq!(Encoded::of(&max).as_bytes().len(), MAX_ENCODED_LEN);
     }
 
     #[test]
-    fn refuses_other_versions_algorithms_and_invalid_states() {
-        let fixed = Encoded::of(&FixedState {
-            window_end: 10,
-            count: 1,
-        });
+    fn refuses_other_versions_algorithms_and_invalid_records() {
+        let bytes = Encoded::of(&fixed(10, 1));
         assert_eq!(
-            TokenState::decode(fixed.as_bytes()),
+            Record::<TokenState>::decode(bytes.as_bytes()),
             Err(DecodeError::OtherAlgorithm)
         );
-        let mut v3 = fixed.as_bytes().to_vec();
-        v3[0] = 3;
-        assert_eq!(FixedState::decode(&v3), Err(DecodeError::UnknownVersion));
-        let v2 = fixed.as_bytes().to_vec();
-        assert_eq!(FixedState::decode(b""), Err(DecodeError::UnknownVersion));
-        assert_eq!(FixedState::decode(b"\x01"), Err(DecodeError::Invalid));
-        let zero = Encoded::of(&FixedState {
-            window_end: 10,
-            count: 0,
-        });
+        let mut v4 = bytes.as_bytes().to_vec();
+        v4[0] = 4;
         assert_eq!(
-            FixedState::decode(zero.as_bytes()),
+            Record::<FixedState>::decode(&v4),
+            Err(DecodeError::UnknownVersion)
+        );
+        for bad in [
+            &b""[..],
+            b"\x03",
+            b"\x03F",
+            b"\x03F\x00",                                 // neither a block nor a state
+            b"\x03F\x04",                                 // an unknown bit
+            b"\x03F\x01\x00\x00\x00\x00\x00\x00\x00\x00", // a block ending at 0
+            b"\x03F\x01\x00\x00\x00\x00\x00\x00\x00\x80", // beyond a signed expiry
+        ] {
+            assert!(Record::<FixedState>::decode(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            Record::<FixedState>::decode(Encoded::of(&fixed(10, 0)).as_bytes()),
             Err(DecodeError::Invalid)
         );
-        let never = TokenState {
+        let never = Record::of(TokenState {
             full_at: 0,
             slack: 1,
-        };
+        });
         assert_eq!(
-            TokenState::decode(Encoded::of(&never).as_bytes()),
+            Record::<TokenState>::decode(Encoded::of(&never).as_bytes()),
             Err(DecodeError::Invalid)
         );
-        assert_eq!(tag_of(fixed.as_bytes()), Some(b'F'));
-        assert_eq!(tag_of(&v2), Some(b'F'));
-        assert_eq!(tag_of(&[3, b'F']), None);
+        assert_eq!(tag_of(bytes.as_bytes()), Some(b'F'));
+        assert_eq!(tag_of(&[2, b'F']), Some(b'F'));
+        assert_eq!(tag_of(&[4, b'F']), None);
+    }
+
+    /// A version-2 fixed window: no flags byte.
+    #[test]
+    fn reads_version_2_records() {
+        let v2 = [2, b'F', 2, 1, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Record::decode(&v2), Ok(fixed(0x0102, 3)));
+        let mut v2_token = vec![2, b'T'];
+        v2_token.extend(1_700_000_000_123u64.to_le_bytes());
+        v2_token.extend(9u64.to_le_bytes());
+        assert_eq!(
+            Record::decode(&v2_token),
+            Ok(Record::of(TokenState {
+                full_at: 1_700_000_000_123,
+                slack: 9
+            }))
+        );
     }
 
     /// A version-1 token bucket: parameters, update time and level in parts.
@@ -265,13 +373,13 @@ mod tests {
     #[test]
     fn reads_version_1_token_buckets_exactly() {
         // 2 tokens, 3 per second, 1 token (1000 parts) left at t = 500: full 333.33 ms later.
-        let state = TokenState::decode(&token_v1(2, 3, 1000, 500, 1000)).unwrap();
+        let record = Record::<TokenState>::decode(&token_v1(2, 3, 1000, 500, 1000)).unwrap();
         assert_eq!(
-            state,
-            TokenState {
+            record,
+            Record::of(TokenState {
                 full_at: 834,
                 slack: 2
-            }
+            })
         );
         // A full bucket, invalid parameters, or a wrong length are refused.
         for bad in [
@@ -282,69 +390,46 @@ mod tests {
             token_v1(2, 3, 1000, 500, 0)[..49].to_vec(),
         ] {
             assert_eq!(
-                TokenState::decode(&bad),
+                Record::<TokenState>::decode(&bad),
                 Err(DecodeError::Invalid),
                 "{bad:?}"
             );
         }
-        // Fixed and sliding windows read the same in both versions.
-        let mut v1 = Encoded::of(&FixedState {
-            window_end: 10,
-            count: 1,
-        })
-        .as_bytes()
-        .to_vec();
-        v1[0] = 1;
-        assert_eq!(
-            FixedState::decode(&v1),
-            Ok(FixedState {
-                window_end: 10,
-                count: 1
-            })
-        );
+        // Fixed windows read the same in versions 1 and 2.
+        let v1 = [1, b'F', 10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Record::decode(&v1), Ok(fixed(10, 1)));
     }
 
     #[test]
     fn words_round_trip_within_their_bits() {
-        let fixed = FixedState {
-            window_end: (1 << 43) - 1,
-            count: (1 << 20) - 1,
-        };
-        let word = fixed.to_word().unwrap();
+        let max = fixed((1 << 43) - 1, (1 << 20) - 1);
+        let word = max.to_word().unwrap();
         assert!(word < 1 << 63);
-        assert_eq!(FixedState::from_word(word), Some(fixed));
-        assert_eq!(
-            FixedState {
-                window_end: 1 << 43,
-                count: 1
-            }
-            .to_word(),
-            None
-        );
-        assert_eq!(
-            FixedState {
-                window_end: 1,
-                count: 1 << 20
-            }
-            .to_word(),
-            None
-        );
-        let token = TokenState {
+        assert_eq!(Record::from_word(word), Some(max));
+        assert_eq!(fixed(1 << 43, 1).to_word(), None);
+        assert_eq!(fixed(1, 1 << 20).to_word(), None);
+        // A blocked record is never a word.
+        let blocked = Record {
+            blocked_until: 5,
+            ..fixed(1, 1)
+        };
+        assert_eq!(blocked.to_word(), None);
+        let token = Record::of(TokenState {
             full_at: 1_800_000_000_000,
             slack: 7,
-        };
-        assert_eq!(TokenState::from_word(token.to_word().unwrap()), Some(token));
+        });
+        assert_eq!(Record::from_word(token.to_word().unwrap()), Some(token));
         assert_eq!(
-            TokenState {
+            Record::of(TokenState {
                 full_at: 1,
                 slack: 1 << 20
-            }
+            })
             .to_word(),
             None
         );
         // Words that no state makes are refused.
-        assert_eq!(FixedState::from_word(1 << 63), None);
-        assert_eq!(FixedState::from_word(5), None, "count 0");
-        assert_eq!(SlidingState::from_word(5), None);
+        assert_eq!(Record::<FixedState>::from_word(1 << 63), None);
+        assert_eq!(Record::<FixedState>::from_word(5), None, "count 0");
+        assert_eq!(Record::<SlidingState>::from_word(5), None);
     }
 }

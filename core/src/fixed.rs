@@ -85,6 +85,12 @@ impl Limiter for FixedWindow {
         };
         Outcome { decision, write }
     }
+
+    /// Fewer units in the running window; a window that has ended gives nothing back.
+    fn give_back(&self, state: &FixedState, now: Millis, units: u64) -> Option<FixedState> {
+        let count = state.count.saturating_sub(units);
+        (state.window_end > now && count > 0).then_some(FixedState { count, ..*state })
+    }
 }
 
 impl Codec for FixedState {

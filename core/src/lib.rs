@@ -13,10 +13,12 @@
 
 pub mod codec;
 pub mod fixed;
+pub mod record;
 pub mod sliding;
 pub mod token;
 
 pub use fixed::{FixedState, FixedWindow};
+pub use record::{Call, Op, Record};
 pub use sliding::{SlidingState, SlidingWindow};
 pub use token::{TokenBucket, TokenState};
 
@@ -80,6 +82,17 @@ pub enum Write<S> {
     Delete,
 }
 
+impl<S> Write<S> {
+    /// The same write of another state.
+    pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Write<T> {
+        match self {
+            Write::Keep => Write::Keep,
+            Write::Store(state) => Write::Store(f(state)),
+            Write::Delete => Write::Delete,
+        }
+    }
+}
+
 /// A decision and what it does to the stored state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome<S> {
@@ -111,6 +124,35 @@ pub trait Limiter {
     /// saves building a new state.
     fn decide_in_place(&self, state: &mut Self::State, now: Millis, cost: u64) -> Outcome<()> {
         replace_state(self, state, now, cost)
+    }
+
+    /// The stored state after giving back up to `units` units taken earlier, the latest
+    /// first; `None` when nothing taken is left. Never more than was taken.
+    fn give_back(&self, state: &Self::State, now: Millis, units: u64) -> Option<Self::State>;
+
+    /// Gives back up to `units` units taken earlier and replies as a report (`cost` 0) after
+    /// it would: never creates a state, never makes one fuller than fresh, and the state's
+    /// expiry follows what is left.
+    fn refund(&self, state: Option<&Self::State>, now: Millis, units: u64) -> Outcome<Self::State> {
+        let Some(old) = state else {
+            return self.decide(None, now, 0);
+        };
+        let new = match units {
+            0 => Some(old.clone()),
+            _ => self.give_back(old, now, units),
+        };
+        let out = self.decide(new.as_ref(), now, 0);
+        let write = match (new, out.write) {
+            // A report may rewrite a state itself (a sliding window of another length).
+            (_, Write::Store(state)) => Write::Store(state),
+            (None, _) | (_, Write::Delete) => Write::Delete,
+            (Some(new), Write::Keep) if new == *old => Write::Keep,
+            (Some(new), Write::Keep) => Write::Store(new),
+        };
+        Outcome {
+            decision: out.decision,
+            write,
+        }
     }
 }
 

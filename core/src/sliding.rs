@@ -26,7 +26,7 @@ pub const SUB_WINDOWS: u64 = 64;
 pub const MAX_BUCKETS: usize = SUB_WINDOWS as usize + 1;
 
 // The longest encoding (header, window, first, n, counts) fits the encoder's buffer.
-const _: () = assert!(2 + 17 + 8 * MAX_BUCKETS <= codec::MAX_ENCODED_LEN);
+const _: () = assert!(codec::HEADER_LEN + 17 + 8 * MAX_BUCKETS <= codec::MAX_ENCODED_LEN);
 
 /// Validated sliding-window parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,6 +285,22 @@ impl Limiter for SlidingWindow {
             }
         };
         Outcome { decision, write }
+    }
+
+    /// Takes units out of the newest buckets first: what was taken last is given back first.
+    fn give_back(&self, state: &SlidingState, _now: Millis, units: u64) -> Option<SlidingState> {
+        let mut counts = state.counts.clone();
+        let mut left = units;
+        while let Some(last) = counts.last_mut() {
+            let back = left.min(*last);
+            (*last, left) = (*last - back, left - back);
+            if *last > 0 {
+                break;
+            }
+            counts.pop();
+        }
+        // Only emptied buckets at the end go: the first and the last stay non-zero.
+        (!counts.is_empty()).then(|| SlidingState { counts, ..*state })
     }
 }
 

@@ -166,6 +166,13 @@ impl Limiter for TokenBucket {
         };
         Outcome { decision, write }
     }
+
+    /// Puts tokens back: the bucket is full that much earlier, never more than full.
+    fn give_back(&self, state: &TokenState, now: Millis, units: u64) -> Option<TokenState> {
+        let back = u128::from(units) * u128::from(self.period);
+        let deficit = self.deficit(state, now).saturating_sub(back);
+        (deficit > 0).then(|| self.state_of(deficit, now))
+    }
 }
 
 impl Codec for TokenState {

@@ -1,0 +1,443 @@
+//! What a limiter's key holds ([`Record`]): the algorithm's state and, while the key is
+//! blocked, the end of the block; and how one call decides on it ([`decide`]): take units or
+//! give them back, blocking the key when a call that takes is denied.
+//!
+//! A block starts when a call with `block > 0` is denied: from that moment until
+//! `blocked_until` every call is denied, whatever the limit would say. Its reply has nothing
+//! remaining, a `retry` of the time left on the block (or more, if the limit itself needs
+//! longer; never stays never) and a `reset_after` that covers the block. Nothing is taken
+//! during a block and calls do not extend it; a refund gives units back but leaves the block.
+//! The record is fresh again, and its key expires, when both the state and the block are.
+
+use crate::{Decision, Limiter, MAX_UNITS, Millis, Outcome, Retry, State, Write};
+
+/// A limiter's key: its state and its block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<S> {
+    /// The algorithm's state; `None` when only a block is left.
+    pub state: Option<S>,
+    /// The end of the block (exclusive), in ms since the epoch; 0 when never blocked. A past
+    /// moment is an ended block.
+    pub blocked_until: Millis,
+}
+
+/// What a call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Takes this many units (0: reports without taking).
+    Take(u64),
+    /// Gives back up to this many units taken earlier, and reports.
+    Refund(u64),
+}
+
+/// One call on a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub op: Op,
+    /// If a call that takes is denied, block the key for this long (0: do not block).
+    pub block: Millis,
+}
+
+impl Call {
+    /// Takes `cost` units, blocking nothing.
+    pub const fn take(cost: u64) -> Self {
+        Self {
+            op: Op::Take(cost),
+            block: 0,
+        }
+    }
+}
+
+impl<S> Record<S> {
+    /// A record holding a state, not blocked.
+    pub const fn of(state: S) -> Self {
+        Self {
+            state: Some(state),
+            blocked_until: 0,
+        }
+    }
+
+    /// The end of the block running at `now`, if one is.
+    pub fn blocked_at(&self, now: Millis) -> Option<Millis> {
+        (self.blocked_until > now).then_some(self.blocked_until)
+    }
+}
+
+impl<S: State> State for Record<S> {
+    fn reset_at(&self) -> Millis {
+        let state = self.state.as_ref().map_or(0, State::reset_at);
+        state.max(self.blocked_until)
+    }
+
+    /// A valid state, or none but a block; a block end that fits a signed 64-bit expiry.
+    fn is_valid(&self) -> bool {
+        let state = self
+            .state
+            .as_ref()
+            .map_or(self.blocked_until > 0, State::is_valid);
+        state && self.blocked_until <= MAX_UNITS
+    }
+}
+
+/// Decides a call on a stored record (`None`: fresh) and says what the record becomes.
+pub fn decide<L: Limiter>(
+    limiter: &L,
+    record: Option<&Record<L::State>>,
+    now: Millis,
+    call: Call,
+) -> Outcome<Record<L::State>> {
+    let state = record.and_then(|r| r.state.as_ref());
+    let blocked = record.and_then(|r| r.blocked_at(now));
+    let out = match (call.op, blocked) {
+        (Op::Take(cost), None) => limiter.decide(state, now, cost),
+        (Op::Take(cost), Some(_)) => {
+            // Nothing is taken during a block: the state as it is, and when the limit alone
+            // would allow this call.
+            let report = limiter.decide(state, now, 0);
+            let take = limiter.decide(state, now, cost).decision;
+            let retry = if take.allowed { Retry::Now } else { take.retry };
+            Outcome {
+                decision: Decision {
+                    retry,
+                    ..report.decision
+                },
+                write: Write::Keep,
+            }
+        }
+        (Op::Refund(units), _) => limiter.refund(state, now, units),
+    };
+    let denied = matches!(call.op, Op::Take(_)) && !out.decision.allowed;
+    let new_block =
+        (blocked.is_none() && denied && call.block > 0).then(|| now.saturating_add(call.block));
+    let Some(until) = blocked.or(new_block) else {
+        return Outcome {
+            decision: out.decision,
+            write: out.write.map(Record::of),
+        };
+    };
+    let state = match out.write {
+        // A running block with a state that did not change: nothing to store.
+        Write::Keep if new_block.is_none() => {
+            return Outcome {
+                decision: blocked_decision(out.decision, until - now),
+                write: Write::Keep,
+            };
+        }
+        Write::Keep => state.cloned(),
+        Write::Store(state) => Some(state),
+        Write::Delete => None,
+    };
+    Outcome {
+        decision: blocked_decision(out.decision, until - now),
+        write: Write::Store(Record {
+            state,
+            blocked_until: until,
+        }),
+    }
+}
+
+/// Decides like [`decide`] on a stored record, updating it in place: the usual call (taking
+/// units, no block running) updates the state where it lies ([`Limiter::decide_in_place`]).
+pub fn decide_in_place<L: Limiter>(
+    limiter: &L,
+    record: &mut Record<L::State>,
+    now: Millis,
+    call: Call,
+) -> Outcome<()> {
+    let (Op::Take(cost), None, Some(state)) = (call.op, record.blocked_at(now), &mut record.state)
+    else {
+        return replace(limiter, record, now, call);
+    };
+    let out = limiter.decide_in_place(state, now, cost);
+    if out.decision.allowed || call.block == 0 {
+        if out.write == Write::Store(()) {
+            // A new state carries no ended block, as `decide` stores it.
+            record.blocked_until = 0;
+        }
+        return out;
+    }
+    let until = now.saturating_add(call.block);
+    if out.write == Write::Delete {
+        record.state = None;
+    }
+    record.blocked_until = until;
+    Outcome {
+        decision: blocked_decision(out.decision, until - now),
+        write: Write::Store(()),
+    }
+}
+
+/// [`decide_in_place`] by building the new record and moving it in.
+fn replace<L: Limiter>(
+    limiter: &L,
+    record: &mut Record<L::State>,
+    now: Millis,
+    call: Call,
+) -> Outcome<()> {
+    let out = decide(limiter, Some(record), now, call);
+    let write = match out.write {
+        Write::Keep => Write::Keep,
+        Write::Delete => Write::Delete,
+        Write::Store(new) => {
+            *record = new;
+            Write::Store(())
+        }
+    };
+    Outcome {
+        decision: out.decision,
+        write,
+    }
+}
+
+/// A decision made while the key is blocked for `left` more ms.
+fn blocked_decision(d: Decision, left: Millis) -> Decision {
+    Decision {
+        allowed: false,
+        remaining: 0,
+        retry: match d.retry {
+            Retry::Never => Retry::Never,
+            Retry::Now => Retry::After(left),
+            Retry::After(wait) => Retry::After(wait.max(left)),
+        },
+        reset_after: d.reset_after.max(left),
+        ..d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FixedState, FixedWindow, SlidingWindow, TokenBucket};
+
+    const MIN: Millis = 60_000;
+
+    /// A reply: allowed, remaining, retry_after (-1: never), reset_after.
+    type Reply = (bool, u64, i64, Millis);
+
+    /// Runs calls from a fresh key, applying each write; returns each reply as
+    /// (allowed, remaining, retry_after, reset_after) and the final record.
+    fn run<L: Limiter>(l: &L, calls: &[(Millis, Call)]) -> (Vec<Reply>, Option<Record<L::State>>) {
+        let mut record: Option<Record<L::State>> = None;
+        let mut replies = Vec::new();
+        for &(now, call) in calls {
+            let out = decide(l, record.as_ref(), now, call);
+            // Deciding in place on a copy agrees.
+            if let Some(r) = &record {
+                let mut copy = r.clone();
+                let in_place = decide_in_place(l, &mut copy, now, call);
+                assert_eq!(in_place.decision, out.decision, "in place at {now}");
+                match &out.write {
+                    Write::Store(new) => assert_eq!(&copy, new),
+                    _ => assert_eq!(&copy, r),
+                }
+            }
+            let d = out.decision;
+            replies.push((d.allowed, d.remaining, d.retry.as_millis(), d.reset_after));
+            match out.write {
+                Write::Keep => {}
+                Write::Store(r) => {
+                    assert!(r.is_valid(), "{r:?}");
+                    assert_eq!(r.reset_at(), now + d.reset_after, "expiry at {now}");
+                    record = Some(r);
+                }
+                Write::Delete => record = None,
+            }
+        }
+        (replies, record)
+    }
+
+    fn take(cost: u64) -> Call {
+        Call::take(cost)
+    }
+
+    fn take_blocking(cost: u64, block: Millis) -> Call {
+        Call {
+            op: Op::Take(cost),
+            block,
+        }
+    }
+
+    fn refund(units: u64) -> Call {
+        Call {
+            op: Op::Refund(units),
+            block: 0,
+        }
+    }
+
+    #[test]
+    fn a_denied_call_blocks_for_the_duration_without_extending() {
+        // 2 per minute, block 10 minutes.
+        let l = FixedWindow::new(2, MIN).unwrap();
+        let b = 10 * MIN;
+        let (replies, record) = run(
+            &l,
+            &[
+                (1_000, take_blocking(1, b)),
+                (2_000, take_blocking(1, b)),
+                (3_000, take_blocking(1, b)), // denied: blocked until 603_000
+                (4_000, take_blocking(1, b)), // still blocked, not extended
+                (61_000, take(1)),            // a new window, but blocked
+                (61_000, take(0)),            // a report is denied too
+                (61_000, take(3)),            // more than the limit: never
+                (602_999, take(1)),
+                (603_000, take(1)), // the block is over
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                (true, 1, 0, 59_000),
+                (true, 0, 0, 58_000),
+                (false, 0, 600_000, 600_000),
+                (false, 0, 599_000, 599_000),
+                (false, 0, 542_000, 542_000),
+                (false, 0, 542_000, 542_000),
+                (false, 0, -1, 542_000),
+                (false, 0, 1, 1),
+                (true, 1, 0, 57_000),
+            ]
+        );
+        assert_eq!(
+            record,
+            Some(Record {
+                state: Some(FixedState {
+                    window_end: 660_000,
+                    count: 1
+                }),
+                blocked_until: 0
+            })
+        );
+    }
+
+    #[test]
+    fn the_limit_may_need_longer_than_the_block() {
+        // 1 token per minute, a 1 s block: the next token comes after the block.
+        let l = TokenBucket::new(1, 1, MIN).unwrap();
+        let (replies, _) = run(
+            &l,
+            &[
+                (0, take_blocking(1, 1_000)),
+                (10, take_blocking(1, 1_000)),
+                (20, take(1)),
+                (1_010, take(1)),
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                (true, 0, 0, MIN),
+                (false, 0, 59_990, 59_990),
+                (false, 0, 59_980, 59_980),
+                (false, 0, 58_990, 58_990),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_block_outlives_the_state_and_then_the_key_goes() {
+        // Cost above the limit on a fresh key: denied, blocked, nothing taken.
+        let l = SlidingWindow::new(5, 1_000).unwrap();
+        let (replies, record) = run(&l, &[(100, take_blocking(9, 5_000))]);
+        assert_eq!(replies, [(false, 0, -1, 5_000)]);
+        assert_eq!(
+            record,
+            Some(Record {
+                state: None,
+                blocked_until: 5_100
+            })
+        );
+        let record = record.unwrap();
+        assert_eq!(record.reset_at(), 5_100);
+        let out = decide(&l, Some(&record), 5_099, take(1));
+        assert_eq!(out.decision.retry, Retry::After(1));
+        let out = decide(&l, Some(&record), 5_100, take(1));
+        assert!(out.decision.allowed);
+        assert_eq!(out.write.map(|r| r.blocked_until), Write::Store(0));
+    }
+
+    #[test]
+    fn refunds_give_back_up_to_what_was_taken() {
+        let l = FixedWindow::new(10, MIN).unwrap();
+        let (replies, record) = run(
+            &l,
+            &[
+                (1_000, take(4)),
+                (2_000, refund(1)),
+                (3_000, refund(100)), // only 3 left to give back: the key goes
+                (4_000, refund(1)),   // nothing to give back, nothing created
+            ],
+        );
+        assert_eq!(
+            replies,
+            [
+                (true, 6, 0, 59_000),
+                (true, 7, 0, 58_000),
+                (true, 10, 0, 0),
+                (true, 10, 0, 0),
+            ]
+        );
+        assert_eq!(record, None);
+    }
+
+    #[test]
+    fn token_refunds_bring_the_full_moment_forward() {
+        // 10 tokens, 1 per second.
+        let l = TokenBucket::new(10, 1, 1_000).unwrap();
+        let (replies, _) = run(
+            &l,
+            &[
+                (0, take(5)),
+                (500, refund(2)),
+                (500, refund(0)),
+                (600, take(0)),
+            ],
+        );
+        // 5 taken at 0 (full at 5 s); at 500 ms, 0.5 back by refill and 2 refunded.
+        assert_eq!(
+            replies,
+            [
+                (true, 5, 0, 5_000),
+                (true, 7, 0, 2_500),
+                (true, 7, 0, 2_500),
+                (true, 7, 0, 2_400),
+            ]
+        );
+    }
+
+    #[test]
+    fn sliding_refunds_take_back_the_latest_units_first() {
+        // Buckets of 1 ms: 2 units at 100, 1 at 150; a refund of 2 leaves one unit of 100.
+        let l = SlidingWindow::new(3, 64).unwrap();
+        let (replies, record) = run(&l, &[(100, take(2)), (150, take(1)), (151, refund(2))]);
+        assert_eq!(
+            replies,
+            [(true, 1, 0, 64), (true, 0, 0, 64), (true, 2, 0, 13)]
+        );
+        let state = record.unwrap().state.unwrap();
+        assert_eq!((state.first, state.counts.as_slice()), (100, &[1][..]));
+    }
+
+    #[test]
+    fn a_refund_during_a_block_leaves_the_block() {
+        let l = FixedWindow::new(1, MIN).unwrap();
+        let (replies, record) = run(
+            &l,
+            &[(0, take(1)), (1, take_blocking(1, 5 * MIN)), (2, refund(1))],
+        );
+        assert_eq!(
+            replies,
+            [
+                (true, 0, 0, MIN),
+                (false, 0, 300_000, 5 * MIN),
+                (false, 0, 299_999, 5 * MIN - 1),
+            ]
+        );
+        assert_eq!(
+            record,
+            Some(Record {
+                state: None,
+                blocked_until: 5 * MIN + 1
+            })
+        );
+    }
+}
