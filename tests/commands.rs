@@ -676,6 +676,83 @@ fn changes_fire_keyspace_events() {
     );
 }
 
+#[rustfmt::skip]
+#[test]
+fn refund_and_block_figures() {
+    scenario(&[
+        // at      command                              allowed limit remaining retry reset
+        (0,       "RL.FIXED f 2 1m BLOCK 10m",         [1, 2, 1, 0,       60_000]),
+        (1_000,   "RL.FIXED f 2 1m REFUND 5",          [1, 2, 2, 0,       0]), // back to fresh: deleted
+        (1_500,   "RL.FIXED f 2 1m REFUND 1",          [1, 2, 2, 0,       0]), // creates nothing
+        (2_000,   "RL.FIXED f 2 1m COST 2",            [1, 2, 0, 0,       58_000]),
+        (2_500,   "RL.FIXED f 2 1m BLOCK 10m DRYRUN",  [0, 2, 0, 600_000, 600_000]), // says, blocks nothing
+        (3_000,   "RL.FIXED f 2 1m BLOCK 10m",         [0, 2, 0, 600_000, 600_000]),
+        (4_000,   "RL.FIXED f 2 1m BLOCK 10m",         [0, 2, 0, 599_000, 599_000]), // not extended
+        (60_000,  "RL.FIXED f 2 1m",                   [0, 2, 0, 543_000, 543_000]), // a new window, still blocked
+        (61_000,  "RL.FIXED f 2 1m COST 0",            [0, 2, 0, 542_000, 542_000]),
+        (61_000,  "RL.FIXED f 2 1m COST 3",            [0, 2, 0, -1,      542_000]),
+        (61_000,  "RL.FIXED f 2 1m REFUND 1",          [0, 2, 0, 542_000, 542_000]), // the block stays
+        (603_000, "RL.FIXED f 2 1m",                   [1, 2, 1, 0,       57_000]),
+        // The limit may need longer than the block.
+        (0,       "RL.TOKEN t 1 1 PER 1m BLOCK 1s",    [1, 1, 0, 0,       60_000]),
+        (10,      "RL.TOKEN t 1 1 PER 1m BLOCK 1s",    [0, 1, 0, 59_990,  59_990]),
+        (20,      "RL.TOKEN t 1 1 PER 1m REFUND 1",    [0, 1, 0, 990,     990]),
+        (1_010,   "RL.TOKEN t 1 1 PER 1m",             [1, 1, 0, 0,       60_000]),
+    ]);
+}
+
+#[test]
+fn reset_lifts_a_block_and_events_name_refunds_and_blocks() {
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    call(&mut con, "CONFIG SET notify-keyspace-events KA").unwrap();
+    let mut listener = server.conn();
+    let mut pubsub = listener.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:*").unwrap();
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+
+    rl(&mut con, "RL.SLIDING s 2 1m COST 2").unwrap();
+    rl(&mut con, "RL.SLIDING s 2 1m REFUND 1").unwrap();
+    assert_eq!(
+        rl(&mut con, "RL.SLIDING s 2 1m COST 2 BLOCK 1h").unwrap(),
+        [0, 2, 0, 3_600_000, 3_600_000]
+    );
+    assert_eq!(int(&mut con, "PTTL s"), 3_600_000);
+    rl(&mut con, "RL.SLIDING s 2 1m BLOCK 1h").unwrap(); // during the block: no event
+    assert_eq!(int(&mut con, "RL.RESET s"), 1);
+    assert_eq!(
+        rl(&mut con, "RL.SLIDING s 2 1m").unwrap(),
+        [1, 2, 1, 0, 60_147]
+    );
+    call(&mut con, "SET end x").unwrap();
+
+    let mut events = vec![];
+    loop {
+        let message = pubsub.get_message().unwrap();
+        let key = message
+            .get_channel_name()
+            .trim_start_matches("__keyspace@0__:");
+        let event: String = message.get_payload().unwrap();
+        if key == "end" {
+            break;
+        }
+        events.push(format!("{key} {event}"));
+    }
+    assert_eq!(
+        events,
+        [
+            "s rl.sliding",
+            "s rl.refund",
+            "s rl.block",
+            "s del",
+            "s rl.sliding"
+        ]
+    );
+}
+
 #[test]
 fn peek_replies_what_dryrun_would_and_writes_nothing() {
     let server = Server::start();
