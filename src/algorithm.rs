@@ -19,7 +19,7 @@ use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
 use crate::param::{COST, Param, SHARED};
-use crate::redis::{Args, Ctx, Key, KeyEvent, RString};
+use crate::redis::{Args, Ctx, Holds, Key, KeyEvent, RString};
 use crate::storage::{Stored, Value};
 
 /// An algorithm of the core with its command:
@@ -137,6 +137,40 @@ fn peek<A: Algorithm>(ctx: Ctx, name: RString, args: &[RString]) -> Result<(), E
 
 /// Decides a parsed call on the key `name`, applies what it changes and replies.
 fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<(), Error> {
+    let decision = apply(ctx, name, request, &Apply::default())?;
+    reply(ctx, &decision);
+    Ok(())
+}
+
+/// Turns a key of another Redis type into a record (see [`Apply::adopt`]).
+pub type Adopt<A> = fn(&mut Key, &A, u64) -> Result<(), Error>;
+
+/// How a command other than `RL.<NAME>` applies a call ([`apply`]).
+pub struct Apply<A> {
+    /// The keyspace event of a change, instead of the algorithm's own.
+    pub event: Option<&'static CStr>,
+    /// Turns a key of another Redis type into a record of this algorithm (or refuses it),
+    /// given the call's limiter and the time; without it such a key is `WRONGTYPE`.
+    pub adopt: Option<Adopt<A>>,
+}
+
+impl<A> Default for Apply<A> {
+    fn default() -> Self {
+        Self {
+            event: None,
+            adopt: None,
+        }
+    }
+}
+
+/// Decides a parsed call on the key `name` and applies what it changes (store, replicate,
+/// notify); the caller replies with the decision.
+pub fn apply<A: Algorithm>(
+    ctx: Ctx,
+    name: RString,
+    request: Request<A>,
+    how: &Apply<A>,
+) -> Result<Decision, Error> {
     let Request {
         limiter,
         call,
@@ -144,6 +178,11 @@ fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<
     } = request;
     let now = ctx.now();
     let mut key = Key::open(ctx, name, !dry_run);
+    if let (Some(key), Some(adopt)) = (&mut key, how.adopt)
+        && matches!(key.holds(), Holds::Other)
+    {
+        adopt(key, &limiter, now)?;
+    }
     let value = match &mut key {
         Some(key) => key.value::<A::State>()?,
         None => None,
@@ -181,20 +220,25 @@ fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<
         }
     };
     if let (Some(key), Some(change)) = (&mut key, change) {
-        let event = event::<A::State>(call, was_blocked, decision.allowed);
+        let event = event::<A::State>(call, was_blocked, decision.allowed, how.event);
         commit::<A::State>(ctx, key, name, change, expiry, event);
     }
-    reply(ctx, &decision);
-    Ok(())
+    Ok(decision)
 }
 
 /// The keyspace event a call that changes its key fires: `rl.refund` for a refund,
-/// `rl.block` for a denied call that starts a block, else the command's own.
-fn event<S: Stored>(call: Call, was_blocked: bool, allowed: bool) -> &'static CStr {
+/// `rl.block` for a denied call that starts a block, else the command's own (`own`, or the
+/// algorithm's).
+fn event<S: Stored>(
+    call: Call,
+    was_blocked: bool,
+    allowed: bool,
+    own: Option<&'static CStr>,
+) -> &'static CStr {
     match call.op {
         Op::Refund(_) => c"rl.refund",
         Op::Take(_) if call.block > 0 && !was_blocked && !allowed => c"rl.block",
-        Op::Take(_) => S::EVENT,
+        Op::Take(_) => own.unwrap_or(S::EVENT),
     }
 }
 

@@ -42,6 +42,7 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_SignalModifiedKey,
         RedisModule_NotifyKeyspaceEvent,
         RedisModule_StringPtrLen,
+        RedisModule_StringDMA,
         RedisModule_Milliseconds,
         RedisModule_GetContextFlags,
         RedisModule_Replicate,

@@ -54,9 +54,9 @@ impl Command {
     /// The name, the key and the positional arguments; negative ("at least") with options
     /// or more keys.
     pub fn arity(&self) -> c_int {
-        let positional = self.all_params().filter(|p| p.token.is_none()).count();
-        let arity = 2 + positional as c_int;
-        let options = self.all_params().any(|p| p.token.is_some());
+        let required = self.all_params().filter(|p| !p.optional).count();
+        let arity = 2 + required as c_int;
+        let options = self.all_params().any(|p| p.optional);
         if options || matches!(self.keys, Keys::All(_)) {
             -arity
         } else {
@@ -166,6 +166,7 @@ fn doc_arg(
     name: &'static CStr,
     type_: raw::RedisModuleCommandArgType,
     token: Option<&'static CStr>,
+    optional: bool,
 ) -> raw::RedisModuleCommandArg {
     raw::RedisModuleCommandArg {
         name: name.as_ptr(),
@@ -174,7 +175,7 @@ fn doc_arg(
         token: token.map_or(ptr::null(), CStr::as_ptr),
         summary: ptr::null(),
         since: ptr::null(),
-        flags: if token.is_some() {
+        flags: if optional {
             raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
         } else {
             0
@@ -198,6 +199,7 @@ fn key_arg(multiple: bool) -> raw::RedisModuleCommandArg {
             c"key",
             raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
             None,
+            false,
         )
     }
 }
@@ -208,5 +210,5 @@ fn raw_arg(param: &Param) -> raw::RedisModuleCommandArg {
         Kind::Duration | Kind::Bytes => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
         Kind::Flag => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
     };
-    doc_arg(param.name, type_, param.token)
+    doc_arg(param.name, type_, param.token, param.optional)
 }

@@ -43,6 +43,8 @@ pub enum Error {
     Exclusive(&'static Param, &'static Param),
     /// A token bucket that would take more than `MAX_DURATION_MS` to refill.
     RefillTooSlow,
+    /// The same, given as `CL.THROTTLE`'s arguments.
+    ThrottleTooSlow,
     /// The key holds another type, or a limiter of another algorithm.
     WrongType,
     /// `RL.STATE` called by a client rather than by replication or an AOF load.
@@ -85,6 +87,9 @@ impl fmt::Display for Error {
             ),
             RefillTooSlow => f.write_str(
                 "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly",
+            ),
+            ThrottleTooSlow => f.write_str(
+                "ERR (max_burst + 1) / count_per_period * period must be at most 3650d: the bucket would refill too slowly",
             ),
             WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),
             StateNotAllowed => {
@@ -140,6 +145,7 @@ mod tests {
         }
         for error in [
             Error::RefillTooSlow,
+            Error::ThrottleTooSlow,
             Error::WrongType,
             Error::StateNotAllowed,
             Error::WrongArity,

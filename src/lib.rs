@@ -1,4 +1,5 @@
-//! The Redis module: `RL.FIXED`, `RL.SLIDING` and `RL.TOKEN`, native rate limiting.
+//! The Redis module: `RL.FIXED`, `RL.SLIDING`, `RL.TOKEN` and redis-cell's `CL.THROTTLE`,
+//! native rate limiting.
 //!
 //! Load with `redis-server --loadmodule libredis_ratelimit.so`. The algorithms live in the
 //! `ratelimit-core` crate (pure, time as an argument); this crate is the Redis layer:
@@ -7,6 +8,7 @@
 //!   list everything registered at load is derived from;
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
+//! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
 //! - `param`, `args`: what the arguments are, and their parser;
 //! - `error`: every error reply and its text;
@@ -31,6 +33,7 @@ mod redis;
 mod reset;
 mod state;
 mod storage;
+mod throttle;
 
 use redis_module::{Context, RedisString, Status, raw};
 
@@ -77,7 +80,13 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         }
     }
     let commands = ALGORITHMS.iter().map(|entry| &entry.command);
-    for command in commands.chain([&peek::COMMAND, &reset::COMMAND, &state::COMMAND]) {
+    let others = [
+        &throttle::COMMAND,
+        &peek::COMMAND,
+        &reset::COMMAND,
+        &state::COMMAND,
+    ];
+    for command in commands.chain(others) {
         if let Err(name) = command::register(redis::Ctx(ctx.ctx), command) {
             ctx.log_warning(&format!(
                 "ratelimit: could not register {}",

@@ -42,6 +42,8 @@ pub struct Param {
     pub kind: Kind,
     /// The value of an option that is not given.
     pub default: u64,
+    /// A positional argument that may be left out (the last ones only).
+    pub optional: bool,
 }
 
 impl Param {
@@ -52,6 +54,18 @@ impl Param {
             token: None,
             kind,
             default: 0,
+            optional: false,
+        }
+    }
+
+    /// A positional argument that may be left out, after the required ones.
+    pub const fn optional(name: &'static CStr, kind: Kind, default: u64) -> Self {
+        Self {
+            name,
+            token: None,
+            kind,
+            default,
+            optional: true,
         }
     }
 
@@ -67,6 +81,7 @@ impl Param {
             token: Some(token),
             kind,
             default,
+            optional: true,
         }
     }
 

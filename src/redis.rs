@@ -90,6 +90,17 @@ impl Ctx {
         }
     }
 
+    /// Replies with an array of integers, in RESP2 and RESP3 alike.
+    pub fn reply_integers(self, values: &[i64]) {
+        // SAFETY: a valid context.
+        unsafe {
+            api!(RedisModule_ReplyWithArray)(self.0, values.len() as _);
+            for &value in values {
+                api!(RedisModule_ReplyWithLongLong)(self.0, value);
+            }
+        }
+    }
+
     pub fn reply_integer(self, value: i64) {
         // SAFETY: a valid context.
         unsafe { api!(RedisModule_ReplyWithLongLong)(self.0, value) };
@@ -203,6 +214,26 @@ impl Key {
                 _ => Holds::Other,
             }
         }
+    }
+
+    /// The bytes of a string key; `None` if the key holds anything else.
+    pub fn string(&self) -> Option<&[u8]> {
+        // SAFETY: an open key; Redis returns a pointer to `len` bytes that live while the key
+        // is open and unchanged (the borrow of `self` keeps both true).
+        unsafe {
+            if api!(RedisModule_KeyType)(self.raw()) as isize != raw::REDISMODULE_KEYTYPE_STRING {
+                return None;
+            }
+            let mut len = 0;
+            let ptr =
+                api!(RedisModule_StringDMA)(self.raw(), &mut len, raw::REDISMODULE_READ as c_int);
+            (!ptr.is_null()).then(|| std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+        }
+    }
+
+    /// The context the key was opened in.
+    pub fn ctx(&self) -> Ctx {
+        self.ctx
     }
 
     /// The name the key was opened with.

@@ -333,6 +333,12 @@ fn command_metadata() {
         ("RL.STATE", 3, &["write", "denyoom", "module", "fast"], 1),
         ("RL.PEEK", -4, &["readonly", "module", "fast"], 1),
         ("RL.RESET", -2, &["write", "module", "fast"], -1),
+        (
+            "CL.THROTTLE",
+            -5,
+            &["write", "denyoom", "module", "fast"],
+            1,
+        ),
     ] {
         let Ok(Value::Array(info)) = call(&mut con, &format!("COMMAND INFO {name}")) else {
             panic!()
@@ -378,6 +384,8 @@ fn command_metadata() {
         "rate",
         "PER",
         "COST",
+        "REFUND",
+        "BLOCK",
         "DRYRUN",
         "optional",
         "ratelimit",

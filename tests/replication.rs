@@ -65,19 +65,40 @@ fn replica_states_equal_the_master_after_mixed_calls() {
         let key = rng.gen_range(0..KEYS);
         let limit = [1, 3, 10, 50][rng.gen_range(0..4)];
         let window = ["500ms", "2s", "1m", "3s"][rng.gen_range(0..4)];
-        let mut line = match key % 3 {
+        let mut line = match key % 4 {
             0 => format!("RL.FIXED k{key} {limit} {window}"),
             1 => format!("RL.SLIDING k{key} {limit} {window}"),
-            _ => format!(
+            2 => format!(
                 "RL.TOKEN k{key} {limit} {} PER {window}",
                 rng.gen_range(1..5)
             ),
+            // redis-cell's command, negative quantities refunding.
+            _ => format!(
+                "CL.THROTTLE k{key} {} {} {} {}",
+                limit - 1,
+                rng.gen_range(1..5),
+                rng.gen_range(1..4),
+                rng.gen_range(-2..4)
+            ),
         };
-        if rng.gen_bool(0.5) {
-            line += &format!(" COST {}", rng.gen_range(0..4));
+        if !line.starts_with("CL.") {
+            match rng.gen_range(0..10) {
+                0..5 => line += &format!(" COST {}", rng.gen_range(0..4)),
+                5 => line += &format!(" REFUND {}", rng.gen_range(0..4)),
+                _ => {}
+            }
+            if rng.gen_bool(0.1) {
+                line += &format!(" BLOCK {}", ["300ms", "2s"][rng.gen_range(0..2)]);
+            }
+            if rng.gen_bool(0.1) {
+                line += " DRYRUN";
+            }
         }
-        if rng.gen_bool(0.1) {
-            line += " DRYRUN";
+        if i == CALLS / 2 {
+            // A key redis-cell left behind, adopted by CL.THROTTLE on the master.
+            let tat = (master.clock.now() + 1_500) * 1_000_000;
+            call(&mut m, &format!("SET k3 {tat} PX 1500")).unwrap();
+            rl(&mut m, "CL.THROTTLE k3 4 1 1").unwrap();
         }
         match i % 10 {
             // Inside a script, and inside a transaction: effects are replicated all the same.

@@ -101,6 +101,23 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// The state of this bucket when it is full again at `tat_ns` nanoseconds since the
+    /// epoch, read at `now`: what redis-cell's `CL.THROTTLE` stores (its "theoretical arrival
+    /// time", a string of nanoseconds). `None` when the bucket is full by `now`. Rounded so the
+    /// bucket never reads fuller than the exact figure; a moment further than the longest
+    /// refill is taken as that far.
+    pub fn state_at_tat(&self, tat_ns: u64, now: Millis) -> Option<TokenState> {
+        const NS_PER_MS: u128 = 1_000_000;
+        let ahead_ns = u128::from(tat_ns).checked_sub(u128::from(now) * NS_PER_MS)?;
+        let longest = u128::from(MAX_DURATION_MS) * u128::from(self.rate);
+        let deficit = (ahead_ns * u128::from(self.rate))
+            .div_ceil(NS_PER_MS)
+            .min(longest);
+        (deficit > 0).then(|| self.state_of(deficit, now))
+    }
+}
+
 impl TokenState {
     /// The state of a bucket with these parameters holding `level < capacity * period` parts
     /// at `at` (how encoding version 1 stored a bucket); `None` for invalid figures.
@@ -340,6 +357,37 @@ mod tests {
         assert_eq!(slow.decide(Some(&s), 333, 0).decision.reset_after, 1);
         assert_eq!(slow.decide(Some(&s), 333, 0).decision.remaining, 1);
         assert_eq!(slow.decide(Some(&s), 334, 0).write, Write::Delete);
+    }
+
+    #[test]
+    fn reads_a_redis_cell_tat_never_fuller() {
+        // 3 tokens per second: redis-cell stores 999,999,999 ns after three calls at 0.
+        let b = TokenBucket::new(3, 3, 1000).unwrap();
+        let s = b.state_at_tat(999_999_999, 0).unwrap();
+        // 999.999999 ms from full: 2999.999997 parts, rounded up to 3000: an empty bucket.
+        assert_eq!(
+            s,
+            TokenState {
+                full_at: 1000,
+                slack: 0
+            }
+        );
+        assert_eq!(b.decide(Some(&s), 0, 0).decision.remaining, 0);
+        // A TAT 1.5 ms ahead at 3 parts per ms: 4.5 parts, 5 rounded up.
+        let s = b.state_at_tat(11_500_000, 10).unwrap();
+        assert_eq!(
+            s,
+            TokenState {
+                full_at: 12,
+                slack: 1
+            }
+        );
+        // A TAT in the past, or now: full, nothing to keep.
+        assert_eq!(b.state_at_tat(5_000_000, 5), None);
+        assert_eq!(b.state_at_tat(0, 5), None);
+        // A TAT absurdly far ahead reads as the longest refill.
+        let far = b.state_at_tat(u64::MAX, 0).unwrap();
+        assert_eq!(far.full_at, MAX_DURATION_MS);
     }
 
     #[test]
