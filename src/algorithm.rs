@@ -20,6 +20,7 @@ use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
 use crate::param::{COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Holds, Key, KeyEvent, RString};
+use crate::stats::Stats;
 use crate::storage::{Stored, Value};
 
 /// An algorithm of the core with its command:
@@ -34,6 +35,9 @@ pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
     const SUMMARY: &'static CStr;
     /// The arguments after the key: positional ones, then the algorithm's own options.
     const PARAMS: &'static [Param];
+
+    /// The command's counters for `INFO ratelimit`.
+    fn stats() -> &'static Stats;
 
     /// The limiter these values describe, one per entry of `PARAMS`, in its order (an absent
     /// option has its default); each value is already in its kind's range.
@@ -73,6 +77,7 @@ pub struct Entry {
     /// `RL.PEEK key <name> <arguments>`, given the key and the arguments.
     pub peek: fn(Ctx, RString, &[RString]) -> Result<(), Error>,
     pub restore: fn(Ctx, RString, &[u8]) -> Result<(), Error>,
+    pub stats: fn() -> &'static Stats,
 }
 
 impl Entry {
@@ -97,6 +102,7 @@ impl Entry {
             data_type: <A::State as Stored>::data_type,
             peek: peek::<A>,
             restore: restore::<A::State>,
+            stats: A::stats,
         }
     }
 }
@@ -116,28 +122,38 @@ fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         return Err(Error::WrongArity);
     };
     let request = A::request(SHARED, Args(rest.iter()))?;
-    decide(ctx, *name, request)
+    decide(ctx, *name, request, A::stats())
 }
 
 /// The options `RL.PEEK` takes after the algorithm's arguments.
 pub const PEEK_SHARED: &[Param] = &[COST];
 
+/// `RL.PEEK`'s counters, whatever the algorithm.
+pub static PEEK_STATS: Stats = Stats::new(c"peek");
+
 /// `RL.PEEK key <NAME> ...`: the decision `RL.<NAME> key ... DRYRUN` would reply.
 fn peek<A: Algorithm>(ctx: Ctx, name: RString, args: &[RString]) -> Result<(), Error> {
     let request = A::request(PEEK_SHARED, Args(args.iter()))?;
-    decide(
-        ctx,
-        name,
-        Request {
-            dry_run: true,
-            ..request
-        },
-    )
+    let request = Request {
+        dry_run: true,
+        ..request
+    };
+    decide(ctx, name, request, &PEEK_STATS)
 }
 
 /// Decides a parsed call on the key `name`, applies what it changes and replies.
-fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<(), Error> {
-    let decision = apply(ctx, name, request, &Apply::default())?;
+fn decide<A: Algorithm>(
+    ctx: Ctx,
+    name: RString,
+    request: Request<A>,
+    stats: &'static Stats,
+) -> Result<(), Error> {
+    let how = Apply {
+        stats,
+        event: None,
+        adopt: None,
+    };
+    let decision = apply(ctx, name, request, &how)?;
     reply(ctx, &decision);
     Ok(())
 }
@@ -145,22 +161,15 @@ fn decide<A: Algorithm>(ctx: Ctx, name: RString, request: Request<A>) -> Result<
 /// Turns a key of another Redis type into a record (see [`Apply::adopt`]).
 pub type Adopt<A> = fn(&mut Key, &A, u64) -> Result<(), Error>;
 
-/// How a command other than `RL.<NAME>` applies a call ([`apply`]).
-pub struct Apply<A> {
+/// How a command applies a call ([`apply`]).
+pub struct Apply<A: 'static> {
+    /// The command's counters.
+    pub stats: &'static Stats,
     /// The keyspace event of a change, instead of the algorithm's own.
     pub event: Option<&'static CStr>,
     /// Turns a key of another Redis type into a record of this algorithm (or refuses it),
     /// given the call's limiter and the time; without it such a key is `WRONGTYPE`.
     pub adopt: Option<Adopt<A>>,
-}
-
-impl<A> Default for Apply<A> {
-    fn default() -> Self {
-        Self {
-            event: None,
-            adopt: None,
-        }
-    }
 }
 
 /// Decides a parsed call on the key `name` and applies what it changes (store, replicate,
@@ -223,6 +232,7 @@ pub fn apply<A: Algorithm>(
         let event = event::<A::State>(call, was_blocked, decision.allowed, how.event);
         commit::<A::State>(ctx, key, name, change, expiry, event);
     }
+    how.stats.record(decision.allowed, was_blocked);
     Ok(decision)
 }
 

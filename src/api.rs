@@ -19,6 +19,20 @@ macro_rules! api {
 }
 pub(crate) use api;
 
+/// Whether this server can put module commands in an ACL category of their own
+/// (`RedisModule_AddACLCategory` and `RedisModule_SetCommandACLCategories`: Redis 7.4,
+/// Valkey 8). Optional: without them the module loads all the same.
+pub fn has_acl_categories() -> bool {
+    // SAFETY: plain reads of pointers Redis wrote during RedisModule_Init.
+    let (add, set) = unsafe {
+        (
+            raw::RedisModule_AddACLCategory,
+            raw::RedisModule_SetCommandACLCategories,
+        )
+    };
+    add.is_some() && set.is_some()
+}
+
 /// The names of the API functions this module needs that Redis did not provide.
 pub fn missing_api() -> Vec<&'static str> {
     macro_rules! check {
@@ -64,5 +78,10 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_CreateCommand,
         RedisModule_GetCommand,
         RedisModule_SetCommandInfo,
+        RedisModule_RegisterInfoFunc,
+        RedisModule_InfoAddSection,
+        RedisModule_InfoBeginDictField,
+        RedisModule_InfoEndDictField,
+        RedisModule_InfoAddFieldULongLong,
     )
 }

@@ -93,8 +93,14 @@ const INFO_VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommand
     sizeof_arg: size_of::<raw::RedisModuleCommandArg>(),
 };
 
-/// Creates a command with its key spec and docs; `Err` names it if Redis refused.
-pub fn register(ctx: Ctx, command: &Command) -> Result<(), &'static CStr> {
+/// Creates a command with its key spec and docs, in the ACL category `category` if given
+/// (the server must have `RedisModule_SetCommandACLCategories`); `Err` names it if Redis
+/// refused.
+pub fn register(
+    ctx: Ctx,
+    command: &Command,
+    category: Option<&'static CStr>,
+) -> Result<(), &'static CStr> {
     let name = command.name;
     // SAFETY: a valid load-time context, static NUL-terminated strings, and info structs
     // that live until `RedisModule_SetCommandInfo` has copied them.
@@ -136,6 +142,12 @@ pub fn register(ctx: Ctx, command: &Command) -> Result<(), &'static CStr> {
         };
         if api!(RedisModule_SetCommandInfo)(handle, &info) != raw::REDISMODULE_OK as c_int {
             return Err(name);
+        }
+        if let Some(category) = category {
+            let set = api!(RedisModule_SetCommandACLCategories)(handle, category.as_ptr());
+            if set != raw::REDISMODULE_OK as c_int {
+                return Err(name);
+            }
         }
     }
     Ok(())

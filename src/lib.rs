@@ -10,6 +10,7 @@
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
+//! - `stats`: the counters `INFO ratelimit` reports;
 //! - `param`, `args`: what the arguments are, and their parser;
 //! - `error`: every error reply and its text;
 //! - `command`: registration (flags, key specs, docs) and the guarded handler runner;
@@ -32,12 +33,17 @@ mod peek;
 mod redis;
 mod reset;
 mod state;
+mod stats;
 mod storage;
 mod throttle;
+
+use std::ffi::c_int;
 
 use redis_module::{Context, RedisString, Status, raw};
 
 use crate::algorithms::ALGORITHMS;
+use crate::api::api;
+use crate::stats::Stats;
 
 // Unit tests run outside Redis, where the Redis allocator does not exist: the module entry
 // point (which installs it as the global allocator) is left out of test builds.
@@ -80,14 +86,16 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
         }
     }
     let commands = ALGORITHMS.iter().map(|entry| &entry.command);
-    let others = [
-        &throttle::COMMAND,
-        &peek::COMMAND,
-        &reset::COMMAND,
-        &state::COMMAND,
-    ];
-    for command in commands.chain(others) {
-        if let Err(name) = command::register(redis::Ctx(ctx.ctx), command) {
+    // Where the server allows it, the commands clients call form the ACL category
+    // `ratelimit` (`ACL SETUSER app +@ratelimit`); RL.STATE stays out of it.
+    // SAFETY: a valid load-time context and a static name.
+    let category = api::has_acl_categories()
+        && unsafe { api!(RedisModule_AddACLCategory)(ctx.ctx, c"ratelimit".as_ptr()) }
+            == raw::REDISMODULE_OK as c_int;
+    let public = [&throttle::COMMAND, &peek::COMMAND, &reset::COMMAND];
+    let commands = (commands.chain(public)).map(|c| (c, category.then_some(c"ratelimit")));
+    for (command, category) in commands.chain([(&state::COMMAND, None)]) {
+        if let Err(name) = command::register(redis::Ctx(ctx.ctx), command, category) {
             ctx.log_warning(&format!(
                 "ratelimit: could not register {}",
                 name.to_string_lossy()
@@ -95,5 +103,31 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
             return Status::Err;
         }
     }
+    // SAFETY: a valid load-time context; `info` is a plain function.
+    unsafe { api!(RedisModule_RegisterInfoFunc)(ctx.ctx, Some(info)) };
     Status::Ok
+}
+
+/// Every command's counters, in the order `INFO ratelimit` lists them.
+fn all_stats() -> impl Iterator<Item = &'static Stats> {
+    let algorithms = ALGORITHMS.iter().map(|entry| (entry.stats)());
+    algorithms.chain([&throttle::STATS, &algorithm::PEEK_STATS])
+}
+
+/// `INFO ratelimit`: one line per command, `ratelimit_<command>:calls=…,allowed=…,denied=…,
+/// blocked=…`, in the module's default section `ratelimit`.
+extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+    guard::catch(|| {
+        // SAFETY: a valid info context; static NUL-terminated names.
+        unsafe {
+            api!(RedisModule_InfoAddSection)(ctx, c"".as_ptr().cast_mut());
+            for stats in all_stats() {
+                api!(RedisModule_InfoBeginDictField)(ctx, stats.name.as_ptr().cast_mut());
+                for (field, value) in stats.fields() {
+                    api!(RedisModule_InfoAddFieldULongLong)(ctx, field.as_ptr().cast_mut(), value);
+                }
+                api!(RedisModule_InfoEndDictField)(ctx);
+            }
+        }
+    });
 }

@@ -26,6 +26,7 @@ use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
 use crate::param::{Kind, Param};
 use crate::redis::{Args, Ctx, Key, RString};
+use crate::stats::Stats;
 
 const MAX_BURST: Param = Param::required(c"max_burst", Kind::Amount);
 const COUNT: Param = Param::required(c"count_per_period", Kind::Units);
@@ -34,6 +35,9 @@ const QUANTITY: Param = Param::optional(c"quantity", Kind::Amount, 1);
 
 /// The longest period, in seconds: 3650 days, as for every duration of this module.
 const MAX_PERIOD_S: i64 = (3650 * DAY_MS / 1000) as i64;
+
+/// `CL.THROTTLE`'s counters for `INFO ratelimit`.
+pub static STATS: Stats = Stats::new(c"throttle");
 
 pub const COMMAND: Command = Command {
     name: c"CL.THROTTLE",
@@ -55,6 +59,7 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     };
     let request = parse(Args(rest.iter()))?;
     let how = Apply {
+        stats: &STATS,
         event: Some(c"cl.throttle"),
         adopt: Some(adopt),
     };

@@ -870,3 +870,71 @@ fn reset_deletes_limiters_only_and_all_or_nothing() {
         ))
     );
 }
+
+#[test]
+fn info_counts_decisions_per_command() {
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    rl(&mut con, "RL.FIXED f 1 1m").unwrap();
+    rl(&mut con, "RL.FIXED f 1 1m BLOCK 1m").unwrap(); // denied, starts a block
+    rl(&mut con, "RL.FIXED f 1 1m").unwrap(); // denied by the block
+    rl(&mut con, "RL.FIXED f 1 1m DRYRUN").unwrap();
+    rl(&mut con, "RL.TOKEN t 1 1").unwrap();
+    rl(&mut con, "CL.THROTTLE c 0 1 1").unwrap();
+    rl(&mut con, "CL.THROTTLE c 0 1 1").unwrap();
+    rl(&mut con, "RL.PEEK f FIXED 1 1m").unwrap();
+    assert!(rl(&mut con, "RL.FIXED f x 1m").is_err()); // not a decision: not counted
+    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
+        panic!("INFO ratelimit")
+    };
+    let lines: Vec<&str> = std::str::from_utf8(&info)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "# ratelimit",
+            "ratelimit_fixed:calls=4,allowed=1,denied=3,blocked=2",
+            "ratelimit_sliding:calls=0,allowed=0,denied=0,blocked=0",
+            "ratelimit_token:calls=1,allowed=1,denied=0,blocked=0",
+            "ratelimit_throttle:calls=2,allowed=1,denied=1,blocked=0",
+            "ratelimit_peek:calls=1,allowed=0,denied=1,blocked=1",
+        ]
+    );
+}
+
+#[test]
+fn acl_category_where_the_server_has_one() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let Ok(Value::Array(categories)) = call(&mut con, "ACL CAT") else {
+        panic!("ACL CAT")
+    };
+    let has = categories.contains(&Value::BulkString(b"ratelimit".to_vec()));
+    let Ok(Value::BulkString(version)) = call(&mut con, "INFO server") else {
+        panic!()
+    };
+    let version = String::from_utf8(version).unwrap();
+    // Redis 7.0 has no module ACL categories: the module loads without one.
+    if version.contains("redis_version:7.0.") && !version.contains("valkey") {
+        assert!(!has);
+        return;
+    }
+    assert!(has, "no ratelimit ACL category");
+    call(&mut con, "ACL SETUSER app on >secret +@ratelimit ~user:*").unwrap();
+    let mut app = server.conn();
+    call(&mut app, "AUTH app secret").unwrap();
+    assert_eq!(rl(&mut app, "RL.TOKEN user:1 5 1").unwrap()[0], 1);
+    assert_eq!(rl(&mut app, "CL.THROTTLE user:2 5 1 1").unwrap()[0], 0);
+    for refused in [
+        "RL.TOKEN other:1 5 1",
+        "SET user:1 x",
+        "RL.STATE user:1 x",
+    ] {
+        let error = call(&mut app, refused).unwrap_err();
+        assert!(error.starts_with("NOPERM"), "{refused}: {error}");
+    }
+}

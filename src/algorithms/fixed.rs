@@ -9,9 +9,11 @@ use redis_module::native_types::RedisType;
 use crate::algorithm::Algorithm;
 use crate::error::Error;
 use crate::param::{LIMIT, Param, WINDOW};
+use crate::stats::Stats;
 use crate::storage::{self, Stored};
 
 static DATA_TYPE: RedisType = storage::data_type::<FixedState>("ratelimFW");
+static STATS: Stats = Stats::new(c"fixed");
 
 impl Stored for FixedState {
     const EVENT: &'static CStr = c"rl.fixed";
@@ -26,6 +28,10 @@ impl Algorithm for FixedWindow {
     const COMMAND: &'static CStr = c"RL.FIXED";
     const SUMMARY: &'static CStr = c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
     const PARAMS: &'static [Param] = &[LIMIT, WINDOW];
+
+    fn stats() -> &'static Stats {
+        &STATS
+    }
 
     fn build(values: &[u64]) -> Result<Self, Error> {
         let &[limit, window] = values else {

@@ -10,9 +10,11 @@ use redis_module::native_types::RedisType;
 use crate::algorithm::Algorithm;
 use crate::error::Error;
 use crate::param::{LIMIT, Param, WINDOW};
+use crate::stats::Stats;
 use crate::storage::{self, Stored};
 
 static DATA_TYPE: RedisType = storage::data_type::<SlidingState>("ratelimSW");
+static STATS: Stats = Stats::new(c"sliding");
 
 impl Stored for SlidingState {
     const EVENT: &'static CStr = c"rl.sliding";
@@ -36,6 +38,10 @@ impl Algorithm for SlidingWindow {
     const COMMAND: &'static CStr = c"RL.SLIDING";
     const SUMMARY: &'static CStr = c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
     const PARAMS: &'static [Param] = &[LIMIT, WINDOW];
+
+    fn stats() -> &'static Stats {
+        &STATS
+    }
 
     fn build(values: &[u64]) -> Result<Self, Error> {
         let &[limit, window] = values else {
