@@ -929,11 +929,7 @@ fn acl_category_where_the_server_has_one() {
     call(&mut app, "AUTH app secret").unwrap();
     assert_eq!(rl(&mut app, "RL.TOKEN user:1 5 1").unwrap()[0], 1);
     assert_eq!(rl(&mut app, "CL.THROTTLE user:2 5 1 1").unwrap()[0], 0);
-    for refused in [
-        "RL.TOKEN other:1 5 1",
-        "SET user:1 x",
-        "RL.STATE user:1 x",
-    ] {
+    for refused in ["RL.TOKEN other:1 5 1", "SET user:1 x", "RL.STATE user:1 x"] {
         let error = call(&mut app, refused).unwrap_err();
         assert!(error.starts_with("NOPERM"), "{refused}: {error}");
     }
