@@ -45,6 +45,8 @@ setpx SET k:__rand_int__ x PX 60000
 fixed RL.FIXED k:__rand_int__ 100 60
 sliding RL.SLIDING k:__rand_int__ 100 60
 token RL.TOKEN k:__rand_int__ 100 1 PER 1m
+throttle CL.THROTTLE k:__rand_int__ 99 100 60
+peek RL.PEEK k:__rand_int__ TOKEN 100 1 PER 1m
 CASES
 
 echo
