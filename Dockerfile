@@ -20,9 +20,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cargo build --release --locked --lib \
  && install -D -m 0755 target/release/libredis_ratelimit.so /out/libredis_ratelimit.so
 
-# Runtime: the official Redis image (Debian bookworm, like the build stage). The module is
-# readable and executable by all (Redis 7 refuses to load a module file without an execute bit).
+# Runtime: the official Redis image (Debian bookworm, like the build stage). Its entrypoint
+# starts redis-server as the user redis (gosu), as for the plain image: no USER here, so that
+# it still chowns a /data bind mount first. The module is root's, readable and executable by
+# all (Redis 7 refuses to load a module file without an execute bit).
 FROM redis:7.0.15-bookworm
 COPY --from=build /out/libredis_ratelimit.so /usr/local/lib/redis/modules/libredis_ratelimit.so
+# Healthy when the server answers and knows the module's commands (a ping alone would pass
+# without the module).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
+  CMD redis-cli COMMAND INFO RL.TOKEN | grep -qi '^rl\.token$' || exit 1
 EXPOSE 6379
 CMD ["redis-server", "--loadmodule", "/usr/local/lib/redis/modules/libredis_ratelimit.so"]
