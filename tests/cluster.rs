@@ -152,6 +152,23 @@ fn commands_route_by_key_and_hash_tags_share_a_slot() {
         panic!("EXEC")
     };
     assert_eq!(replies.len(), 2);
+
+    // RL.PEEK is read-only: a replica serves it after READONLY, and redirects writes still.
+    let (owner, replica) = cluster.owner_and_replica("peek");
+    let replica = replica.expect("the slot has a replica");
+    let mut master = cluster.server(owner.port).conn();
+    // A token a day: what is left does not move while the test runs on real clocks.
+    let take = "RL.TOKEN peek 10 1 PER 1d COST 2";
+    assert_eq!(rl(&mut master, take).unwrap()[..3], [1, 10, 8]);
+    assert_eq!(int(&mut master, "WAIT 1 10000"), 1);
+    let mut r = cluster.server(replica.port).conn();
+    let peek = "RL.PEEK peek TOKEN 10 1 PER 1d COST 9";
+    let moved = format!("MOVED {} 127.0.0.1:{}", cluster.slot("peek"), owner.port);
+    assert_eq!(rl(&mut r, peek).unwrap_err(), moved);
+    call(&mut r, "READONLY").unwrap();
+    assert_eq!(rl(&mut r, peek).unwrap()[..3], [0, 10, 8]);
+    assert_eq!(rl(&mut master, peek).unwrap()[..3], [0, 10, 8]);
+    assert_eq!(rl(&mut r, take).unwrap_err(), moved);
 }
 
 #[test]
