@@ -100,6 +100,18 @@ pub struct Outcome<S> {
     pub write: Write<S>,
 }
 
+impl<S> Outcome<S> {
+    /// The outcome of deciding in place on `stored`: a state to store is moved into it
+    /// (`Store(())`); `Keep` and `Delete` leave it untouched.
+    pub fn store_into(self, stored: &mut S) -> Outcome<()> {
+        let write = self.write.map(|new| *stored = new);
+        Outcome {
+            decision: self.decision,
+            write,
+        }
+    }
+}
+
 /// A stored limiter state.
 pub trait State: Clone + PartialEq + std::fmt::Debug {
     /// The moment this state is back to fresh: where its key expires. Derived from the state
@@ -163,19 +175,7 @@ pub fn replace_state<L: Limiter + ?Sized>(
     now: Millis,
     cost: u64,
 ) -> Outcome<()> {
-    let out = limiter.decide(Some(state), now, cost);
-    let write = match out.write {
-        Write::Keep => Write::Keep,
-        Write::Delete => Write::Delete,
-        Write::Store(new) => {
-            *state = new;
-            Write::Store(())
-        }
-    };
-    Outcome {
-        decision: out.decision,
-        write,
-    }
+    limiter.decide(Some(state), now, cost).store_into(state)
 }
 
 /// The `Retry` of a call that was not allowed: `Never` when `cost` exceeds `limit`.

@@ -174,19 +174,7 @@ fn replace<L: Limiter>(
     now: Millis,
     call: Call,
 ) -> Outcome<()> {
-    let out = decide(limiter, Some(record), now, call);
-    let write = match out.write {
-        Write::Keep => Write::Keep,
-        Write::Delete => Write::Delete,
-        Write::Store(new) => {
-            *record = new;
-            Write::Store(())
-        }
-    };
-    Outcome {
-        decision: out.decision,
-        write,
-    }
+    decide(limiter, Some(record), now, call).store_into(record)
 }
 
 /// A decision made while the key is blocked for `left` more ms.
