@@ -634,18 +634,45 @@ fn a_version_1_token_bucket_restores_as_the_same_bucket() {
     );
 }
 
-#[test]
-fn changes_fire_keyspace_events() {
-    let server = Server::start();
-    let mut con = server.conn();
-    server.clock.set(T0);
-    call(&mut con, "CONFIG SET notify-keyspace-events KA").unwrap();
-    let mut listener = server.conn();
+/// Turns keyspace events on (all classes) and subscribes `listener` to those of database 0.
+fn subscribe<'a>(
+    listener: &'a mut redis::Connection,
+    con: &mut redis::Connection,
+) -> redis::PubSub<'a> {
+    call(con, "CONFIG SET notify-keyspace-events KA").unwrap();
     let mut pubsub = listener.as_pubsub();
     pubsub.psubscribe("__keyspace@0__:*").unwrap();
     pubsub
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
+    pubsub
+}
+
+/// The events fired so far, as `key event`: marks the end with a `SET end x` on `con` and
+/// reads up to it.
+fn events(pubsub: &mut redis::PubSub, con: &mut redis::Connection) -> Vec<String> {
+    call(con, "SET end x").unwrap();
+    let mut events = vec![];
+    loop {
+        let message = pubsub.get_message().unwrap();
+        let key = message
+            .get_channel_name()
+            .trim_start_matches("__keyspace@0__:");
+        let event: String = message.get_payload().unwrap();
+        if key == "end" {
+            return events;
+        }
+        events.push(format!("{key} {event}"));
+    }
+}
+
+#[test]
+fn changes_fire_keyspace_events() {
+    let server = Server::start();
+    let mut con = server.conn();
+    server.clock.set(T0);
+    let mut listener = server.conn();
+    let mut pubsub = subscribe(&mut listener, &mut con);
 
     rl(&mut con, "RL.FIXED f 1 1s").unwrap(); // stored: an event
     rl(&mut con, "RL.FIXED f 1 1s").unwrap(); // denied: none
@@ -657,22 +684,8 @@ fn changes_fire_keyspace_events() {
     rl(&mut con, "RL.FIXED f 1 1s COST 0").unwrap(); // fresh again: deleted
     rl(&mut con, "RL.PEEK t TOKEN 2 1 COST 2").unwrap(); // none
     assert_eq!(int(&mut con, "RL.RESET t gone"), 1); // one del
-    call(&mut con, "SET end x").unwrap();
-
-    let mut events = vec![];
-    loop {
-        let message = pubsub.get_message().unwrap();
-        let key = message
-            .get_channel_name()
-            .trim_start_matches("__keyspace@0__:");
-        let event: String = message.get_payload().unwrap();
-        if key == "end" {
-            break;
-        }
-        events.push(format!("{key} {event}"));
-    }
     assert_eq!(
-        events,
+        events(&mut pubsub, &mut con),
         [
             "f rl.fixed",
             "t rl.token",
@@ -714,13 +727,8 @@ fn reset_lifts_a_block_and_events_name_refunds_and_blocks() {
     let server = Server::start();
     let mut con = server.conn();
     server.clock.set(T0);
-    call(&mut con, "CONFIG SET notify-keyspace-events KA").unwrap();
     let mut listener = server.conn();
-    let mut pubsub = listener.as_pubsub();
-    pubsub.psubscribe("__keyspace@0__:*").unwrap();
-    pubsub
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
+    let mut pubsub = subscribe(&mut listener, &mut con);
 
     rl(&mut con, "RL.SLIDING s 2 1m COST 2").unwrap();
     rl(&mut con, "RL.SLIDING s 2 1m REFUND 1").unwrap();
@@ -735,22 +743,8 @@ fn reset_lifts_a_block_and_events_name_refunds_and_blocks() {
         rl(&mut con, "RL.SLIDING s 2 1m").unwrap(),
         [1, 2, 1, 0, 60_147]
     );
-    call(&mut con, "SET end x").unwrap();
-
-    let mut events = vec![];
-    loop {
-        let message = pubsub.get_message().unwrap();
-        let key = message
-            .get_channel_name()
-            .trim_start_matches("__keyspace@0__:");
-        let event: String = message.get_payload().unwrap();
-        if key == "end" {
-            break;
-        }
-        events.push(format!("{key} {event}"));
-    }
     assert_eq!(
-        events,
+        events(&mut pubsub, &mut con),
         [
             "s rl.sliding",
             "s rl.refund",
