@@ -5,7 +5,7 @@
 //! Each test starts its own 3-master / 3-replica cluster (a few seconds); the tests run one at
 //! a time, since failovers depend on timing and the machine has two cores.
 
-mod support;
+use ratelimit_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

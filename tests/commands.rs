@@ -1,7 +1,7 @@
 //! Commands against a real server with the module loaded, its clock pinned: exact
 //! replies, expiries, RESP3, COST and DRYRUN, WRONGTYPE, bad input, metadata, WATCH.
 
-mod support;
+use ratelimit_testkit as support;
 
 use redis::Value;
 use support::{Server, T0, call, fingerprint, int, rl};

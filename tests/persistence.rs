@@ -1,7 +1,7 @@
 //! Limiter states and expiries survive `DEBUG RELOAD`, an RDB restart and an AOF restart
 //! after a rewrite (with and without the RDB preamble), byte for byte.
 
-mod support;
+use ratelimit_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! A master and a replica whose clock is an hour behind: after thousands of mixed calls the
 //! replica holds byte-identical states and expiries, because only effects are replicated.
 
-mod support;
+use ratelimit_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! 4d42338) under the same pinned clock. Where exact integer arithmetic replies otherwise,
 //! the row says so and why; the README lists these differences.
 
-mod support;
+use ratelimit_testkit as support;
 
 use support::{Server, T0, call, int, rl};
 

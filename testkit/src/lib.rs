@@ -1,5 +1,7 @@
-//! Test servers: real server processes with the freshly built module, on free ports, in
-//! temporary directories, with a clock the test controls, stopped (by pid) in `Drop`.
+//! The workspace's test servers (crate `ratelimit-testkit`, shared by the module's integration
+//! suites and the client's and middleware's tests): real server processes with the freshly
+//! built module, on free ports, in temporary directories, with a clock the test controls,
+//! stopped (by pid) in `Drop`.
 //!
 //! `RL_SERVER` picks the server program, once for every test: unset or `redis` runs
 //! `redis-server` from `PATH`; `valkey` runs the `valkey-server` that
@@ -12,8 +14,6 @@
 //! `RL_MODULE=/path/to/lib.so` skips the build. The clock is an `LD_PRELOAD` shim
 //! (`clockshim.c`, compiled here with `cc`) reading a file the test writes: pinned (time
 //! moves only when the test says) or offset from the real clock (a skewed server).
-
-#![allow(dead_code)]
 
 pub mod cluster;
 
@@ -93,7 +93,8 @@ struct Artifacts {
 fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = kit.parent().expect("the workspace root");
         let dir = TempDir::new().expect("temp dir");
         let built = match std::env::var_os("RL_MODULE") {
             Some(path) => PathBuf::from(path),
@@ -116,7 +117,7 @@ fn artifacts() -> &'static Artifacts {
         let status = Command::new("cc")
             .args(["-shared", "-fPIC", "-O2", "-o"])
             .arg(&shim)
-            .arg(root.join("tests/support/clockshim.c"))
+            .arg(kit.join("clockshim.c"))
             .status()
             .expect("run cc");
         assert!(status.success(), "compiling the clock shim failed");
