@@ -195,15 +195,14 @@ impl Cluster {
         slot as u16
     }
 
+    /// The addresses of the running nodes.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().flatten().map(Server::url).collect()
+    }
+
     /// A cluster client (it follows MOVED and ASK redirections).
     pub fn client(&self) -> ClusterConnection {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .flatten()
-            .map(|s| format!("redis://127.0.0.1:{}/", s.port))
-            .collect();
-        ClusterClient::builder(urls)
+        ClusterClient::builder(self.urls())
             .retries(10)
             .build()
             .and_then(|c| c.get_connection())

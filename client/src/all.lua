@@ -1,0 +1,59 @@
+-- Several limits, all or nothing (ratelimit-client's check_all).
+-- KEYS: one key per limit. ARGV[1]: '1' for a dry run. Then, per limit: the command, the
+-- count of its figures, the figures, the cost, and the block ('' for none).
+-- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL will.
+local dry_run = ARGV[1] == '1'
+local calls = {}
+local at = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at + 1])
+  local figures = {}
+  for j = 1, n do figures[j] = ARGV[at + 1 + j] end
+  calls[k] = {command = ARGV[at], figures = figures, cost = ARGV[at + 2 + n], block = ARGV[at + 3 + n]}
+  at = at + 4 + n
+end
+
+local function call(k, ...)
+  local c = calls[k]
+  local args = {KEYS[k]}
+  for _, word in ipairs(c.figures) do args[#args + 1] = word end
+  for _, word in ipairs({...}) do args[#args + 1] = word end
+  return redis.call(c.command, unpack(args))
+end
+
+-- What each limit would decide now.
+local replies, allowed, retry = {}, 1, 0
+for k = 1, #KEYS do
+  local reply = call(k, 'COST', calls[k].cost, 'DRYRUN')
+  replies[k] = reply
+  if reply[1] == 0 then
+    allowed = 0
+    if reply[4] == -1 or retry == -1 then retry = -1 elseif reply[4] > retry then retry = reply[4] end
+  end
+end
+if dry_run then return {allowed, retry, unpack(replies)} end
+
+if allowed == 1 then
+  local taken = {}
+  for k = 1, #KEYS do
+    local reply = call(k, 'COST', calls[k].cost)
+    if reply[1] == 0 then
+      -- Two limits on one key: the earlier took what this one needed. Give it all back.
+      for j = 1, k - 1 do call(j, 'REFUND', calls[j].cost) end
+      replies[k] = reply
+      return {0, reply[4], unpack(replies)}
+    end
+    taken[k] = reply
+  end
+  return {1, 0, unpack(taken)}
+end
+
+-- Denied: nothing is taken, but a denying limit with a block starts it.
+for k = 1, #KEYS do
+  if replies[k][1] == 0 and calls[k].block ~= '' then
+    local reply = call(k, 'COST', calls[k].cost, 'BLOCK', calls[k].block)
+    -- Allowed after all (the clock moved on since the dry run): give its cost back.
+    if reply[1] == 1 then call(k, 'REFUND', calls[k].cost) else replies[k] = reply end
+  end
+end
+return {0, retry, unpack(replies)}
