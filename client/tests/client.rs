@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
 use ratelimit_testkit::cluster::Cluster;
-use ratelimit_testkit::{Clock, Server, T0, call, int};
+use ratelimit_testkit::{Clock, Server, call, int};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
