@@ -48,9 +48,12 @@ if allowed == 1 then
   return {1, 0, unpack(taken)}
 end
 
--- Denied: nothing is taken, but a denying limit with a block starts it.
+-- Denied: nothing is taken, but a denying limit with a block starts it. The limits that
+-- would have allowed report their state as it is (not as if they had taken).
 for k = 1, #KEYS do
-  if replies[k][1] == 0 and calls[k].block ~= '' then
+  if replies[k][1] == 1 then
+    replies[k] = call(k, 'COST', 0, 'DRYRUN')
+  elseif calls[k].block ~= '' then
     local reply = call(k, 'COST', calls[k].cost, 'BLOCK', calls[k].block)
     -- Allowed after all (the clock moved on since the dry run): give its cost back.
     if reply[1] == 1 then call(k, 'REFUND', calls[k].cost) else replies[k] = reply end

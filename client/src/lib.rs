@@ -101,7 +101,8 @@ where
 
     /// Checks several limits in one round trip, all or nothing: allowed only if every limit
     /// allows its cost, and then each takes it; if one denies, none takes anything (a denying
-    /// limit with a block still starts its block).
+    /// limit with a block still starts its block). When denied, the limits that would have
+    /// allowed report their state as it stands, nothing taken.
     ///
     /// The checks run in one script, atomically; in a cluster the keys must share a slot (a
     /// hash tag: `{user:42}:minute`, `{user:42}:day`). The limits take costs, not refunds,

@@ -235,8 +235,9 @@ async fn several_limits_are_all_or_nothing() {
             retry: Retry::After(MS(1000)),
             each: vec![
                 decision(false, 2, 0, Retry::After(MS(1000)), 1000),
-                decision(true, 3, 0, Retry::Now, 60_147),
-                decision(true, 10, 4, Retry::Now, 6000),
+                // As they stand: nothing was taken.
+                decision(true, 3, 1, Retry::Now, 60_147),
+                decision(true, 10, 6, Retry::Now, 4000),
             ],
         }
     );
