@@ -18,7 +18,7 @@ use redis_module::raw;
 use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{COST, Param, SHARED};
+use crate::param::{BLOCK, COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Holds, Key, KeyEvent, RString};
 use crate::stats::Stats;
 use crate::storage::{Stored, Value};
@@ -26,7 +26,7 @@ use crate::storage::{Stored, Value};
 /// An algorithm of the core with its command:
 /// `RL.<NAME> key <PARAMS> [COST n | REFUND n] [BLOCK duration] [DRYRUN]`.
 /// Its state says how it is stored ([`Stored`]).
-pub trait Algorithm: Limiter<State: Stored> + Sized + 'static {
+pub trait Algorithm: Limiter<State: Stored> + Copy + Sized + 'static {
     /// The algorithm's name (`FIXED`), as `RL.PEEK` takes it.
     const NAME: &'static CStr;
     /// The command's name, `RL.` and the algorithm's name.
@@ -67,6 +67,9 @@ pub struct Request<L> {
     pub dry_run: bool,
 }
 
+/// Parses the arguments of one `RL.ALL` spec into a call of an algorithm.
+pub type Plan = fn(&[&[u8]]) -> Result<Box<dyn Planned>, Error>;
+
 /// What the module registers for one algorithm: its command, its data type, how `RL.PEEK`
 /// decides with it and how `RL.STATE` restores its states.
 pub struct Entry {
@@ -78,6 +81,8 @@ pub struct Entry {
     pub peek: fn(Ctx, RString, &[RString]) -> Result<(), Error>,
     pub restore: fn(Ctx, RString, &[u8]) -> Result<(), Error>,
     pub stats: fn() -> &'static Stats,
+    /// Parses one spec of `RL.ALL` (the arguments after the algorithm's name).
+    pub plan: Plan,
 }
 
 impl Entry {
@@ -103,6 +108,7 @@ impl Entry {
             peek: peek::<A>,
             restore: restore::<A::State>,
             stats: A::stats,
+            plan: plan::<A>,
         }
     }
 }
@@ -149,7 +155,7 @@ fn decide<A: Algorithm>(
     stats: &'static Stats,
 ) -> Result<(), Error> {
     let how = Apply {
-        stats,
+        stats: Some(stats),
         event: None,
         adopt: None,
     };
@@ -163,8 +169,8 @@ pub type Adopt<A> = fn(&mut Key, &A, u64) -> Result<(), Error>;
 
 /// How a command applies a call ([`apply`]).
 pub struct Apply<A: 'static> {
-    /// The command's counters.
-    pub stats: &'static Stats,
+    /// The command's counters (`None`: the caller counts).
+    pub stats: Option<&'static Stats>,
     /// The keyspace event of a change, instead of the algorithm's own.
     pub event: Option<&'static CStr>,
     /// Turns a key of another Redis type into a record of this algorithm (or refuses it),
@@ -180,12 +186,23 @@ pub fn apply<A: Algorithm>(
     request: Request<A>,
     how: &Apply<A>,
 ) -> Result<Decision, Error> {
+    apply_at(ctx, name, request, how, ctx.now()).map(|(decision, _)| decision)
+}
+
+/// [`apply`] at the time `now`, read once by a command deciding several calls; also says
+/// whether the key was blocked when the call came.
+pub fn apply_at<A: Algorithm>(
+    ctx: Ctx,
+    name: RString,
+    request: Request<A>,
+    how: &Apply<A>,
+    now: u64,
+) -> Result<(Decision, bool), Error> {
     let Request {
         limiter,
         call,
         dry_run,
     } = request;
-    let now = ctx.now();
     let mut key = Key::open(ctx, name, !dry_run);
     if let (Some(key), Some(adopt)) = (&mut key, how.adopt)
         && matches!(key.holds(), Holds::Other)
@@ -232,8 +249,78 @@ pub fn apply<A: Algorithm>(
         let event = event::<A::State>(call, was_blocked, decision.allowed, how.event);
         commit::<A::State>(ctx, key, name, change, expiry, event);
     }
-    how.stats.record(decision.allowed, was_blocked);
-    Ok(decision)
+    if let Some(stats) = how.stats {
+        stats.record(decision.allowed, was_blocked);
+    }
+    Ok((decision, was_blocked))
+}
+
+/// What `RL.ALL` does with one of its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// What taking the cost would decide, changing nothing.
+    Check,
+    /// Take the cost.
+    Take,
+    /// The state as it stands (`COST 0`), changing nothing.
+    Report,
+    /// The denied call with its block, which starts the block.
+    Block,
+}
+
+/// One parsed spec of `RL.ALL`: a call of some algorithm, run step by step.
+pub trait Planned {
+    /// Runs `step` of this call on the key `name` at `now`: the decision, and whether the
+    /// key was blocked.
+    fn run(&self, ctx: Ctx, name: RString, now: u64, step: Step)
+    -> Result<(Decision, bool), Error>;
+    /// Whether a denial starts a block.
+    fn blocks(&self) -> bool;
+}
+
+impl<A: Algorithm> Planned for Request<A> {
+    fn run(
+        &self,
+        ctx: Ctx,
+        name: RString,
+        now: u64,
+        step: Step,
+    ) -> Result<(Decision, bool), Error> {
+        let (call, dry_run) = match step {
+            Step::Check => (
+                Call {
+                    block: 0,
+                    ..self.call
+                },
+                true,
+            ),
+            Step::Take | Step::Block => (self.call, false),
+            Step::Report => (Call::take(0), true),
+        };
+        let request = Request {
+            limiter: self.limiter,
+            call,
+            dry_run,
+        };
+        let how = Apply {
+            stats: None,
+            event: None,
+            adopt: None,
+        };
+        apply_at(ctx, name, request, &how, now)
+    }
+
+    fn blocks(&self) -> bool {
+        self.call.block > 0
+    }
+}
+
+/// The options an `RL.ALL` spec takes after the algorithm's arguments: `DRYRUN` applies to
+/// the whole call and `REFUND` has no place in a check of several limits.
+pub const ALL_SHARED: &[Param] = &[COST, BLOCK];
+
+fn plan<A: Algorithm>(args: &[&[u8]]) -> Result<Box<dyn Planned>, Error> {
+    Ok(Box::new(A::request(ALL_SHARED, args.iter().copied())?))
 }
 
 /// The keyspace event a call that changes its key fires: `rl.refund` for a refund,
@@ -291,7 +378,7 @@ fn commit<S: Stored>(
     ctx.notify(event, name);
 }
 
-fn reply(ctx: Ctx, d: &Decision) {
+pub fn reply(ctx: Ctx, d: &Decision) {
     ctx.reply_decision([
         (c"allowed", i64::from(d.allowed)),
         (c"limit", d.limit as i64),

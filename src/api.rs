@@ -59,6 +59,8 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_StringDMA,
         RedisModule_Milliseconds,
         RedisModule_GetContextFlags,
+        RedisModule_IsKeysPositionRequest,
+        RedisModule_KeyAtPos,
         RedisModule_Replicate,
         RedisModule_ReplicateVerbatim,
         RedisModule_ReplyWithArray,

@@ -40,6 +40,9 @@ pub enum Keys {
     One(u32),
     /// Every argument from 1 on is a key.
     All(u32),
+    /// Argument 1 says how many keys follow it (`numkeys key [key ...]`, as `EVAL`); the
+    /// command's first parameter repeats, once per key.
+    Counted(u32),
 }
 
 /// The key flags of a command that reads, decides and updates its key.
@@ -57,7 +60,9 @@ impl Command {
         let required = self.all_params().filter(|p| !p.optional).count();
         let arity = 2 + required as c_int;
         let options = self.all_params().any(|p| p.optional);
-        if options || matches!(self.keys, Keys::All(_)) {
+        if matches!(self.keys, Keys::Counted(_)) {
+            -(arity + 1)
+        } else if options || matches!(self.keys, Keys::All(_)) {
             -arity
         } else {
             arity
@@ -105,29 +110,45 @@ pub fn register(
     // SAFETY: a valid load-time context, static NUL-terminated strings, and info structs
     // that live until `RedisModule_SetCommandInfo` has copied them.
     unsafe {
-        let (flags, last_key) = match command.keys {
-            Keys::One(flags) => (flags, 1),
-            Keys::All(flags) => (flags, -1),
+        // Counted keys are found from the key spec alone (Redis marks the command
+        // `movablekeys`): the legacy range says none.
+        let (flags, first_key, last_key) = match command.keys {
+            Keys::One(flags) => (flags, 1, 1),
+            Keys::All(flags) => (flags, 1, -1),
+            Keys::Counted(flags) => (flags, 0, 0),
         };
         let created = api!(RedisModule_CreateCommand)(
             ctx.0,
             name.as_ptr(),
             Some(command.handler),
             command.flags.as_ptr(),
-            1,
+            first_key,
             last_key,
-            1,
+            c_int::from(first_key != 0),
         );
         let handle = api!(RedisModule_GetCommand)(ctx.0, name.as_ptr());
         if created != raw::REDISMODULE_OK as c_int || handle.is_null() {
             return Err(name);
         }
         let mut key_specs = [
-            key_spec(flags, last_key),
+            key_spec(flags, command.keys),
             MaybeUninit::zeroed().assume_init(),
         ];
-        let mut args = vec![key_arg(last_key < 0)];
+        let counted = matches!(command.keys, Keys::Counted(_));
+        let mut args = Vec::new();
+        if counted {
+            args.push(doc_arg(
+                c"numkeys",
+                raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+                None,
+                false,
+            ));
+        }
+        args.push(key_arg(!matches!(command.keys, Keys::One(_))));
         args.extend(command.all_params().map(raw_arg));
+        if counted && args.len() > 2 {
+            args[2].flags |= raw::REDISMODULE_CMD_ARG_MULTIPLE as c_int;
+        }
         args.push(MaybeUninit::zeroed().assume_init());
         let info = raw::RedisModuleCommandInfo {
             version: &INFO_VERSION,
@@ -153,8 +174,32 @@ pub fn register(
     Ok(())
 }
 
-/// The keys run from argument 1 to `last_key` (-1: the last argument).
-fn key_spec(flags: u32, last_key: c_int) -> raw::RedisModuleCommandKeySpec {
+/// The search starts at argument 1: one key there, every argument from there on, or a count
+/// there and that many keys after it.
+fn key_spec(flags: u32, keys: Keys) -> raw::RedisModuleCommandKeySpec {
+    let (find_keys_type, fk) = match keys {
+        Keys::One(_) | Keys::All(_) => (
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
+            raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+                    // Relative to the first key: 0 for one key, -1 for every argument after it.
+                    lastkey: if matches!(keys, Keys::All(_)) { -1 } else { 0 },
+                    keystep: 1,
+                    limit: 0,
+                },
+            },
+        ),
+        Keys::Counted(_) => (
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM,
+            raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                keynum: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_2 {
+                    keynumidx: 0,
+                    firstkey: 1,
+                    keystep: 1,
+                },
+            },
+        ),
+    };
     raw::RedisModuleCommandKeySpec {
         notes: ptr::null(),
         flags: u64::from(flags),
@@ -162,15 +207,8 @@ fn key_spec(flags: u32, last_key: c_int) -> raw::RedisModuleCommandKeySpec {
         bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
             index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos: 1 },
         },
-        find_keys_type: raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE,
-        fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
-            range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
-                // Relative to the first key: 0 for one key, -1 for every argument after it.
-                lastkey: if last_key < 0 { -1 } else { 0 },
-                keystep: 1,
-                limit: 0,
-            },
-        },
+        find_keys_type,
+        fk,
     }
 }
 

@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use crate::param::Param;
 
 /// Why a command was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// Not a decimal integer (letters, a fraction, empty).
     NotInteger(&'static Param),
@@ -53,6 +53,14 @@ pub enum Error {
     WrongArity,
     /// `RL.STATE` with a blob that is not a valid limiter state.
     InvalidState,
+    /// `RL.ALL`'s `numkeys` out of 1 ..= `MAX_KEYS`.
+    NumKeys(usize),
+    /// `RL.ALL` with a number of specs (second) other than its number of keys (first).
+    SpecCount(usize, usize),
+    /// `RL.ALL` given the same key twice: the second time, as the `n`th key.
+    DuplicateKey(usize),
+    /// The `n`th spec of `RL.ALL` (from 1), of this algorithm if it names one, is wrong.
+    InSpec(usize, Option<&'static CStr>, Box<Error>),
     /// A handler panicked (and the panic was stopped): a bug, logged in the server log.
     Internal,
 }
@@ -97,6 +105,20 @@ impl fmt::Display for Error {
             }
             InvalidState => f.write_str("ERR invalid limiter state"),
             WrongArity => f.write_str("ERR wrong number of arguments"),
+            NumKeys(max) => write!(f, "ERR numkeys must be an integer from 1 to {max}"),
+            SpecCount(keys, specs) => write!(
+                f,
+                "ERR {keys} keys and {specs} specs: give one spec (FIXED, SLIDING or TOKEN and its arguments) per key"
+            ),
+            DuplicateKey(n) => write!(f, "ERR key {n} repeats an earlier key: give each key once"),
+            InSpec(n, algorithm, error) => {
+                let error = error.to_string();
+                let text = error.split_once(' ').map_or(error.as_str(), |(_, text)| text);
+                match algorithm {
+                    Some(name) => write!(f, "ERR spec {n} ({}): {text}", name.to_str().unwrap_or("?")),
+                    None => write!(f, "ERR spec {n}: {text}"),
+                }
+            }
             Internal => f.write_str("ERR internal error in the rate limiter, see the server log"),
         }
     }

@@ -7,6 +7,7 @@
 //! - `algorithms`: one definition per algorithm (command, parameters, data type), and the
 //!   list everything registered at load is derived from;
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
+//! - `all`: `RL.ALL`, several limits in one call, all or nothing;
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
@@ -23,6 +24,7 @@
 
 mod algorithm;
 mod algorithms;
+mod all;
 mod api;
 mod args;
 mod command;
@@ -92,7 +94,12 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
     let category = api::has_acl_categories()
         && unsafe { api!(RedisModule_AddACLCategory)(ctx.ctx, c"ratelimit".as_ptr()) }
             == raw::REDISMODULE_OK as c_int;
-    let public = [&throttle::COMMAND, &peek::COMMAND, &reset::COMMAND];
+    let public = [
+        &all::COMMAND,
+        &throttle::COMMAND,
+        &peek::COMMAND,
+        &reset::COMMAND,
+    ];
     let commands = (commands.chain(public)).map(|c| (c, category.then_some(c"ratelimit")));
     for (command, category) in commands.chain([(&state::COMMAND, None)]) {
         if let Err(name) = command::register(redis::Ctx(ctx.ctx), command, category) {
@@ -111,7 +118,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
 /// Every command's counters, in the order `INFO ratelimit` lists them.
 fn all_stats() -> impl Iterator<Item = &'static Stats> {
     let algorithms = ALGORITHMS.iter().map(|entry| (entry.stats)());
-    algorithms.chain([&throttle::STATS, &algorithm::PEEK_STATS])
+    algorithms.chain([&all::STATS, &throttle::STATS, &algorithm::PEEK_STATS])
 }
 
 /// `INFO ratelimit`: one line per command, `ratelimit_<command>:calls=…,allowed=…,denied=…,

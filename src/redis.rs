@@ -55,6 +55,18 @@ impl Ctx {
         u64::try_from(ms).unwrap_or(0)
     }
 
+    /// Whether Redis calls the command only to learn where its keys are (`getkeys-api`).
+    pub fn is_keys_position_request(self) -> bool {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_IsKeysPositionRequest)(self.0) != 0 }
+    }
+
+    /// Answers a keys position request: argument `pos` is a key.
+    pub fn key_at(self, pos: usize) {
+        // SAFETY: a valid context in a keys position request.
+        unsafe { api!(RedisModule_KeyAtPos)(self.0, pos as c_int) };
+    }
+
     fn flags(self) -> u32 {
         // SAFETY: a valid context.
         unsafe { api!(RedisModule_GetContextFlags)(self.0) as u32 }
@@ -87,6 +99,44 @@ impl Ctx {
                     api!(RedisModule_ReplyWithLongLong)(self.0, value);
                 }
             }
+        }
+    }
+
+    /// Replies with several decisions under a verdict: `[allowed, retry_after_ms, d1, …, dN]`
+    /// in RESP2, a map of `allowed`, `retry_after_ms` and `limits` (`[d1, …, dN]`) in RESP3.
+    /// `each(i)` replies the `i`th decision.
+    pub fn reply_verdict(
+        self,
+        allowed: i64,
+        retry: i64,
+        count: usize,
+        mut each: impl FnMut(usize),
+    ) {
+        let name = |name: &'static CStr| {
+            let name = name.to_bytes();
+            // SAFETY: a valid context and a static buffer.
+            unsafe {
+                api!(RedisModule_ReplyWithStringBuffer)(self.0, name.as_ptr().cast(), name.len())
+            };
+        };
+        // SAFETY: a valid context; every aggregate gets exactly the elements it announces.
+        unsafe {
+            if self.flags() & raw::REDISMODULE_CTX_FLAGS_RESP3 != 0 {
+                api!(RedisModule_ReplyWithMap)(self.0, 3);
+                name(c"allowed");
+                api!(RedisModule_ReplyWithLongLong)(self.0, allowed);
+                name(c"retry_after_ms");
+                api!(RedisModule_ReplyWithLongLong)(self.0, retry);
+                name(c"limits");
+                api!(RedisModule_ReplyWithArray)(self.0, count as _);
+            } else {
+                api!(RedisModule_ReplyWithArray)(self.0, 2 + count as std::ffi::c_long);
+                api!(RedisModule_ReplyWithLongLong)(self.0, allowed);
+                api!(RedisModule_ReplyWithLongLong)(self.0, retry);
+            }
+        }
+        for i in 0..count {
+            each(i);
         }
     }
 

@@ -59,7 +59,7 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     };
     let request = parse(Args(rest.iter()))?;
     let how = Apply {
-        stats: &STATS,
+        stats: Some(&STATS),
         event: Some(c"cl.throttle"),
         adopt: Some(adopt),
     };

@@ -878,6 +878,9 @@ fn info_counts_decisions_per_command() {
     rl(&mut con, "CL.THROTTLE c 0 1 1").unwrap();
     rl(&mut con, "CL.THROTTLE c 0 1 1").unwrap();
     rl(&mut con, "RL.PEEK f FIXED 1 1m").unwrap();
+    // One call of RL.ALL counts once, under its own name: allowed, then denied by a block.
+    call(&mut con, "RL.ALL 2 a b FIXED 5 1m TOKEN 5 1").unwrap();
+    call(&mut con, "RL.ALL 2 a f FIXED 5 1m FIXED 1 1m").unwrap();
     assert!(rl(&mut con, "RL.FIXED f x 1m").is_err()); // not a decision: not counted
     let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
         panic!("INFO ratelimit")
@@ -894,6 +897,7 @@ fn info_counts_decisions_per_command() {
             "ratelimit_fixed:calls=4,allowed=1,denied=3,blocked=2",
             "ratelimit_sliding:calls=0,allowed=0,denied=0,blocked=0",
             "ratelimit_token:calls=1,allowed=1,denied=0,blocked=0",
+            "ratelimit_all:calls=2,allowed=1,denied=1,blocked=1",
             "ratelimit_throttle:calls=2,allowed=1,denied=1,blocked=0",
             "ratelimit_peek:calls=1,allowed=0,denied=1,blocked=1",
         ]

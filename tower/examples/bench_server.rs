@@ -34,16 +34,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .key(key("flood"))
     .budget(budget);
-    let cached = flood
-        .clone()
-        .key(key("flood-cached"))
-        .cache_denials(1000);
+    let cached = flood.clone().key(key("flood-cached")).cache_denials(1000);
     let handler = || async { "hello\n" };
     let app = Router::new()
         .route("/plain", get(handler))
         .merge(Router::new().route("/limited", get(handler)).layer(allowed))
         .merge(Router::new().route("/flood", get(handler)).layer(flood))
-        .merge(Router::new().route("/flood-cached", get(handler)).layer(cached));
+        .merge(
+            Router::new()
+                .route("/flood-cached", get(handler))
+                .layer(cached),
+        );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())

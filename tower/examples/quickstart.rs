@@ -21,8 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
     let redis = redis::Client::open(url)?;
     let limiter = RateLimiter::new(redis::aio::ConnectionManager::new(redis).await?);
-    let limits = RateLimitLayer::new(limiter, Quota::new("burst", Policy::token(5, 1)))
-        .quota(Quota::new("minute", Policy::sliding(30, Duration::from_secs(60))));
+    let limits = RateLimitLayer::new(limiter, Quota::new("burst", Policy::token(5, 1))).quota(
+        Quota::new("minute", Policy::sliding(30, Duration::from_secs(60))),
+    );
     let app = Router::new()
         .route("/", get(|| async { "hello\n" }))
         .layer(limits);

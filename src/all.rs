@@ -1,0 +1,233 @@
+//! `RL.ALL numkeys key [key ...] spec [spec ...] [DRYRUN]`: several limits in one atomic
+//! call, all or nothing.
+//!
+//! A spec is an algorithm's name and that algorithm's arguments and options (`COST`,
+//! `BLOCK`): `RL.ALL 2 {u42}:user {u42}:ip TOKEN 100 10 FIXED 1000 1h COST 2`. The call is
+//! allowed only if every limit allows its cost, and then each takes it; if one denies, none
+//! takes anything, but a denying limit with `BLOCK` starts its block. The clock is read once,
+//! and each key is given once, so what the check finds is what the take does. The keys are
+//! where a `keynum` key spec says (as for `EVAL`): cluster clients route the call and Redis
+//! refuses keys of several slots with `CROSSSLOT`. Each limit's effect replicates as its own
+//! command would (`RL.STATE` or `DEL`), and Redis wraps a call's effects in one
+//! `MULTI`/`EXEC`.
+//!
+//! The reply is `[allowed, retry_after_ms, d1, …, dN]` (RESP3: a map of `allowed`,
+//! `retry_after_ms` and `limits`): `retry_after_ms` is when the whole call would pass (the
+//! latest of the denying limits', -1 if one can never fit, 0 if allowed), and each `di` is
+//! its limit's five-field reply: what it took, or, if the call was denied, its state as it
+//! stands (what a denying limit replies, or a limit that would have allowed reporting with
+//! `COST 0`).
+
+use std::ffi::{CStr, c_int};
+
+use ratelimit_core::{Decision, Retry};
+use redis_module::raw;
+
+use crate::algorithm::{self, Planned, Step};
+use crate::algorithms::{ALGORITHMS, NAMES};
+use crate::command::{self, Command, DECIDE_KEY, Keys};
+use crate::error::Error;
+use crate::param::{DRYRUN, Kind, Param};
+use crate::redis::{Ctx, RString, bytes};
+use crate::stats::Stats;
+
+/// The most keys one call takes.
+pub const MAX_KEYS: usize = 32;
+
+pub const COMMAND: Command = Command {
+    name: c"RL.ALL",
+    handler,
+    flags: c"write deny-oom getkeys-api",
+    keys: Keys::Counted(DECIDE_KEY),
+    summary: c"Checks several limits at once, all or nothing: one spec per key, each FIXED, SLIDING or TOKEN with that algorithm's arguments, COST and BLOCK. Replies [allowed, retry_after_ms, d1, ..., dN], each di a limit's five fields.",
+    params: &[Param::required(c"spec", Kind::Bytes)],
+    shared: &[DRYRUN],
+};
+
+/// `RL.ALL`'s counters for `INFO ratelimit`: one call, whatever its number of limits.
+pub static STATS: Stats = Stats::new(c"all");
+
+extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c_int) -> c_int {
+    command::run(ctx, argv, argc, all)
+}
+
+/// One limit of the call: its key and its parsed spec.
+struct Limit {
+    key: RString,
+    call: Box<dyn Planned>,
+}
+
+fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
+    let [_, numkeys, rest @ ..] = argv else {
+        return Err(Error::WrongArity);
+    };
+    // Redis 7.0 finds a module command's keys for cluster redirections from this answer,
+    // not from the key spec (which `COMMAND GETKEYS` and ACLs read).
+    if ctx.is_keys_position_request() {
+        let count = key_count(bytes(*numkeys)).map_or(0, |n| n.min(rest.len()));
+        (2..2 + count).for_each(|pos| ctx.key_at(pos));
+        return Ok(());
+    }
+    let (limits, dry_run) = parse(bytes(*numkeys), rest)?;
+    let now = ctx.now();
+    let run = |limit: &Limit, step| {
+        (limit.call.run(ctx, limit.key, now, step)).map(|(decision, _)| decision)
+    };
+    let mut blocked = false;
+    let checks = (limits.iter())
+        .map(|limit| {
+            let (decision, was_blocked) = limit.call.run(ctx, limit.key, now, Step::Check)?;
+            blocked |= was_blocked;
+            Ok(decision)
+        })
+        .collect::<Result<Vec<Decision>, Error>>()?;
+    let allowed = checks.iter().all(|d| d.allowed);
+    let decisions = if dry_run {
+        checks
+    } else if allowed {
+        // Same keys, same time: every take is allowed, as its check was.
+        (limits.iter())
+            .map(|limit| run(limit, Step::Take))
+            .collect::<Result<Vec<Decision>, Error>>()?
+    } else {
+        (limits.iter().zip(checks))
+            .map(
+                |(limit, check)| match (check.allowed, limit.call.blocks()) {
+                    (true, _) => run(limit, Step::Report),
+                    (false, true) => run(limit, Step::Block),
+                    (false, false) => Ok(check),
+                },
+            )
+            .collect::<Result<Vec<Decision>, Error>>()?
+    };
+    STATS.record(allowed, blocked);
+    let retry = verdict(&decisions);
+    ctx.reply_verdict(
+        i64::from(allowed),
+        retry.as_millis(),
+        decisions.len(),
+        |i| algorithm::reply(ctx, &decisions[i]),
+    );
+    Ok(())
+}
+
+/// When the whole call would pass: the latest of the denying limits' retries.
+fn verdict(decisions: &[Decision]) -> Retry {
+    decisions
+        .iter()
+        .filter(|d| !d.allowed)
+        .fold(Retry::Now, |acc, d| match (acc, d.retry) {
+            (Retry::Never, _) | (_, Retry::Never) => Retry::Never,
+            (Retry::After(a), Retry::After(b)) => Retry::After(a.max(b)),
+            (_, Retry::After(b)) => Retry::After(b),
+            (acc, Retry::Now) => acc,
+        })
+}
+
+/// Parses `numkeys key [key ...] spec [spec ...] [DRYRUN]`: the limits and the dry run.
+fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, bool), Error> {
+    let count = key_count(numkeys).ok_or(Error::NumKeys(MAX_KEYS))?;
+    if rest.len() < count {
+        return Err(Error::SpecCount(count, 0));
+    }
+    let (keys, words) = rest.split_at(count);
+    for (i, key) in keys.iter().enumerate() {
+        if keys[..i]
+            .iter()
+            .any(|earlier| bytes(*earlier) == bytes(*key))
+        {
+            return Err(Error::DuplicateKey(i + 1));
+        }
+    }
+    let mut words: Vec<&[u8]> = words.iter().map(|w| bytes(*w)).collect();
+    let dry_run = words
+        .last()
+        .is_some_and(|w| w.eq_ignore_ascii_case(DRYRUN.token.map_or(b"", CStr::to_bytes)));
+    if dry_run {
+        words.pop();
+    }
+    let specs = split(&words);
+    if specs.len() != count {
+        return Err(Error::SpecCount(count, specs.len()));
+    }
+    let limits = (keys.iter().zip(specs).enumerate())
+        .map(|(i, (key, spec))| {
+            let entry = (ALGORITHMS.iter()).find(|e| is_name(spec[0], e.name));
+            let entry = entry.ok_or_else(|| {
+                Error::InSpec(i + 1, None, Box::new(Error::UnknownAlgorithm(&NAMES)))
+            })?;
+            let call = (entry.plan)(&spec[1..])
+                .map_err(|e| Error::InSpec(i + 1, Some(entry.name), Box::new(e)))?;
+            Ok(Limit { key: *key, call })
+        })
+        .collect::<Result<Vec<Limit>, Error>>()?;
+    Ok((limits, dry_run))
+}
+
+/// `numkeys`, if it is an integer from 1 to [`MAX_KEYS`].
+fn key_count(numkeys: &[u8]) -> Option<usize> {
+    let n = std::str::from_utf8(numkeys).ok()?.parse::<usize>().ok()?;
+    (1..=MAX_KEYS).contains(&n).then_some(n)
+}
+
+fn is_name(word: &[u8], name: &CStr) -> bool {
+    word.eq_ignore_ascii_case(name.to_bytes())
+}
+
+/// The specs: each starts at an algorithm's name (the first word starts one whatever it is).
+fn split<'a, 'w>(words: &'a [&'w [u8]]) -> Vec<&'a [&'w [u8]]> {
+    let mut specs = Vec::new();
+    let mut start = 0;
+    for i in 1..=words.len() {
+        let boundary = i == words.len() || NAMES.iter().any(|name| is_name(words[i], name));
+        if boundary && i > start {
+            specs.push(&words[start..i]);
+            start = i;
+        }
+    }
+    specs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(allowed: bool, remaining: u64, retry: Retry) -> Decision {
+        Decision {
+            allowed,
+            limit: 10,
+            remaining,
+            retry,
+            reset_after: 0,
+        }
+    }
+
+    #[test]
+    fn the_verdict_waits_for_the_latest_denial() {
+        let ok = decision(true, 3, Retry::Now);
+        let wait = |ms| decision(false, 0, Retry::After(ms));
+        assert_eq!(verdict(&[ok, ok]), Retry::Now);
+        assert_eq!(
+            verdict(&[ok, wait(5), wait(900), wait(30)]),
+            Retry::After(900)
+        );
+        let never = decision(false, 3, Retry::Never);
+        assert_eq!(verdict(&[wait(5), never, wait(30)]), Retry::Never);
+    }
+
+    #[test]
+    fn specs_split_at_algorithm_names() {
+        let words: Vec<&[u8]> = [
+            "TOKEN", "100", "10", "fixed", "1000", "1h", "COST", "2", "Sliding", "5", "1m",
+        ]
+        .iter()
+        .map(|w| w.as_bytes())
+        .collect();
+        let specs = split(&words);
+        let lens: Vec<usize> = specs.iter().map(|s| s.len()).collect();
+        assert_eq!(lens, [3, 5, 3]);
+        let odd: Vec<&[u8]> = vec![b"100", b"FIXED", b"1", b"1"];
+        assert_eq!(split(&odd).len(), 2);
+        assert!(split(&[]).is_empty());
+    }
+}
