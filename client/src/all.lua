@@ -1,7 +1,7 @@
 -- Several limits, all or nothing (ratelimit-client's check_all).
 -- KEYS: one key per limit. ARGV[1]: '1' for a dry run. Then, per limit: the command, the
 -- count of its figures, the figures, the cost, and the block ('' for none).
--- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL will.
+-- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL does.
 local dry_run = ARGV[1] == '1'
 local calls = {}
 local at = 2

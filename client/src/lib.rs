@@ -156,5 +156,6 @@ where
     }
 }
 
-/// Several limits, all or nothing, in one script (until the module has `RL.ALL`).
+/// Several limits, all or nothing, in one script with `RL.ALL`'s semantics and reply: it runs
+/// on builds of the module without `RL.ALL`, and cluster clients route it by its first key.
 static ALL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("all.lua")));
