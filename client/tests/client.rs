@@ -44,7 +44,7 @@ fn calls(server: &Server, command: &str) -> i64 {
 #[tokio::test]
 async fn decisions_are_the_modules_replies_over_resp2_and_resp3() {
     let server = Server::start();
-    for url in [server.url(), format!("{}?protocol=resp3", server.url())] {
+    for url in [server.url(""), server.url("?protocol=resp3")] {
         let limiter = connect(&url).await;
         let _ = limiter.reset(["t", "f"]).await.unwrap();
         let token = Limit::token("t", 100, 10).per(S(1));
@@ -94,7 +94,7 @@ async fn decisions_are_the_modules_replies_over_resp2_and_resp3() {
 #[tokio::test]
 async fn invalid_limits_never_reach_the_server_and_the_module_agrees() {
     let server = Server::start();
-    let limiter = connect(&server.url()).await;
+    let limiter = connect(&server.url("")).await;
     let cases = [
         (Limit::fixed("k", 0, S(1)), "RL.FIXED k 0 1000ms"),
         (
@@ -131,7 +131,7 @@ async fn invalid_limits_never_reach_the_server_and_the_module_agrees() {
 #[tokio::test]
 async fn errors_are_typed() {
     let plain = Server::start_without_module(&[]);
-    let limiter = connect(&plain.url()).await;
+    let limiter = connect(&plain.url("")).await;
     let err = limiter.check(&Limit::token("k", 10, 1)).await.unwrap_err();
     assert!(
         matches!(&err, Error::ModuleNotLoaded { command } if command.eq_ignore_ascii_case("RL.TOKEN")),
@@ -145,7 +145,7 @@ async fn errors_are_typed() {
     assert!(matches!(err, Error::ModuleNotLoaded { .. }), "{err:?}");
 
     let server = Server::start();
-    let limiter = connect(&server.url()).await;
+    let limiter = connect(&server.url("")).await;
     call(&mut server.conn(), "SET k v").unwrap();
     let err = limiter.check(&Limit::token("k", 10, 1)).await.unwrap_err();
     assert_eq!(
@@ -165,7 +165,7 @@ async fn errors_are_typed() {
 async fn a_slow_server_is_a_timeout_and_a_dead_one_a_connection_error() {
     // The real clock: a pause ends on the server's clock.
     let mut server = Server::start_with(Clock::offset(0), &[]);
-    let limiter = connect(&server.url()).await.with_timeout(MS(100));
+    let limiter = connect(&server.url("")).await.with_timeout(MS(100));
     let limit = Limit::token("k", 10, 1);
     assert!(limiter.check(&limit).await.unwrap().allowed);
     call(&mut server.conn(), "CLIENT PAUSE 1000 ALL").unwrap();
@@ -178,7 +178,7 @@ async fn a_slow_server_is_a_timeout_and_a_dead_one_a_connection_error() {
     call(&mut server.conn(), "CLIENT UNPAUSE").unwrap();
 
     // A connection manager reconnects by itself once the server is back.
-    let client = redis::Client::open(server.url()).unwrap();
+    let client = redis::Client::open(server.url("")).unwrap();
     let manager = ConnectionManager::new(client).await.unwrap();
     let limiter = RateLimiter::new(manager).with_timeout(S(2));
     assert!(limiter.check(&limit).await.unwrap().allowed);
@@ -204,7 +204,7 @@ async fn a_slow_server_is_a_timeout_and_a_dead_one_a_connection_error() {
 #[tokio::test]
 async fn several_limits_are_all_or_nothing() {
     let server = Server::start();
-    let limiter = connect(&server.url()).await;
+    let limiter = connect(&server.url("")).await;
     let second = Limit::fixed("{u}:second", 2, S(1));
     let minute = Limit::sliding("{u}:minute", 3, S(60));
     let bucket = Limit::token("{u}:bucket", 10, 1).cost(2);

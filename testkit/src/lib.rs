@@ -14,8 +14,14 @@
 //! `RL_MODULE=/path/to/lib.so` skips the build. The clock is an `LD_PRELOAD` shim
 //! (`clockshim.c`, compiled here with `cc`) reading a file the test writes: pinned (time
 //! moves only when the test says) or offset from the real clock (a skewed server).
+//!
+//! A server started with a [`Tls`] ([`Server::start_tls`]) serves TLS only, and every
+//! connection the kit makes to it, the readiness check's included, is a `rediss://` one.
 
 pub mod cluster;
+mod tls;
+
+pub use tls::{Tls, tls_missing};
 
 use std::fs::File;
 use std::io::Read;
@@ -223,8 +229,10 @@ pub fn free_port() -> u16 {
 
 /// A running server with the module loaded.
 pub struct Server {
+    /// The port it serves, with TLS if `tls` is set (then it has no plain TCP port).
     pub port: u16,
     pub clock: Arc<Clock>,
+    pub tls: Option<Arc<Tls>>,
     dir: TempDir,
     args: Vec<String>,
     with_module: bool,
@@ -239,18 +247,29 @@ impl Server {
 
     /// A server with this clock and extra server arguments (`["--appendonly", "yes"]`).
     pub fn start_with(clock: Arc<Clock>, args: &[&str]) -> Server {
-        Self::launch(clock, args, true)
+        Self::launch(clock, None, args, true)
+    }
+
+    /// A server serving TLS only, with the certificates of `tls` (see [`tls_missing`]).
+    pub fn start_tls(clock: Arc<Clock>, tls: Arc<Tls>, args: &[&str]) -> Server {
+        Self::launch(clock, Some(tls), args, true)
     }
 
     /// A server without the module, to see what an operator who forgot it sees.
     pub fn start_without_module(args: &[&str]) -> Server {
-        Self::launch(Clock::offset(0), args, false)
+        Self::launch(Clock::offset(0), None, args, false)
     }
 
-    fn launch(clock: Arc<Clock>, args: &[&str], with_module: bool) -> Server {
+    fn launch(
+        clock: Arc<Clock>,
+        tls: Option<Arc<Tls>>,
+        args: &[&str],
+        with_module: bool,
+    ) -> Server {
         let mut server = Server {
             port: free_port(),
             clock,
+            tls,
             dir: TempDir::new().expect("temp dir"),
             args: args.iter().map(|a| a.to_string()).collect(),
             with_module,
@@ -271,8 +290,12 @@ impl Server {
         if self.with_module {
             command.arg("--loadmodule").arg(&artifacts.module);
         }
+        match &self.tls {
+            Some(tls) => command.args(tls.server_args(dir, self.port)),
+            None => command.args(["--port", &self.port.to_string()]),
+        };
         let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
@@ -320,8 +343,26 @@ impl Server {
         }
     }
 
+    /// The server's URL (`rediss://` if it serves TLS), followed by `query` (`?protocol=resp3`).
+    pub fn url(&self, query: &str) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/{query}", self.port)
+    }
+
+    /// A client for `url(query)`, with the test certificates if the server serves TLS.
+    pub fn client(&self, query: &str) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(self.url(query), tls.certificates()),
+            None => redis::Client::open(self.url(query)),
+        }
+    }
+
     fn try_conn(&self) -> redis::RedisResult<Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
+        self.client("")?.get_connection()
     }
 
     pub fn conn(&self) -> Connection {
@@ -330,7 +371,7 @@ impl Server {
 
     /// A connection speaking RESP3.
     pub fn resp3(&self) -> Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}/?protocol=resp3", self.port))
+        self.client("?protocol=resp3")
             .and_then(|c| c.get_connection())
             .expect("connect with RESP3")
     }
@@ -383,11 +424,6 @@ impl Server {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
         self.spawn();
-    }
-
-    /// The address clients connect to: `redis://127.0.0.1:<port>/`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.

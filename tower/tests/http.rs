@@ -103,7 +103,7 @@ async fn fetch(addr: SocketAddr) -> Reply {
 }
 
 async fn limiter(server: &Server) -> RateLimiter<ConnectionManager> {
-    let client = redis::Client::open(server.url()).unwrap();
+    let client = redis::Client::open(server.url("")).unwrap();
     RateLimiter::new(ConnectionManager::new(client).await.unwrap())
 }
 
