@@ -291,6 +291,11 @@ impl Limit {
     /// The limiting command for this call.
     pub(crate) fn command(&self) -> Result<Cmd, InvalidLimit> {
         self.check()?;
+        Ok(self.words())
+    }
+
+    /// The limiting command's words, whether or not the module would accept them.
+    fn words(&self) -> Cmd {
         let mut cmd = redis::cmd(self.policy.command());
         cmd.arg(&self.key);
         cmd.arg(self.policy.figures());
@@ -309,7 +314,7 @@ impl Limit {
         if self.dry_run {
             cmd.arg("DRYRUN");
         }
-        Ok(cmd)
+        cmd
     }
 
     /// `RL.PEEK` for this call: what taking its cost would decide now.
@@ -399,10 +404,10 @@ fn ms_arg(value: Duration) -> String {
 }
 
 impl fmt::Display for Limit {
-    /// The command this call sends, as `redis-cli` would take it.
+    /// The command this call sends, as `redis-cli` would take it (shown for an invalid limit
+    /// too: formatting never fails).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cmd = self.command().map_err(|_| fmt::Error)?;
-        let words: Vec<String> = cmd
+        let words: Vec<String> = (self.words())
             .args_iter()
             .map(|a| String::from_utf8_lossy(&arg_bytes(a)).into_owned())
             .collect();

@@ -27,20 +27,6 @@ fn decision(allowed: bool, limit: u64, remaining: u64, retry: Retry, reset: u64)
     }
 }
 
-/// How many times the server ran `command` (`INFO commandstats`).
-fn calls(server: &Server, command: &str) -> i64 {
-    let info = match call(&mut server.conn(), "INFO commandstats") {
-        Ok(redis::Value::VerbatimString { text, .. }) => text,
-        Ok(redis::Value::BulkString(bytes)) => String::from_utf8(bytes).unwrap(),
-        other => panic!("INFO: {other:?}"),
-    };
-    let prefix = format!("cmdstat_{command}:calls=").to_ascii_lowercase();
-    info.lines()
-        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
-        .find_map(|l| l.get(prefix.len()..))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
-}
-
 #[tokio::test]
 async fn decisions_are_the_modules_replies_over_resp2_and_resp3() {
     let server = Server::start();
@@ -123,9 +109,9 @@ async fn invalid_limits_never_reach_the_server_and_the_module_agrees() {
         let module = call(&mut server.conn(), raw).unwrap_err();
         assert_eq!(module, format!("ERR {message}"), "{raw}");
     }
-    assert_eq!(calls(&server, "RL.FIXED"), 2);
-    assert_eq!(calls(&server, "RL.TOKEN"), 3);
-    assert_eq!(calls(&server, "RL.SLIDING"), 1);
+    assert_eq!(server.command_calls("RL.FIXED"), 2);
+    assert_eq!(server.command_calls("RL.TOKEN"), 3);
+    assert_eq!(server.command_calls("RL.SLIDING"), 1);
 }
 
 #[tokio::test]

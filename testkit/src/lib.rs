@@ -426,6 +426,19 @@ impl Server {
         self.spawn();
     }
 
+    /// How many times the server ran `command` (`calls` in `INFO commandstats`; 0 if never).
+    pub fn command_calls(&self, command: &str) -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{command}:calls=").to_ascii_lowercase();
+        info.lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+            .find_map(|l| l.get(prefix.len()..))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

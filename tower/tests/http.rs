@@ -338,19 +338,6 @@ async fn redis_down_or_slow_fails_open_or_closed_and_recovers() {
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
 }
 
-/// How many times the server ran `command` (`INFO commandstats`).
-fn calls(server: &Server, command: &str) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    let prefix = format!("cmdstat_{command}:calls=").to_ascii_lowercase();
-    info.lines()
-        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
-        .find_map(|l| l.get(prefix.len()..))
-        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
-}
-
 #[tokio::test]
 async fn the_local_cache_answers_a_flood_without_redis() {
     let server = Server::start();
@@ -373,7 +360,7 @@ async fn the_local_cache_answers_a_flood_without_redis() {
     assert_eq!(statuses[..3], [200, 200, 429]);
     assert!(statuses[3..].iter().all(|&s| s == 429));
     // Two allowed and one denied reached Redis; the other 47 denials were answered here.
-    assert_eq!(calls(&server, "RL.FIXED"), 3);
+    assert_eq!(server.command_calls("RL.FIXED"), 3);
 }
 
 #[tokio::test]
