@@ -30,23 +30,32 @@ fn reset(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     let [_, names @ ..] = argv else {
         return Err(Error::WrongArity);
     };
-    let mut limiters = Vec::with_capacity(names.len());
+    // All or nothing: every key is looked at before any is deleted.
     for name in names {
-        let Some(key) = Key::open(ctx, *name, true) else {
+        let Some(key) = Key::open(ctx, *name, false) else {
             continue;
         };
         match key.holds() {
             Holds::Nothing => {}
-            Holds::Module(found) if is_limiter(found) => limiters.push(key),
+            Holds::Module(found) if is_limiter(found) => {}
             Holds::Module(_) | Holds::Other => return Err(Error::NotALimiter),
         }
     }
-    for key in &limiters {
-        key.delete();
-        ctx.replicate(key.name(), None);
-        ctx.notify(KeyEvent::Deleted, key.name());
+    // Each key is opened again as it is deleted, so a key named twice is found gone the
+    // second time: deleted, replicated and counted once, as DEL does.
+    let mut deleted = 0;
+    for name in names {
+        let Some(key) = Key::open(ctx, *name, true) else {
+            continue;
+        };
+        if matches!(key.holds(), Holds::Module(_)) {
+            key.delete();
+            ctx.replicate(key.name(), None);
+            ctx.notify(KeyEvent::Deleted, key.name());
+            deleted += 1;
+        }
     }
-    ctx.reply_integer(limiters.len() as i64);
+    ctx.reply_integer(deleted);
     Ok(())
 }
 

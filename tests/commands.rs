@@ -853,6 +853,9 @@ fn reset_deletes_limiters_only_and_all_or_nothing() {
     assert_eq!(int(&mut con, "RL.RESET a b missing"), 2);
     assert_eq!(int(&mut con, "RL.RESET a"), 0);
     assert_eq!(int(&mut con, "EXISTS a b c plain"), 2);
+    // A key named twice is deleted and counted once, as DEL counts it.
+    assert_eq!(int(&mut con, "RL.RESET c c"), 1);
+    assert_eq!(int(&mut con, "EXISTS c"), 0);
     // A reset limiter starts fresh.
     assert_eq!(rl(&mut con, "RL.FIXED a 1 60").unwrap()[0], 1);
     assert_eq!(
