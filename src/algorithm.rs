@@ -302,11 +302,18 @@ fn reply(ctx: Ctx, d: &Decision) {
 }
 
 /// Sets a replicated record of this algorithm (for `RL.STATE`): the master's record is
-/// authoritative and replaces whatever the key holds.
+/// authoritative and replaces whatever the key holds. The key's expiry moves as it did on the
+/// master, only when the reset moment does: the record replaced is the one the master
+/// replaced, so a TTL changed by hand (`PERSIST`, `PEXPIRE`, replicated as they came) holds
+/// on the replica and through an AOF load as long as it holds on the master.
 fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Error> {
     let record = Record::<S>::decode(encoded).map_err(|_| Error::InvalidState)?;
     let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
-    key.store(record, None);
+    let expiry = match key.value::<S>() {
+        Ok(Some(old)) => Some(old.reset_at()),
+        _ => None,
+    };
+    key.store(record, expiry);
     ctx.notify(KeyEvent::Changed(c"rl.state"), name);
     Ok(())
 }

@@ -10,8 +10,8 @@
 //! `defrag` callback, which these do not.
 //!
 //! Every callback goes through the one binary encoding of `ratelimit_core::codec`: RDB saves
-//! it as one string, AOF rewrites emit it as `RL.STATE <key> <encoding>` (Redis appends the
-//! expiry), `DEBUG DIGEST-VALUE` digests it. Loading decodes and validates, so a damaged file
+//! it as one string, AOF rewrites emit it as `RL.STATE <key> <encoding>` and `PERSIST <key>`
+//! (Redis appends the expiry, if the key has one), `DEBUG DIGEST-VALUE` digests it. Loading decodes and validates, so a damaged file
 //! or payload never yields a bad limiter. The RDB encoding version of each type is 1; the
 //! blob carries its own version.
 
@@ -202,6 +202,9 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
             return;
         };
         let bytes = bytes.as_bytes();
+        // `RL.STATE` on a new key sets its expiry to the reset moment, and Redis appends
+        // `PEXPIREAT` only for a key that has an expiry: `PERSIST` first keeps a key whose
+        // TTL was removed by hand without one.
         unsafe {
             api!(RedisModule_EmitAOF)(
                 aof,
@@ -210,7 +213,8 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
                 key,
                 bytes.as_ptr(),
                 bytes.len(),
-            )
+            );
+            api!(RedisModule_EmitAOF)(aof, c"PERSIST".as_ptr(), c"s".as_ptr(), key);
         };
     });
 }

@@ -140,6 +140,42 @@ fn aof_restart_after_rewrite_keeps_states_and_expiries() {
     }
 }
 
+#[test]
+fn a_ttl_changed_by_hand_survives_aof_loads_and_rewrites() {
+    // Until its reset moment moves, a limiter keeps a TTL set by hand, even none at all.
+    for preamble in ["yes", "no"] {
+        let mut server = Server::start_with(
+            support::Clock::pinned(T0),
+            &["--appendonly", "yes", "--aof-use-rdb-preamble", preamble],
+        );
+        let mut con = server.conn();
+        rl(&mut con, "RL.FIXED p 10 1m").unwrap();
+        rl(&mut con, "RL.TOKEN e 10 1 COST 0").unwrap();
+        rl(&mut con, "RL.FIXED e2 10 1m").unwrap();
+        assert_eq!(call(&mut con, "PERSIST p"), Ok(redis::Value::Int(1)));
+        let later = T0 + 3_600_000;
+        let expire = format!("PEXPIREAT e2 {later}");
+        assert_eq!(call(&mut con, &expire), Ok(redis::Value::Int(1)));
+        server.clock.advance(10);
+        rl(&mut con, "RL.FIXED p 10 1m COST 2").unwrap();
+        rl(&mut con, "RL.FIXED e2 10 1m").unwrap();
+        let keys = ["p", "e2"];
+        let expected: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
+        assert_eq!((expected[0].1, expected[1].1), (-1, later as i64));
+        // From the AOF as written, then from a rewrite.
+        server.restart();
+        let mut con = server.conn();
+        let loaded: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
+        assert_eq!(loaded, expected, "preamble {preamble}: loaded");
+        call(&mut con, "BGREWRITEAOF").unwrap();
+        wait_for_rewrite(&mut con);
+        server.restart();
+        let mut con = server.conn();
+        let rewritten: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
+        assert_eq!(rewritten, expected, "preamble {preamble}: rewritten");
+    }
+}
+
 /// The calls that made `tests/fixtures/v2.rdb` with the module of encoding version 2
 /// (commit ea9c35b), as (ms after T0, command): a packed and a boxed fixed window, a
 /// sliding window over two sub-windows, a packed and a boxed token bucket.

@@ -260,3 +260,35 @@ fn peek_answers_on_the_replica_and_reset_replicates() {
             .starts_with("READONLY")
     );
 }
+
+#[test]
+fn a_ttl_changed_by_hand_holds_on_the_replica_as_on_the_master() {
+    // The module moves a key's expiry only when the reset moment moves; until then a TTL set
+    // by hand holds. A replica applying RL.STATE must keep it too.
+    let (master, replica) = master_and_replica();
+    let (mut m, mut r) = (master.conn(), replica.conn());
+    for line in ["RL.FIXED p 10 1m", "RL.FIXED e 10 1m", "RL.SLIDING s 10 1m"] {
+        rl(&mut m, line).unwrap();
+    }
+    assert_eq!(int(&mut m, "PERSIST p"), 1);
+    assert_eq!(int(&mut m, &format!("PEXPIREAT e {}", T0 + HOUR)), 1);
+    assert_eq!(int(&mut m, &format!("PEXPIREAT s {}", T0 + HOUR)), 1);
+    // The same minute (the same reset moment for a fixed window), another 938 ms sub-window
+    // of the sliding one.
+    master.clock.advance(1_000);
+    // Same window, same reset moment: the state changes, the expiry stays as set.
+    for line in ["RL.FIXED p 10 1m", "RL.FIXED e 10 1m COST 2"] {
+        rl(&mut m, line).unwrap();
+    }
+    // A sliding window's reset moment moves with the call: the expiry follows it.
+    rl(&mut m, "RL.SLIDING s 10 1m").unwrap();
+    wait_replicated(&mut m);
+    assert_eq!(int(&mut m, "PEXPIRETIME p"), -1);
+    assert_eq!(int(&mut m, "PEXPIRETIME e"), (T0 + HOUR) as i64);
+    // Sub-windows of 938 ms from the epoch: T0 + 1000 is in [T0 + 148, T0 + 1086), whose
+    // units are forgotten a minute after its last millisecond.
+    assert_eq!(int(&mut m, "PEXPIRETIME s"), (T0 + 1_085 + 60_000) as i64);
+    for key in ["p", "e", "s"] {
+        assert_eq!(fingerprint(&mut r, key), fingerprint(&mut m, key), "{key}");
+    }
+}
