@@ -558,6 +558,9 @@ fn a_crafted_restore_payload_is_refused_without_harm() {
         .expect("the encoded record");
     for (offset, byte, what) in [
         (11, 0, "a count of 0"),
+        // Found by the `codec` fuzz target: a window ending beyond a signed 64-bit expiry
+        // used to be taken, and its calls replied a negative reset_after_ms.
+        (10, 0x80, "a window ending after the year 292 million"),
         (2, 0, "neither a state nor a block"),
         (1, b'T', "another algorithm"),
         (0, 9, "an unknown version"),

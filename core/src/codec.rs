@@ -228,7 +228,7 @@ impl Fields<'_> {
 mod tests {
     use super::*;
     use crate::sliding::MAX_BUCKETS;
-    use crate::{FixedState, SlidingState, TokenState};
+    use crate::{FixedState, MAX_DURATION_MS, MAX_UNITS, SlidingState, TokenState};
 
     fn round_trip<S: Codec + State>(record: Record<S>) {
         let encoded = Encoded::of(&record);
@@ -337,6 +337,49 @@ mod tests {
         assert_eq!(
             Record::<TokenState>::decode(Encoded::of(&never).as_bytes()),
             Err(DecodeError::Invalid)
+        );
+        // A state that resets beyond a signed 64-bit expiry is refused like such a block:
+        // its key could never expire as stored, and its replies would not fit (a token
+        // bucket full in the year 584 million replied a negative reset_after_ms; found by
+        // the `codec` fuzz target).
+        let far = MAX_UNITS + 1;
+        assert_eq!(
+            Record::<TokenState>::decode(
+                Encoded::of(&Record::of(TokenState {
+                    full_at: far,
+                    slack: 0
+                }))
+                .as_bytes()
+            ),
+            Err(DecodeError::Invalid)
+        );
+        assert_eq!(
+            Record::<FixedState>::decode(Encoded::of(&fixed(far, 1)).as_bytes()),
+            Err(DecodeError::Invalid)
+        );
+        let sliding = |window| SlidingState {
+            window,
+            first: (far - window) / crate::sliding::granularity(window),
+            counts: vec![1].into(),
+        };
+        let late = Record::of(sliding(MAX_DURATION_MS));
+        assert!(late.state.as_ref().is_some_and(State::is_valid) && late.reset_at() > MAX_UNITS);
+        assert_eq!(
+            Record::<SlidingState>::decode(Encoded::of(&late).as_bytes()),
+            Err(DecodeError::Invalid)
+        );
+        // At the bound itself, each is taken.
+        let at_bound = Record::of(TokenState {
+            full_at: MAX_UNITS,
+            slack: 0,
+        });
+        assert_eq!(
+            Record::decode(Encoded::of(&at_bound).as_bytes()),
+            Ok(at_bound)
+        );
+        assert_eq!(
+            Record::decode(Encoded::of(&fixed(MAX_UNITS, 1)).as_bytes()),
+            Ok(fixed(MAX_UNITS, 1))
         );
         assert_eq!(tag_of(bytes.as_bytes()), Some(b'F'));
         assert_eq!(tag_of(&[2, b'F']), Some(b'F'));

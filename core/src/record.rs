@@ -69,13 +69,16 @@ impl<S: State> State for Record<S> {
         state.max(self.blocked_until)
     }
 
-    /// A valid state, or none but a block; a block end that fits a signed 64-bit expiry.
+    /// A valid state, or none but a block; a reset time (the key's expiry: the state's and
+    /// the block's end) that fits a signed 64-bit expiry, so every reply figure derived from
+    /// it fits a signed reply too. The algorithms store no later times from any clock below
+    /// `MAX_UNITS - 2 * MAX_DURATION_MS`, the year 292 million.
     fn is_valid(&self) -> bool {
         let state = self
             .state
             .as_ref()
             .map_or(self.blocked_until > 0, State::is_valid);
-        state && self.blocked_until <= MAX_UNITS
+        state && self.reset_at() <= MAX_UNITS
     }
 }
 
