@@ -26,9 +26,10 @@ use ratelimit_core::{
 /// ```
 const TAIL: usize = 38;
 
-/// The latest time a server clock gives and a block still ends in a valid record: a block
-/// end must fit a signed 64-bit expiry (`Record::is_valid`).
-const MAX_NOW: Millis = MAX_UNITS - MAX_DURATION_MS;
+/// The latest time the calls use: a record's reset time must fit a signed 64-bit expiry
+/// (`Record::is_valid`), and a call may store one up to two of the longest durations
+/// later (a window's end and a block's).
+const MAX_NOW: Millis = MAX_UNITS - 2 * MAX_DURATION_MS;
 
 fuzz_target!(
     init: write_seeds(),
