@@ -139,12 +139,20 @@ pub static PEEK_STATS: Stats = Stats::new(c"peek");
 
 /// `RL.PEEK key <NAME> ...`: the decision `RL.<NAME> key ... DRYRUN` would reply.
 fn peek<A: Algorithm>(ctx: Ctx, name: RString, args: &[RString]) -> Result<(), Error> {
-    let request = A::request(PEEK_SHARED, Args(args.iter()))?;
-    let request = Request {
+    let request = peek_request::<A>(Args(args.iter()))?;
+    decide(ctx, name, request, &PEEK_STATS)
+}
+
+/// Parses `RL.PEEK`'s arguments after the algorithm's name: the call `A`'s command with
+/// these arguments and `DRYRUN` would make.
+pub fn peek_request<'a, A: Algorithm>(
+    args: impl Iterator<Item = &'a [u8]>,
+) -> Result<Request<A>, Error> {
+    let request = A::request(PEEK_SHARED, args)?;
+    Ok(Request {
         dry_run: true,
         ..request
-    };
-    decide(ctx, name, request, &PEEK_STATS)
+    })
 }
 
 /// Decides a parsed call on the key `name`, applies what it changes and replies.

@@ -17,10 +17,12 @@
 //! - `command`: registration (flags, key specs, docs) and the guarded handler runner;
 //! - `storage`: how a state lives in a key, and its RDB / AOF / digest / copy callbacks;
 //! - `redis`: the thin layer over the module API (keys, replies, replication);
-//! - `api`: raw API access; `guard`: no panic ever reaches Redis.
+//! - `api`: raw API access; `guard`: no panic ever reaches Redis;
+//! - `fuzzing`: the parsers, for the fuzz targets in `fuzz/` (only under `--cfg fuzzing`).
 
-// Test builds leave out the entry point, so the Redis-facing code is unreachable there.
-#![cfg_attr(test, allow(dead_code, unused_imports))]
+// Test and fuzz builds leave out the entry point, so the Redis-facing code is unreachable
+// there.
+#![cfg_attr(any(test, fuzzing), allow(dead_code, unused_imports))]
 
 mod algorithm;
 mod algorithms;
@@ -39,6 +41,10 @@ mod stats;
 mod storage;
 mod throttle;
 
+/// The parsers, for the fuzz targets (`fuzz/`): only under `--cfg fuzzing`.
+#[cfg(fuzzing)]
+pub mod fuzzing;
+
 use std::ffi::c_int;
 
 use redis_module::{Context, RedisString, Status, raw};
@@ -47,9 +53,10 @@ use crate::algorithms::ALGORITHMS;
 use crate::api::api;
 use crate::stats::Stats;
 
-// Unit tests run outside Redis, where the Redis allocator does not exist: the module entry
-// point (which installs it as the global allocator) is left out of test builds.
-#[cfg(not(test))]
+// Unit tests and fuzz targets run outside Redis, where the Redis allocator does not exist:
+// the module entry point (which installs it as the global allocator) is left out of their
+// builds.
+#[cfg(not(any(test, fuzzing)))]
 redis_module::redis_module! {
     name: "ratelimit",
     version: 1,

@@ -7,7 +7,7 @@ use std::ffi::c_int;
 
 use redis_module::raw;
 
-use crate::algorithm::PEEK_SHARED;
+use crate::algorithm::{Entry, PEEK_SHARED};
 use crate::algorithms::{ALGORITHMS, NAMES};
 use crate::command::{self, Command, Keys};
 use crate::error::Error;
@@ -35,9 +35,12 @@ fn peek(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     let [_, key, algorithm, args @ ..] = argv else {
         return Err(Error::WrongArity);
     };
-    let algorithm = bytes(*algorithm);
-    let entry = (ALGORITHMS.iter())
-        .find(|entry| algorithm.eq_ignore_ascii_case(entry.name.to_bytes()))
-        .ok_or(Error::UnknownAlgorithm(&NAMES))?;
-    (entry.peek)(ctx, *key, args)
+    (entry(bytes(*algorithm))?.peek)(ctx, *key, args)
+}
+
+/// The algorithm `RL.PEEK` names (any case).
+pub fn entry(name: &[u8]) -> Result<&'static Entry, Error> {
+    (ALGORITHMS.iter())
+        .find(|entry| name.eq_ignore_ascii_case(entry.name.to_bytes()))
+        .ok_or(Error::UnknownAlgorithm(&NAMES))
 }

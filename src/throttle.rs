@@ -85,7 +85,7 @@ fn seconds(ms: u64) -> i64 {
 }
 
 /// `max_burst count_per_period period [quantity]`: the bucket, and what to do with it.
-fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<TokenBucket>, Error> {
+pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<TokenBucket>, Error> {
     let mut next = |param: &'static Param| -> Result<Option<i64>, Error> {
         match args.next() {
             Some(bytes) => integer(bytes).map(Some).ok_or(Error::NotInteger(param)),
