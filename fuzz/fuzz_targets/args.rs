@@ -110,8 +110,12 @@ fn limiting<A: Core>(
     let parsed = match parsed {
         Ok(parsed) => parsed,
         Err(error) => {
-            assert_eq!(request, Err(error), "the request fails as its parse does");
-            check_error(error, own, shared);
+            assert_eq!(
+                request,
+                Err(error.clone()),
+                "the request fails as its parse does"
+            );
+            check_error(&error, own, shared);
             return request;
         }
     };
@@ -127,7 +131,7 @@ fn limiting<A: Core>(
                 (parsed.call, parsed.dry_run)
             );
         }
-        (Err(error), None) if Some(*error) == A::REFUSED => check_message(*error),
+        (Err(error), None) if A::REFUSED.as_ref() == Some(error) => check_message(error),
         (request, core) => panic!("values {values:?}: module {request:?}, core {core:?}"),
     }
     // Rendered back to words, in any case, units and order, the parse is the same.
@@ -165,9 +169,9 @@ fn check_values(parsed: &Parsed, own: &[Param], shared: &[Param]) {
 
 /// An error names one of this command's arguments, fails in a way its kind can, and
 /// renders as an `ERR` message.
-fn check_error(error: Error, own: &'static [Param], shared: &'static [Param]) {
+fn check_error(error: &Error, own: &'static [Param], shared: &'static [Param]) {
     let ours = |p: &Param| own.iter().chain(shared).any(|q| q == p);
-    let ok = match error {
+    let ok = match error.clone() {
         Error::NotInteger(p) | Error::Negative(p) | Error::TooLarge(p) => {
             ours(p) && matches!(p.kind, Kind::Units | Kind::Amount)
         }
@@ -185,11 +189,11 @@ fn check_error(error: Error, own: &'static [Param], shared: &'static [Param]) {
     check_message(error);
 }
 
-fn check_message(error: Error) {
+fn check_message(error: &Error) {
     let text = error.to_string();
     assert!(text.starts_with("ERR ") && text.len() > 4, "{text:?}");
     assert_eq!(
-        error.message().to_bytes(),
+        error.clone().message().to_bytes(),
         text.as_bytes(),
         "NUL in {text:?}"
     );
@@ -273,7 +277,7 @@ fn peek(words: &[&[u8]], selector: u8) {
     } else {
         let error = result.expect_err("an unknown algorithm");
         assert!(matches!(error, Error::UnknownAlgorithm(_)), "{error:?}");
-        check_message(error);
+        check_message(&error);
         return;
     };
     match (&result, &expected) {
@@ -318,10 +322,10 @@ fn throttle(words: &[&[u8]], selector: u8) {
     let request = match result {
         Ok(request) => request,
         Err(error) => {
-            check_message(error);
+            check_message(&error);
             let labels = ["max_burst", "count_per_period", "period", "quantity"];
             let arity = !(3..=4).contains(&words.len());
-            match error {
+            match &error {
                 Error::WrongArity => assert!(arity, "{words:?}"),
                 Error::NotInteger(p) => {
                     let i = labels.iter().position(|l| *l == p.label());
