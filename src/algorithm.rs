@@ -22,6 +22,7 @@ use crate::param::{BLOCK, COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Holds, Key, KeyEvent, RString};
 use crate::stats::Stats;
 use crate::storage::{Stored, Value};
+use crate::wait::{self, Work};
 
 /// An algorithm of the core with its command:
 /// `RL.<NAME> key <PARAMS> [COST n | REFUND n] [BLOCK duration] [DRYRUN]`.
@@ -54,17 +55,19 @@ pub trait Algorithm: Limiter<State: Stored> + Copy + Sized + 'static {
             limiter: Self::build(&parsed.own[..Self::PARAMS.len()])?,
             call: parsed.call,
             dry_run: parsed.dry_run,
+            wait: parsed.wait,
         })
     }
 }
 
-/// A parsed call: the limiter with this call's parameters, what the call does, and whether
-/// to change anything.
+/// A parsed call: the limiter with this call's parameters, what the call does, whether to
+/// change anything, and how long it may wait for its units (ms; 0: it does not wait).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request<L> {
     pub limiter: L,
     pub call: Call,
     pub dry_run: bool,
+    pub wait: u64,
 }
 
 /// Parses the arguments of one `RL.ALL` spec into a call of an algorithm.
@@ -97,7 +100,7 @@ impl Entry {
             command: Command {
                 name: A::COMMAND,
                 handler: handler::<A>,
-                flags: c"write deny-oom fast",
+                flags: c"write deny-oom fast blocking",
                 keys: Keys::One(DECIDE_KEY),
                 summary: A::SUMMARY,
                 params: A::PARAMS,
@@ -128,6 +131,10 @@ fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         return Err(Error::WrongArity);
     };
     let request = A::request(SHARED, Args(rest.iter()))?;
+    if request.wait > 0 {
+        let work = Work::One(Box::new(Request { wait: 0, ..request }));
+        return wait::start(ctx, &[*name], work, request.wait, A::stats());
+    }
     decide(ctx, *name, request, A::stats())
 }
 
@@ -167,7 +174,31 @@ fn decide<A: Algorithm>(
         event: None,
         adopt: None,
     };
-    let decision = apply(ctx, name, request, &how)?;
+    let takes = matches!(request.call.op, Op::Take(cost) if cost > 0);
+    let decision = if takes && wait::has_waiters(ctx, &[name]) {
+        // Callers waiting on the key come first: a call that does not wait is denied while
+        // they wait.
+        // What it would find, as it stands (`COST 0` if the cost is there).
+        let look = Request {
+            dry_run: true,
+            ..request
+        };
+        let quiet = Apply { stats: None, ..how };
+        let mut decision = apply(ctx, name, look, &quiet)?;
+        if decision.allowed {
+            let call = Call::take(0);
+            decision = apply(ctx, name, Request { call, ..look }, &quiet)?;
+        }
+        stats.record(false, false);
+        wait::behind_waiters(ctx, &[name], decision)
+    } else {
+        let decision = apply(ctx, name, request, &how)?;
+        if matches!(request.call.op, Op::Refund(_)) && wait::has_waiters(ctx, &[name]) {
+            // A refund may let a waiter go now.
+            wait::wake(ctx, &[name]);
+        }
+        decision
+    };
     reply(ctx, &decision);
     Ok(())
 }
@@ -210,6 +241,7 @@ pub fn apply_at<A: Algorithm>(
         limiter,
         call,
         dry_run,
+        wait: _,
     } = request;
     let mut key = Key::open(ctx, name, !dry_run);
     if let (Some(key), Some(adopt)) = (&mut key, how.adopt)
@@ -309,6 +341,7 @@ impl<A: Algorithm> Planned for Request<A> {
             limiter: self.limiter,
             call,
             dry_run,
+            wait: 0,
         };
         let how = Apply {
             stats: None,
@@ -438,7 +471,8 @@ mod tests {
             Ok(Request {
                 limiter: FixedWindow::new(10, 60_000).unwrap(),
                 call: Call::take(1),
-                dry_run: false
+                dry_run: false,
+                wait: 0,
             })
         );
         assert_eq!(
@@ -446,7 +480,8 @@ mod tests {
             Ok(Request {
                 limiter: SlidingWindow::new(5, 1500).unwrap(),
                 call: Call::take(0),
-                dry_run: true
+                dry_run: true,
+                wait: 0,
             })
         );
     }
@@ -514,8 +549,8 @@ mod tests {
             ("10 60 BLOCK",              "ERR BLOCK needs a value"),
             ("10 60 BLOCK 0",            "ERR BLOCK must be at least 1ms"),
             ("10 60 BLOCK 10y",          "ERR BLOCK must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
-            ("10 60 PER 1s",             "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
-            ("10 60 BOGUS",              "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
+            ("10 60 PER 1s",             "ERR unknown option, expected COST, REFUND, BLOCK, DRYRUN or WAIT"),
+            ("10 60 BOGUS",              "ERR unknown option, expected COST, REFUND, BLOCK, DRYRUN or WAIT"),
         ];
         for (line, error) in window_cases {
             assert_eq!(message::<FixedWindow>(line), error, "RL.FIXED k {line}");
@@ -534,7 +569,7 @@ mod tests {
             ("10 1 PER 1y",          "ERR PER must be a duration such as 60, 1500ms, 10m, 2h or 1d"),
             ("10 1 PER 3651d",       "ERR PER must be at most 3650d"),
             ("10 1 PER 1 PER 2",     "ERR PER given more than once"),
-            ("10 1 BOGUS",           "ERR unknown option, expected PER, COST, REFUND, BLOCK or DRYRUN"),
+            ("10 1 BOGUS",           "ERR unknown option, expected PER, COST, REFUND, BLOCK, DRYRUN or WAIT"),
             ("3651 1 PER 1d",        "ERR capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"),
         ];
         for (line, error) in token_cases {

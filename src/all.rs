@@ -1,5 +1,5 @@
-//! `RL.ALL numkeys key [key ...] spec [spec ...] [DRYRUN]`: several limits in one atomic
-//! call, all or nothing.
+//! `RL.ALL numkeys key [key ...] spec [spec ...] [DRYRUN | WAIT timeout]`: several limits in
+//! one atomic call, all or nothing.
 //!
 //! A spec is an algorithm's name and that algorithm's arguments and options (`COST`,
 //! `BLOCK`): `RL.ALL 2 {u42}:user {u42}:ip TOKEN 100 10 FIXED 1000 1h COST 2`. The call is
@@ -16,7 +16,7 @@
 //! latest of the denying limits', -1 if one can never fit, 0 if allowed), and each `di` is
 //! its limit's five-field reply: what it took, or, if the call was denied, its state as it
 //! stands (what a denying limit replies, or a limit that would have allowed reporting with
-//! `COST 0`).
+//! `COST 0`). With `WAIT`, a denied call waits for all its units (see `wait`).
 
 use std::ffi::{CStr, c_int};
 
@@ -25,11 +25,13 @@ use redis_module::raw;
 
 use crate::algorithm::{self, Planned, Step};
 use crate::algorithms::{ALGORITHMS, NAMES};
+use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{DRYRUN, Kind, Param};
+use crate::param::{DRYRUN, Kind, Param, WAIT};
 use crate::redis::{Ctx, RString, bytes};
 use crate::stats::Stats;
+use crate::wait::{self, Work};
 
 /// The most keys one call takes.
 pub const MAX_KEYS: usize = 32;
@@ -37,11 +39,11 @@ pub const MAX_KEYS: usize = 32;
 pub const COMMAND: Command = Command {
     name: c"RL.ALL",
     handler,
-    flags: c"write deny-oom getkeys-api",
+    flags: c"write deny-oom getkeys-api blocking",
     keys: Keys::Counted(DECIDE_KEY),
     summary: c"Checks several limits at once, all or nothing: one spec per key, each FIXED, SLIDING or TOKEN with that algorithm's arguments, COST and BLOCK. Replies [allowed, retry_after_ms, d1, ..., dN], each di a limit's five fields.",
     params: &[Param::required(c"spec", Kind::Bytes)],
-    shared: &[DRYRUN],
+    shared: &[DRYRUN, WAIT],
 };
 
 /// `RL.ALL`'s counters for `INFO ratelimit`: one call, whatever its number of limits.
@@ -57,6 +59,14 @@ struct Limit {
     call: Box<dyn Planned>,
 }
 
+/// How a call ends: `DRYRUN`, `WAIT timeout` (ms), or neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tail {
+    None,
+    DryRun,
+    Wait(u64),
+}
+
 fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     let [_, numkeys, rest @ ..] = argv else {
         return Err(Error::WrongArity);
@@ -68,15 +78,57 @@ fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         (2..2 + count).for_each(|pos| ctx.key_at(pos));
         return Ok(());
     }
-    let (limits, dry_run) = parse(bytes(*numkeys), rest)?;
-    let now = ctx.now();
-    let run = |limit: &Limit, step| {
-        (limit.call.run(ctx, limit.key, now, step)).map(|(decision, _)| decision)
+    let (limits, tail) = parse(bytes(*numkeys), rest)?;
+    let keys: Vec<RString> = limits.iter().map(|l| l.key).collect();
+    let calls: Vec<Box<dyn Planned>> = limits.into_iter().map(|l| l.call).collect();
+    match tail {
+        Tail::Wait(timeout) => wait::start(ctx, &keys, Work::All(calls), timeout, &STATS),
+        Tail::DryRun | Tail::None => {
+            // Callers waiting on one of the keys come first: a call that does not wait is
+            // denied while they wait, and only looks.
+            let now = ctx.now();
+            let verdict = if wait::has_waiters(ctx, &keys) {
+                let found = look(ctx, &keys, &calls, now)?;
+                wait::behind_waiters_all(ctx, &keys, found)
+            } else {
+                decide(ctx, &keys, &calls, now, tail == Tail::DryRun)?
+            };
+            STATS.record(verdict.allowed, verdict.blocked);
+            reply(ctx, &verdict);
+            Ok(())
+        }
+    }
+}
+
+/// What a call of several limits decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// When the whole call would pass.
+    pub retry: Retry,
+    /// Each limit's decision, in the order of the keys.
+    pub decisions: Vec<Decision>,
+    /// Whether one of the keys was blocked when the call came.
+    pub blocked: bool,
+}
+
+/// Decides the limits `calls` on `keys` at `now`, all or nothing, and applies what they take
+/// (nothing if `dry_run`).
+pub fn decide(
+    ctx: Ctx,
+    keys: &[RString],
+    calls: &[Box<dyn Planned>],
+    now: u64,
+    dry_run: bool,
+) -> Result<Verdict, Error> {
+    let limits = || keys.iter().zip(calls.iter().map(|call| &**call));
+    let run = |(key, call): (&RString, &dyn Planned), step| {
+        (call.run(ctx, *key, now, step)).map(|(decision, _)| decision)
     };
     let mut blocked = false;
-    let checks = (limits.iter())
-        .map(|limit| {
-            let (decision, was_blocked) = limit.call.run(ctx, limit.key, now, Step::Check)?;
+    let checks = limits()
+        .map(|(key, call)| {
+            let (decision, was_blocked) = call.run(ctx, *key, now, Step::Check)?;
             blocked |= was_blocked;
             Ok(decision)
         })
@@ -86,29 +138,52 @@ fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         checks
     } else if allowed {
         // Same keys, same time: every take is allowed, as its check was.
-        (limits.iter())
+        limits()
             .map(|limit| run(limit, Step::Take))
             .collect::<Result<Vec<Decision>, Error>>()?
     } else {
-        (limits.iter().zip(checks))
-            .map(
-                |(limit, check)| match (check.allowed, limit.call.blocks()) {
-                    (true, _) => run(limit, Step::Report),
-                    (false, true) => run(limit, Step::Block),
-                    (false, false) => Ok(check),
-                },
-            )
+        (limits().zip(checks))
+            .map(|(limit, check)| match (check.allowed, limit.1.blocks()) {
+                (true, _) => run(limit, Step::Report),
+                (false, true) => run(limit, Step::Block),
+                (false, false) => Ok(check),
+            })
             .collect::<Result<Vec<Decision>, Error>>()?
     };
-    STATS.record(allowed, blocked);
-    let retry = verdict(&decisions);
+    Ok(Verdict {
+        allowed,
+        retry: verdict(&decisions),
+        decisions,
+        blocked,
+    })
+}
+
+/// Whether the limits `calls` on `keys` would allow at `now`, changing nothing: each
+/// limit's state as it stands (a denying limit's denial).
+pub fn look(
+    ctx: Ctx,
+    keys: &[RString],
+    calls: &[Box<dyn Planned>],
+    now: u64,
+) -> Result<Verdict, Error> {
+    let mut verdict = decide(ctx, keys, calls, now, true)?;
+    for ((key, call), decision) in keys.iter().zip(calls).zip(&mut verdict.decisions) {
+        if decision.allowed {
+            *decision = call.run(ctx, *key, now, Step::Report)?.0;
+        }
+    }
+    Ok(verdict)
+}
+
+/// Replies `[allowed, retry_after_ms, d1, …, dN]` (RESP3: a map).
+pub fn reply(ctx: Ctx, verdict: &Verdict) {
+    let decisions = &verdict.decisions;
     ctx.reply_verdict(
-        i64::from(allowed),
-        retry.as_millis(),
+        i64::from(verdict.allowed),
+        verdict.retry.as_millis(),
         decisions.len(),
         |i| algorithm::reply(ctx, &decisions[i]),
     );
-    Ok(())
 }
 
 /// When the whole call would pass: the latest of the denying limits' retries.
@@ -124,8 +199,9 @@ fn verdict(decisions: &[Decision]) -> Retry {
         })
 }
 
-/// Parses `numkeys key [key ...] spec [spec ...] [DRYRUN]`: the limits and the dry run.
-fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, bool), Error> {
+/// Parses `numkeys key [key ...] spec [spec ...] [DRYRUN | WAIT timeout]`: the limits and
+/// how the call ends.
+fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, Tail), Error> {
     let count = key_count(numkeys).ok_or(Error::NumKeys(MAX_KEYS))?;
     if rest.len() < count {
         return Err(Error::SpecCount(count, 0));
@@ -140,12 +216,8 @@ fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, bool), Error> 
         }
     }
     let mut words: Vec<&[u8]> = words.iter().map(|w| bytes(*w)).collect();
-    let dry_run = words
-        .last()
-        .is_some_and(|w| w.eq_ignore_ascii_case(DRYRUN.token.map_or(b"", CStr::to_bytes)));
-    if dry_run {
-        words.pop();
-    }
+    let tail = tail(&words)?;
+    words.truncate(words.len() - tail.words());
     let specs = split(&words);
     if specs.len() != count {
         return Err(Error::SpecCount(count, specs.len()));
@@ -161,7 +233,36 @@ fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, bool), Error> 
             Ok(Limit { key: *key, call })
         })
         .collect::<Result<Vec<Limit>, Error>>()?;
-    Ok((limits, dry_run))
+    Ok((limits, tail))
+}
+
+impl Tail {
+    /// How many words it takes at the end of the call.
+    fn words(self) -> usize {
+        match self {
+            Tail::None => 0,
+            Tail::DryRun => 1,
+            Tail::Wait(_) => 2,
+        }
+    }
+}
+
+/// `DRYRUN` or `WAIT timeout` at the end of the call's words, if there.
+fn tail(words: &[&[u8]]) -> Result<Tail, Error> {
+    let is = |word: &[u8], param: &Param| {
+        word.eq_ignore_ascii_case(param.token.map_or(b"", CStr::to_bytes))
+    };
+    Ok(match words {
+        [.., wait, _, last] | [.., last, wait, _] if is(last, &DRYRUN) && is(wait, &WAIT) => {
+            return Err(Error::Exclusive(&DRYRUN, &WAIT));
+        }
+        [.., last] if is(last, &DRYRUN) => Tail::DryRun,
+        [.., wait, timeout] if is(wait, &WAIT) => {
+            let parsed = args::parse(&[], &[WAIT], [*wait, *timeout].into_iter())?;
+            Tail::Wait(parsed.wait)
+        }
+        _ => Tail::None,
+    })
 }
 
 /// `numkeys`, if it is an integer from 1 to [`MAX_KEYS`].

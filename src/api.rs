@@ -85,5 +85,16 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_InfoBeginDictField,
         RedisModule_InfoEndDictField,
         RedisModule_InfoAddFieldULongLong,
+        RedisModule_CreateString,
+        RedisModule_FreeString,
+        RedisModule_GetSelectedDb,
+        RedisModule_SelectDb,
+        RedisModule_BlockClient,
+        RedisModule_UnblockClient,
+        RedisModule_SetDisconnectCallback,
+        RedisModule_GetBlockedClientPrivateData,
+        RedisModule_GetBlockedClientHandle,
+        RedisModule_CreateTimer,
+        RedisModule_StopTimer,
     )
 }

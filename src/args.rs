@@ -2,15 +2,15 @@
 //!
 //! A command describes its arguments as a list of [`Param`]s: positional ones first, in
 //! order, then its own options; the options every limiting command takes (`COST`, `REFUND`,
-//! `BLOCK` and `DRYRUN`, `param::SHARED`) follow. [`parse`] reads any such list. Integers are plain decimals;
-//! durations are a positive integer with an optional unit (`ms`, `s`, `m`, `h`, `d`, any
+//! `BLOCK`, `DRYRUN` and `WAIT`, `param::SHARED`) follow. [`parse`] reads any such list.
+//! Integers are plain decimals; durations are a positive integer with an optional unit (`ms`, `s`, `m`, `h`, `d`, any
 //! case; none means seconds). Options are case-insensitive, in any order, each at most once.
 //! Nothing here touches Redis.
 
 use ratelimit_core::{Call, MAX_DURATION_MS, MAX_UNITS, Millis, Op};
 
 use crate::error::Error;
-use crate::param::{BLOCK, COST, Kind, Param, REFUND};
+use crate::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, WAIT};
 
 /// The most arguments a command's own list holds.
 pub const MAX_OWN: usize = 4;
@@ -23,6 +23,8 @@ pub struct Parsed {
     /// What the call does: take `COST` units (by default 1) or `REFUND` some, and `BLOCK`.
     pub call: Call,
     pub dry_run: bool,
+    /// How long a denied call may wait for its units (`WAIT`, ms); 0: it does not wait.
+    pub wait: Millis,
 }
 
 /// Parses the arguments after the key against `own` (at most [`MAX_OWN`]) and `shared`
@@ -39,6 +41,7 @@ pub fn parse<'a>(
         own: [0; MAX_OWN],
         call: Call::take(COST.default),
         dry_run: false,
+        wait: WAIT.default,
     };
     let own = &own[..own.len().min(MAX_OWN)];
     // Positional arguments come first, in order; an option not given has its default.
@@ -48,7 +51,7 @@ pub fn parse<'a>(
             Some(_) => param.default,
         };
     }
-    let mut given = [false; MAX_OWN + 4];
+    let mut given = [false; MAX_OWN + 5];
     let mut op_given = false;
     while let Some(word) = args.next() {
         let is = |p: &Param| {
@@ -76,6 +79,10 @@ pub fn parse<'a>(
                 parsed.call.block = value;
                 continue;
             }
+            p if *p == WAIT => {
+                parsed.wait = value;
+                continue;
+            }
             _ => {
                 parsed.dry_run = true;
                 continue;
@@ -86,6 +93,18 @@ pub fn parse<'a>(
             return Err(Error::Exclusive(&COST, &REFUND));
         }
         parsed.call.op = op;
+    }
+    // A waiting call takes: it neither refunds nor only looks, and its denial while it waits
+    // is no offence to block for.
+    if parsed.wait > 0 {
+        let other = [
+            (matches!(parsed.call.op, Op::Refund(_)), &REFUND),
+            (parsed.call.block > 0, &BLOCK),
+            (parsed.dry_run, &DRYRUN),
+        ];
+        if let Some((_, other)) = other.into_iter().find(|(given, _)| *given) {
+            return Err(Error::Exclusive(other, &WAIT));
+        }
     }
     Ok(parsed)
 }

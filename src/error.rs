@@ -159,7 +159,7 @@ mod tests {
             (Error::Repeated(&DRYRUN), "ERR DRYRUN given more than once"),
             (
                 Error::UnknownOption(&[LIMIT, WINDOW], SHARED),
-                "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN",
+                "ERR unknown option, expected COST, REFUND, BLOCK, DRYRUN or WAIT",
             ),
         ];
         for (error, text) in about {

@@ -8,6 +8,7 @@
 //!   list everything registered at load is derived from;
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
 //! - `all`: `RL.ALL`, several limits in one call, all or nothing;
+//! - `wait`: `WAIT timeout`, a denied call waiting for its units, first come first served;
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
@@ -40,6 +41,7 @@ mod state;
 mod stats;
 mod storage;
 mod throttle;
+mod wait;
 
 /// The parsers, for the fuzz targets (`fuzz/`): only under `--cfg fuzzing`.
 #[cfg(fuzzing)]

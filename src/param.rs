@@ -13,9 +13,12 @@ pub const REFUND: Param = Param::option(c"REFUND", c"units", Kind::Amount, 0);
 /// A denied call blocks the key for this long (none unless given).
 pub const BLOCK: Param = Param::option(c"BLOCK", c"duration", Kind::Duration, 0);
 pub const DRYRUN: Param = Param::option(c"DRYRUN", c"dryrun", Kind::Flag, 0);
+/// A denied call that would be allowed within this long waits for it, blocking its client
+/// (none unless given; excludes `REFUND`, `BLOCK` and `DRYRUN`).
+pub const WAIT: Param = Param::option(c"WAIT", c"timeout", Kind::Duration, 0);
 
 /// The options every limiting command takes, after its own arguments.
-pub const SHARED: &[Param] = &[COST, REFUND, BLOCK, DRYRUN];
+pub const SHARED: &[Param] = &[COST, REFUND, BLOCK, DRYRUN, WAIT];
 
 /// What an argument's value is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

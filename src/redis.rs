@@ -78,6 +78,29 @@ impl Ctx {
             != 0
     }
 
+    /// Whether the client may be blocked: not inside `MULTI`, a script or another module's
+    /// call (Redis refuses to block there and replies an error instead).
+    pub fn may_block(self) -> bool {
+        let deny = raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING
+            | raw::REDISMODULE_CTX_FLAGS_MULTI
+            | raw::REDISMODULE_CTX_FLAGS_LUA
+            | raw::REDISMODULE_CTX_FLAGS_REPLICATED
+            | raw::REDISMODULE_CTX_FLAGS_LOADING;
+        self.flags() & deny == 0
+    }
+
+    /// The database the context's client has selected.
+    pub fn selected_db(self) -> c_int {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_GetSelectedDb)(self.0) }
+    }
+
+    /// Selects a database for the keys this context opens next (a timer's own context).
+    pub fn select_db(self, db: c_int) {
+        // SAFETY: a valid context; an out-of-range id is refused and changes nothing.
+        unsafe { api!(RedisModule_SelectDb)(self.0, db) };
+    }
+
     /// Replies with the five figures of a decision: an array (RESP2) or a map (RESP3).
     pub fn reply_decision(self, figures: [(&'static CStr, i64); 5]) {
         // SAFETY: a valid context; names are static NUL-terminated strings.
@@ -204,6 +227,32 @@ impl Ctx {
                 None => api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key),
             };
         }
+    }
+}
+
+/// A Redis string the module owns (a key name kept while its client waits), freed when
+/// dropped.
+pub struct OwnedString(NonNull<raw::RedisModuleString>);
+
+impl OwnedString {
+    pub fn new(bytes: &[u8]) -> Option<OwnedString> {
+        // SAFETY: no context (the string is not auto-freed) and a valid buffer, which Redis
+        // copies.
+        let s = unsafe {
+            api!(RedisModule_CreateString)(std::ptr::null_mut(), bytes.as_ptr().cast(), bytes.len())
+        };
+        NonNull::new(s).map(OwnedString)
+    }
+
+    pub fn get(&self) -> RString {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for OwnedString {
+    fn drop(&mut self) {
+        // SAFETY: a string created without a context, freed once.
+        unsafe { api!(RedisModule_FreeString)(std::ptr::null_mut(), self.0.as_ptr()) };
     }
 }
 

@@ -11,6 +11,7 @@ use crate::algorithms::ALGORITHMS;
 use crate::command::{self, Command, Keys};
 use crate::error::Error;
 use crate::redis::{Ctx, Holds, Key, KeyEvent, RString};
+use crate::wait;
 
 pub const COMMAND: Command = Command {
     name: c"RL.RESET",
@@ -54,6 +55,10 @@ fn reset(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
             ctx.notify(KeyEvent::Deleted, key.name());
             deleted += 1;
         }
+    }
+    if deleted > 0 && wait::has_waiters(ctx, names) {
+        // Fresh limiters: their waiters may go now.
+        wait::wake(ctx, names);
     }
     ctx.reply_integer(deleted);
     Ok(())

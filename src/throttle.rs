@@ -126,6 +126,7 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
         limiter,
         call: Call { op, block: 0 },
         dry_run: false,
+        wait: 0,
     })
 }
 

@@ -294,8 +294,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ("RL.FIXED k 10 60 COST 99999999999999999999", "ERR COST must be at most 9223372036854775807"),
         ("RL.FIXED k 10 60 COST 1 cost 1",         "ERR COST given more than once"),
         ("RL.FIXED k 10 60 DRYRUN DRYRUN",         "ERR DRYRUN given more than once"),
-        ("RL.FIXED k 10 60 PER 1s",                "ERR unknown option, expected COST, REFUND, BLOCK or DRYRUN"),
-        ("RL.TOKEN k 5 1 LATER",                   "ERR unknown option, expected PER, COST, REFUND, BLOCK or DRYRUN"),
+        ("RL.FIXED k 10 60 PER 1s",                "ERR unknown option, expected COST, REFUND, BLOCK, DRYRUN or WAIT"),
+        ("RL.TOKEN k 5 1 LATER",                   "ERR unknown option, expected PER, COST, REFUND, BLOCK, DRYRUN or WAIT"),
         ("RL.TOKEN k x 1",                         "ERR capacity must be an integer"),
         ("RL.TOKEN k 0 1",                         "ERR capacity must be at least 1"),
         ("RL.TOKEN k 5 0",                         "ERR rate must be at least 1"),
@@ -322,14 +322,25 @@ fn command_metadata() {
     let server = Server::start();
     let mut con = server.conn();
     for (name, arity, expected_flags, last_key) in [
+        // Limiting calls may block their client (`WAIT`).
         (
             "RL.FIXED",
             -4,
-            &["write", "denyoom", "module", "fast"][..],
+            &["write", "denyoom", "module", "blocking", "fast"][..],
             1,
         ),
-        ("RL.SLIDING", -4, &["write", "denyoom", "module", "fast"], 1),
-        ("RL.TOKEN", -4, &["write", "denyoom", "module", "fast"], 1),
+        (
+            "RL.SLIDING",
+            -4,
+            &["write", "denyoom", "module", "blocking", "fast"],
+            1,
+        ),
+        (
+            "RL.TOKEN",
+            -4,
+            &["write", "denyoom", "module", "blocking", "fast"],
+            1,
+        ),
         ("RL.STATE", 3, &["write", "denyoom", "module", "fast"], 1),
         ("RL.PEEK", -4, &["readonly", "module", "fast"], 1),
         ("RL.RESET", -2, &["write", "module", "fast"], -1),
@@ -387,6 +398,7 @@ fn command_metadata() {
         "REFUND",
         "BLOCK",
         "DRYRUN",
+        "WAIT",
         "optional",
         "ratelimit",
     ] {

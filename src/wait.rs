@@ -1,0 +1,546 @@
+//! `WAIT timeout`: throttling instead of denying. A call denied now that would be allowed
+//! within `timeout` blocks its client (`RedisModule_BlockClient`) and is answered when it is
+//! allowed, taking its cost then, or with a denial as soon as it can no longer be allowed in
+//! time (at the latest when the timeout passes).
+//!
+//! Fairness: waiters queue per key (and database) in arrival order, and a waiter is tried
+//! only when it is first in the queue of every key it names, so a later call never overtakes
+//! an earlier one, whatever their costs. While a key has waiters, a call on it that does not
+//! wait is denied (`retry_after_ms`: when the first waiter is due). The first waiter is tried
+//! again when its units are due (a module timer set to its `retry_after_ms`; the clock that
+//! decides is Redis' own, as for any call), and the next one as soon as it leaves.
+//!
+//! A waiter is decided, and takes its cost, in the timer's context: what it takes replicates
+//! as an effect (`RL.STATE` or `DEL`) like any call, so replicas and the AOF never see a
+//! blocking command. A client that disconnects while waiting takes nothing. Inside `MULTI`,
+//! a script or another module's call, a call decides at once and does not wait.
+//!
+//! Everything here runs on Redis' main thread, so the waiting room is a thread-local.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_int, c_void};
+use std::ptr;
+
+use ratelimit_core::{Decision, Retry};
+use redis_module::raw;
+
+use crate::algorithm::{self, Planned, Step};
+use crate::all::{self, Verdict};
+use crate::api::api;
+use crate::error::Error;
+use crate::guard;
+use crate::redis::{Ctx, OwnedString, RString, bytes};
+use crate::stats::Stats;
+
+/// What a waiting call does when it is tried.
+pub enum Work {
+    /// One limit (`RL.FIXED`, `RL.SLIDING`, `RL.TOKEN`).
+    One(Box<dyn Planned>),
+    /// Several, all or nothing (`RL.ALL`), one per key.
+    All(Vec<Box<dyn Planned>>),
+}
+
+/// What a call decided, to reply now or when its client is unblocked.
+enum Answer {
+    One(Decision, bool),
+    All(Verdict),
+    Error(Error),
+}
+
+impl Work {
+    /// Decides the call on `keys` at `now`: takes its cost if allowed, or, if it only looks,
+    /// whether it would be allowed, with each limit's state as it stands.
+    fn attempt(&self, ctx: Ctx, keys: &[RString], now: u64, look: bool) -> Answer {
+        let answer = match self {
+            Work::One(call) => {
+                let key = keys.first().copied().unwrap_or(ptr::null_mut());
+                let run = |step| call.run(ctx, key, now, step);
+                let step = if look { Step::Check } else { Step::Take };
+                run(step).and_then(|(decision, blocked)| {
+                    if look && decision.allowed {
+                        let (state, _) = run(Step::Report)?;
+                        return Ok(Answer::One(
+                            Decision {
+                                allowed: true,
+                                ..state
+                            },
+                            blocked,
+                        ));
+                    }
+                    Ok(Answer::One(decision, blocked))
+                })
+            }
+            Work::All(calls) if look => all::look(ctx, keys, calls, now).map(Answer::All),
+            Work::All(calls) => all::decide(ctx, keys, calls, now, false).map(Answer::All),
+        };
+        answer.unwrap_or_else(Answer::Error)
+    }
+}
+
+impl Answer {
+    fn allowed(&self) -> bool {
+        match self {
+            Answer::One(decision, _) => decision.allowed,
+            Answer::All(verdict) => verdict.allowed,
+            Answer::Error(_) => false,
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        match self {
+            Answer::One(_, blocked) => *blocked,
+            Answer::All(verdict) => verdict.blocked,
+            Answer::Error(_) => false,
+        }
+    }
+
+    /// When the call would be allowed; `None` for an error.
+    fn retry(&self) -> Option<Retry> {
+        match self {
+            Answer::One(decision, _) => Some(decision.retry),
+            Answer::All(verdict) => Some(verdict.retry),
+            Answer::Error(_) => None,
+        }
+    }
+
+    /// The answer of a call that looked while others waited before it: denied, to retry when
+    /// what it found and the first waiter allow.
+    fn behind(self, wait: u64) -> Answer {
+        match self {
+            Answer::One(decision, blocked) => Answer::One(behind(decision, wait), blocked),
+            Answer::All(verdict) => Answer::All(Verdict {
+                allowed: false,
+                retry: later(verdict.retry, wait),
+                ..verdict
+            }),
+            error => error,
+        }
+    }
+
+    fn record(&self, stats: &Stats) {
+        if !matches!(self, Answer::Error(_)) {
+            stats.record(self.allowed(), self.blocked());
+        }
+    }
+
+    fn reply(self, ctx: Ctx) {
+        match self {
+            Answer::One(decision, _) => algorithm::reply(ctx, &decision),
+            Answer::All(verdict) => all::reply(ctx, &verdict),
+            Answer::Error(error) => ctx.reply_error(error),
+        }
+    }
+}
+
+/// A retry no earlier than `wait` ms (and never sooner than 1 ms: denied means not now).
+fn later(retry: Retry, wait: u64) -> Retry {
+    match retry {
+        Retry::Never => Retry::Never,
+        Retry::Now => Retry::After(wait.max(1)),
+        Retry::After(ms) => Retry::After(ms.max(wait).max(1)),
+    }
+}
+
+/// A decision denied because callers wait before it, to retry after `wait` ms at the
+/// earliest.
+fn behind(decision: Decision, wait: u64) -> Decision {
+    Decision {
+        allowed: false,
+        retry: later(decision.retry, wait),
+        ..decision
+    }
+}
+
+/// A blocked client waiting for its units.
+struct Waiter {
+    client: *mut raw::RedisModuleBlockedClient,
+    db: c_int,
+    /// The keys it names, as they are queued ([`slot`]), and their names.
+    slots: Vec<Vec<u8>>,
+    names: Vec<Vec<u8>>,
+    work: Work,
+    /// When its timeout passes (server clock, ms).
+    deadline: u64,
+    stats: &'static Stats,
+    /// The timer that tries it again, and when that is due (server clock, ms).
+    timer: Option<(raw::RedisModuleTimerID, u64)>,
+}
+
+/// Every waiter, and the queue of each key that has some.
+#[derive(Default)]
+struct Room {
+    next_id: u64,
+    waiters: HashMap<u64, Waiter>,
+    queues: HashMap<Vec<u8>, VecDeque<u64>>,
+    clients: HashMap<usize, u64>,
+}
+
+thread_local! {
+    static ROOM: RefCell<Room> = RefCell::new(Room::default());
+}
+
+/// Runs `f` on the waiting room. Never called while it runs (nothing in `f` calls Redis).
+fn room<R>(f: impl FnOnce(&mut Room) -> R) -> R {
+    ROOM.with(|room| f(&mut room.borrow_mut()))
+}
+
+/// A key's place in the room: its database and its name.
+fn slot(db: c_int, name: &[u8]) -> Vec<u8> {
+    let mut slot = Vec::with_capacity(4 + name.len());
+    slot.extend_from_slice(&db.to_le_bytes());
+    slot.extend_from_slice(name);
+    slot
+}
+
+impl Room {
+    fn add(&mut self, waiter: Waiter) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        for slot in &waiter.slots {
+            self.queues.entry(slot.clone()).or_default().push_back(id);
+        }
+        self.clients.insert(waiter.client as usize, id);
+        self.waiters.insert(id, waiter);
+        id
+    }
+
+    /// Whether the waiter `id` is first on every key it names.
+    fn is_first(&self, id: u64, waiter: &Waiter) -> bool {
+        (waiter.slots.iter())
+            .all(|slot| (self.queues.get(slot)).and_then(VecDeque::front) == Some(&id))
+    }
+
+    /// Takes the waiter `id` out of the room (it keeps its places in the queues) if it is
+    /// first on every key it names.
+    fn take_if_first(&mut self, id: u64) -> Option<Waiter> {
+        let waiter = self.waiters.get(&id)?;
+        if !self.is_first(id, waiter) {
+            return None;
+        }
+        self.waiters.remove(&id)
+    }
+
+    /// Removes the waiter `id` from its queues (`waiter`: taken out already, or still in
+    /// the room); returns it and the waiters that became first on one of its keys.
+    fn leave(&mut self, id: u64, waiter: Option<Waiter>) -> Option<(Waiter, Vec<u64>)> {
+        let waiter = waiter.or_else(|| self.waiters.remove(&id))?;
+        self.clients.remove(&(waiter.client as usize));
+        let mut next = Vec::new();
+        for slot in &waiter.slots {
+            if let Some(queue) = self.queues.get_mut(slot) {
+                let was_first = queue.front() == Some(&id);
+                queue.retain(|&other| other != id);
+                match queue.front() {
+                    Some(&first) if was_first => next.push(first),
+                    Some(_) => {}
+                    None => {
+                        self.queues.remove(slot);
+                    }
+                }
+            }
+        }
+        Some((waiter, next))
+    }
+
+    /// When the first waiter of one of these keys is due to be tried, at the earliest.
+    fn due(&self, slots: &[Vec<u8>]) -> Option<u64> {
+        (slots.iter())
+            .filter_map(|slot| self.queues.get(slot)?.front())
+            .filter_map(|id| Some(self.waiters.get(id)?.timer?.1))
+            .min()
+    }
+}
+
+/// The places of `names` in the room, for the context's database.
+fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
+    let db = ctx.selected_db();
+    names.iter().map(|name| slot(db, bytes(*name))).collect()
+}
+
+/// Whether callers wait on one of these keys (cheap when nobody waits at all).
+pub fn has_waiters(ctx: Ctx, names: &[RString]) -> bool {
+    if room(|room| room.waiters.is_empty()) {
+        return false;
+    }
+    let slots = slots(ctx, names);
+    room(|room| slots.iter().any(|slot| room.queues.contains_key(slot)))
+}
+
+/// How long a call on these keys waits behind their waiters: until the first of them is due
+/// (1 ms if none is due yet: it is being tried).
+fn wait_behind(ctx: Ctx, names: &[RString], now: u64) -> u64 {
+    let slots = slots(ctx, names);
+    let due = room(|room| room.due(&slots));
+    due.map_or(1, |due| due.saturating_sub(now))
+}
+
+/// The decision of a call that does not wait, on a key with waiters: denied (`decision` is
+/// what it found, looking).
+pub fn behind_waiters(ctx: Ctx, names: &[RString], decision: Decision) -> Decision {
+    behind(decision, wait_behind(ctx, names, fresh_now(ctx)))
+}
+
+/// The same for `RL.ALL`.
+pub fn behind_waiters_all(ctx: Ctx, names: &[RString], verdict: Verdict) -> Verdict {
+    let wait = wait_behind(ctx, names, fresh_now(ctx));
+    match Answer::All(verdict).behind(wait) {
+        Answer::All(verdict) => verdict,
+        _ => unreachable!("an answer of several limits stays one"),
+    }
+}
+
+/// Lets the first waiters on these keys try again now (units came back: a refund, a reset).
+pub fn wake(ctx: Ctx, names: &[RString]) {
+    let slots = slots(ctx, names);
+    let first: Vec<u64> = room(|room| {
+        (slots.iter())
+            .filter_map(|slot| room.queues.get(slot)?.front().copied())
+            .collect()
+    });
+    for id in first {
+        arm(ctx, id, 0);
+    }
+}
+
+/// Runs a call with `WAIT timeout` (ms): answered now if allowed, if it can never be allowed
+/// or not within `timeout`, or if its client may not block; else its client waits.
+pub fn start(
+    ctx: Ctx,
+    names: &[RString],
+    work: Work,
+    timeout: u64,
+    stats: &'static Stats,
+) -> Result<(), Error> {
+    let now = ctx.now();
+    let queued = has_waiters(ctx, names);
+    let mut answer = work.attempt(ctx, names, now, queued);
+    if let Answer::Error(error) = answer {
+        return Err(error);
+    }
+    let fits = match answer.retry() {
+        _ if !queued && answer.allowed() => false,
+        Some(Retry::Now) => true,
+        Some(Retry::After(ms)) => ms <= timeout,
+        Some(Retry::Never) | None => false,
+    };
+    if !fits || !ctx.may_block() {
+        if queued {
+            answer = answer.behind(wait_behind(ctx, names, now));
+        }
+        answer.record(stats);
+        answer.reply(ctx);
+        return Ok(());
+    }
+    // SAFETY: a command's context; the callbacks are plain functions that outlive the
+    // client, and the handle is released by `on_timeout`, `on_disconnect` or `finish`.
+    let client = unsafe {
+        let client = api!(RedisModule_BlockClient)(
+            ctx.0,
+            Some(on_reply),
+            Some(on_timeout),
+            Some(free_answer),
+            timeout as i64,
+        );
+        if !client.is_null() {
+            api!(RedisModule_SetDisconnectCallback)(client, Some(on_disconnect));
+        }
+        client
+    };
+    if client.is_null() {
+        return Err(Error::Internal);
+    }
+    let waiter = Waiter {
+        client,
+        db: ctx.selected_db(),
+        slots: slots(ctx, names),
+        names: names.iter().map(|name| bytes(*name).to_vec()).collect(),
+        work,
+        deadline: now.saturating_add(timeout),
+        stats,
+        timer: None,
+    };
+    let id = room(|room| room.add(waiter));
+    if let (false, Some(Retry::After(ms))) = (queued, answer.retry()) {
+        arm(ctx, id, ms);
+    }
+    Ok(())
+}
+
+/// The time now, outside a command (a timer, a timeout): Valkey's module clock is the time
+/// its last command started, which a timer must not take for now. The process' wall clock
+/// is the one Redis reads; never earlier than the module clock.
+fn fresh_now(ctx: Ctx) -> u64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    wall.max(ctx.now())
+}
+
+/// Sets the timer that tries the waiter `id` after `ms` (replacing the one it had).
+fn arm(ctx: Ctx, id: u64, ms: u64) {
+    let now = fresh_now(ctx);
+    let old = room(|room| room.waiters.get_mut(&id).and_then(|w| w.timer.take()));
+    if let Some((timer, _)) = old {
+        stop(ctx, timer);
+    }
+    // SAFETY: a valid context; the data is the waiter's id, not a pointer.
+    let timer = unsafe {
+        api!(RedisModule_CreateTimer)(ctx.0, ms as i64, Some(on_timer), id as usize as *mut c_void)
+    };
+    room(|room| {
+        if let Some(waiter) = room.waiters.get_mut(&id) {
+            waiter.timer = Some((timer, now.saturating_add(ms)));
+        }
+    });
+}
+
+fn stop(ctx: Ctx, timer: raw::RedisModuleTimerID) {
+    // SAFETY: a valid context; a timer that fired already is refused harmlessly.
+    unsafe { api!(RedisModule_StopTimer)(ctx.0, timer, ptr::null_mut()) };
+}
+
+/// Tries the waiter `first`, and whoever comes first after each waiter that leaves.
+fn serve(ctx: Ctx, first: u64) {
+    let mut pending = vec![first];
+    while let Some(id) = pending.pop() {
+        let Some(mut waiter) = room(|room| room.take_if_first(id)) else {
+            continue;
+        };
+        if let Some((timer, _)) = waiter.timer.take() {
+            stop(ctx, timer);
+        }
+        ctx.select_db(waiter.db);
+        let now = fresh_now(ctx);
+        let answer = match owned(&waiter.names) {
+            Some(names) => {
+                let names: Vec<RString> = names.iter().map(OwnedString::get).collect();
+                waiter.work.attempt(ctx, &names, now, false)
+            }
+            None => Answer::Error(Error::Internal),
+        };
+        let again = match answer.retry() {
+            _ if answer.allowed() => None,
+            Some(Retry::After(ms)) if now.saturating_add(ms) <= waiter.deadline => Some(ms),
+            _ => None,
+        };
+        match again {
+            Some(ms) => {
+                room(|room| room.waiters.insert(id, waiter));
+                arm(ctx, id, ms);
+            }
+            None => {
+                if let Some((waiter, next)) = room(|room| room.leave(id, Some(waiter))) {
+                    answer.record(waiter.stats);
+                    unblock(waiter.client, Some(answer));
+                    pending.extend(next);
+                }
+            }
+        }
+    }
+}
+
+/// The key names as Redis strings of the module's own.
+fn owned(names: &[Vec<u8>]) -> Option<Vec<OwnedString>> {
+    names.iter().map(|name| OwnedString::new(name)).collect()
+}
+
+/// Unblocks a client, to be answered with `answer` (none: it is gone or has been answered).
+fn unblock(client: *mut raw::RedisModuleBlockedClient, answer: Option<Answer>) {
+    let data = answer.map_or(ptr::null_mut(), |a| Box::into_raw(Box::new(a)).cast());
+    // SAFETY: a handle of a blocked client, unblocked once; `free_answer` frees the data.
+    unsafe { api!(RedisModule_UnblockClient)(client, data) };
+}
+
+/// A waiter leaves without an answer from the timer: lets the next ones try at once.
+fn left(ctx: Ctx, id: u64) -> Option<Waiter> {
+    let (waiter, next) = room(|room| room.leave(id, None))?;
+    if let Some((timer, _)) = waiter.timer {
+        stop(ctx, timer);
+    }
+    for next in next {
+        arm(ctx, next, 0);
+    }
+    Some(waiter)
+}
+
+extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    let id = data as usize as u64;
+    guard::catch(|| {
+        room(|room| room.waiters.get_mut(&id).map(|w| w.timer = None));
+        serve(Ctx(ctx), id);
+    });
+}
+
+/// Replies to an unblocked client with the answer it was given.
+unsafe extern "C" fn on_reply(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut RString,
+    _argc: c_int,
+) -> c_int {
+    guard::catch(|| {
+        // SAFETY: a reply callback's context; the data is an `Answer` from `unblock`.
+        let data = unsafe { api!(RedisModule_GetBlockedClientPrivateData)(ctx) };
+        let answer = data.cast::<Answer>();
+        // SAFETY: the `Answer` lives until `free_answer`, after this callback.
+        match unsafe { answer.as_mut() } {
+            Some(answer) => {
+                std::mem::replace(answer, Answer::Error(Error::Internal)).reply(Ctx(ctx))
+            }
+            None => Ctx(ctx).reply_error(Error::Internal),
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+/// The timeout passed: the waiter is denied, with the state it would find now.
+unsafe extern "C" fn on_timeout(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut RString,
+    _argc: c_int,
+) -> c_int {
+    let ctx = Ctx(ctx);
+    guard::catch(|| {
+        // SAFETY: a timeout callback's context.
+        let client = unsafe { api!(RedisModule_GetBlockedClientHandle)(ctx.0) };
+        let id = room(|room| room.clients.get(&(client as usize)).copied());
+        let Some(waiter) = id.and_then(|id| left(ctx, id)) else {
+            ctx.reply_error(Error::Internal);
+            return;
+        };
+        let now = fresh_now(ctx);
+        let answer = match owned(&waiter.names) {
+            Some(names) => {
+                let names: Vec<RString> = names.iter().map(OwnedString::get).collect();
+                let answer = waiter.work.attempt(ctx, &names, now, true);
+                let wait = wait_behind(ctx, &names, now);
+                answer.behind(wait)
+            }
+            None => Answer::Error(Error::Internal),
+        };
+        answer.record(waiter.stats);
+        answer.reply(ctx);
+        unblock(client, None);
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+/// The client went away while it waited: it takes nothing.
+unsafe extern "C" fn on_disconnect(
+    ctx: *mut raw::RedisModuleCtx,
+    client: *mut raw::RedisModuleBlockedClient,
+) {
+    guard::catch(|| {
+        let id = room(|room| room.clients.get(&(client as usize)).copied());
+        if id.and_then(|id| left(Ctx(ctx), id)).is_some() {
+            unblock(client, None);
+        }
+    });
+}
+
+unsafe extern "C" fn free_answer(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: the `Answer` boxed by `unblock`, freed once here.
+        drop(unsafe { Box::from_raw(data.cast::<Answer>()) });
+    }
+}

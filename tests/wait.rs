@@ -1,0 +1,338 @@
+//! `WAIT timeout`: a denied call waits for its units instead of being denied. Pinned clocks
+//! decide; the module's timers run on real time, so each wait here also lets a few hundred
+//! real milliseconds pass. Exact replies; arrival order kept whatever the costs; calls that
+//! do not wait denied behind waiters; timeouts, calls that never fit and calls too late
+//! answered as denials; a disconnected waiter takes nothing; `MULTI` and scripts decide at
+//! once; what a woken call takes replicates as `RL.STATE` (the replica and the AOF never see
+//! the blocking command); `RL.ALL` waits for all its limits.
+
+use ratelimit_testkit as support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Value};
+use support::{Clock, Server, T0, call, fingerprint, int, rl};
+
+/// Sends `line` on a connection of its own in a thread; the reply comes through the channel
+/// with the real time it took.
+fn send(server: &Server, line: &str) -> mpsc::Receiver<(Result<Value, String>, Duration)> {
+    let (tx, rx) = mpsc::channel();
+    let mut con = server.conn();
+    let line = line.to_string();
+    thread::spawn(move || {
+        let start = Instant::now();
+        let reply = call(&mut con, &line);
+        let _ = tx.send((reply, start.elapsed()));
+    });
+    rx
+}
+
+/// The five figures of a reply.
+fn figures(reply: &Result<Value, String>) -> [i64; 5] {
+    match reply {
+        Ok(Value::Array(items)) if items.len() == 5 => std::array::from_fn(|i| match items[i] {
+            Value::Int(n) => n,
+            ref other => panic!("{other:?}"),
+        }),
+        other => panic!("not a decision: {other:?}"),
+    }
+}
+
+/// Waits until the server has `n` blocked clients.
+fn blocked(con: &mut Connection, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(Value::BulkString(info)) = call(con, "INFO clients") else {
+            panic!()
+        };
+        let info = String::from_utf8(info).unwrap();
+        let count = info
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        if count == Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blocked clients {count:?}, not {n}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A reply that has not come yet.
+fn pending<T>(rx: &mpsc::Receiver<T>) -> bool {
+    rx.recv_timeout(Duration::from_millis(150)).is_err()
+}
+
+const REPLY: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_denied_call_waits_for_its_units_and_takes_them() {
+    let server = Server::start();
+    let mut con = server.conn();
+    assert_eq!(
+        rl(&mut con, "RL.FIXED k 2 300ms COST 2"),
+        Ok([1, 2, 0, 0, 300])
+    );
+    let waiter = send(&server, "RL.FIXED k 2 300ms WAIT 10s");
+    blocked(&mut con, 1);
+    assert!(pending(&waiter), "answered before its window");
+    // The next window: the waiter takes its unit there.
+    server.clock.advance(300);
+    let (reply, took) = waiter.recv_timeout(REPLY).expect("woken");
+    assert_eq!(figures(&reply), [1, 2, 1, 0, 300]);
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert_eq!(
+        rl(&mut con, "RL.PEEK k FIXED 2 300ms COST 0"),
+        Ok([1, 2, 1, 0, 300])
+    );
+    blocked(&mut con, 0);
+    // Allowed at once, it does not wait; counted once, as allowed.
+    assert_eq!(
+        rl(&mut con, "RL.FIXED k 2 300ms WAIT 10s"),
+        Ok([1, 2, 0, 0, 300])
+    );
+    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
+        panic!()
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(
+        info.contains("ratelimit_fixed:calls=3,allowed=3,denied=0,blocked=0"),
+        "{info}"
+    );
+}
+
+#[test]
+fn arrival_order_holds_whatever_the_costs() {
+    let server = Server::start();
+    let mut con = server.conn();
+    // A bucket of 5 refilling 1 unit per 100 ms, emptied.
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN b 5 1 PER 100ms COST 5"),
+        Ok([1, 5, 0, 0, 500])
+    );
+    let first = send(&server, "RL.TOKEN b 5 1 PER 100ms COST 3 WAIT 10s");
+    blocked(&mut con, 1);
+    let second = send(&server, "RL.TOKEN b 5 1 PER 100ms COST 1 WAIT 10s");
+    blocked(&mut con, 2);
+    // One unit is back: enough for the second, not for the first, and the second waits.
+    server.clock.advance(100);
+    assert!(pending(&second), "the second overtook the first");
+    // A call that does not wait is denied behind them, its unit there or not: it may
+    // retry when the first waiter is due (at 300 ms), and it leaves the bucket as it is.
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN b 5 1 PER 100ms"),
+        Ok([0, 5, 1, 200, 400])
+    );
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN b 5 1 PER 100ms DRYRUN"),
+        Ok([0, 5, 1, 200, 400])
+    );
+    server.clock.advance(200);
+    let (reply, _) = first.recv_timeout(REPLY).expect("first woken");
+    assert_eq!(figures(&reply), [1, 5, 0, 0, 500]);
+    assert!(
+        pending(&second),
+        "the second took a unit that was not there"
+    );
+    server.clock.advance(100);
+    let (reply, _) = second.recv_timeout(REPLY).expect("second woken");
+    assert_eq!(figures(&reply), [1, 5, 0, 0, 500]);
+    // Nobody waits: calls decide as usual again.
+    server.clock.advance(100);
+    assert_eq!(
+        rl(&mut con, "RL.TOKEN b 5 1 PER 100ms"),
+        Ok([1, 5, 0, 0, 500])
+    );
+}
+
+#[test]
+fn calls_that_cannot_make_it_are_answered_at_once() {
+    let server = Server::start();
+    let mut con = server.conn();
+    assert_eq!(
+        rl(&mut con, "RL.FIXED k 2 1m COST 2"),
+        Ok([1, 2, 0, 0, 60_000])
+    );
+    let start = Instant::now();
+    // More than the limit: never.
+    assert_eq!(
+        rl(&mut con, "RL.FIXED k 2 1m COST 3 WAIT 10m"),
+        Ok([0, 2, 0, -1, 60_000])
+    );
+    // Its units come after the timeout.
+    assert_eq!(
+        rl(&mut con, "RL.FIXED k 2 1m WAIT 59s"),
+        Ok([0, 2, 0, 60_000, 60_000])
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    // Options that exclude it, and a bad timeout.
+    for (line, error) in [
+        (
+            "RL.FIXED k 2 1m WAIT 1s DRYRUN",
+            "ERR DRYRUN and WAIT exclude each other",
+        ),
+        (
+            "RL.FIXED k 2 1m REFUND 1 WAIT 1s",
+            "ERR REFUND and WAIT exclude each other",
+        ),
+        (
+            "RL.TOKEN k 2 1 BLOCK 1m WAIT 1s",
+            "ERR BLOCK and WAIT exclude each other",
+        ),
+        ("RL.FIXED k 2 1m WAIT 0", "ERR WAIT must be at least 1ms"),
+        ("RL.FIXED k 2 1m WAIT", "ERR WAIT needs a value"),
+        (
+            "RL.PEEK k FIXED 2 1m WAIT 1s",
+            "ERR unknown option, expected COST",
+        ),
+        (
+            "RL.ALL 1 k FIXED 2 1m WAIT 1s DRYRUN",
+            "ERR DRYRUN and WAIT exclude each other",
+        ),
+        (
+            "RL.ALL 1 k FIXED 2 1m WAIT 1x",
+            "ERR WAIT must be a duration such as 60, 1500ms, 10m, 2h or 1d",
+        ),
+    ] {
+        assert_eq!(call(&mut con, line), Err(error.to_string()), "{line}");
+    }
+}
+
+#[test]
+fn a_timeout_denies_and_a_disconnected_waiter_takes_nothing() {
+    let server = Server::start();
+    let mut con = server.conn();
+    // A bucket of 10 refilling 1 unit per 100 ms, emptied.
+    let bucket = "RL.TOKEN b 10 1 PER 100ms";
+    assert_eq!(
+        rl(&mut con, &format!("{bucket} COST 10")),
+        Ok([1, 10, 0, 0, 1000])
+    );
+    // The first waiter wants all 10 (due in 1 s); its connection will close while it waits.
+    let mut gone = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let command = [
+        "RL.TOKEN", "b", "10", "1", "PER", "100ms", "COST", "10", "WAIT", "10s",
+    ];
+    let mut resp = format!("*{}\r\n", command.len());
+    for word in command {
+        resp += &format!("${}\r\n{word}\r\n", word.len());
+    }
+    gone.write_all(resp.as_bytes()).unwrap();
+    blocked(&mut con, 1);
+    // The second wants 1 unit within 300 ms, the third 1 unit within 10 s: both wait behind.
+    let second = send(&server, &format!("{bucket} WAIT 300ms"));
+    blocked(&mut con, 2);
+    let third = send(&server, &format!("{bucket} WAIT 10s"));
+    blocked(&mut con, 3);
+    // The second's timeout passes (on the server's clock) with the first
+    // still waiting: denied, with the bucket as it stands (3 units) and a retry when the
+    // first is due.
+    server.clock.advance(400);
+    let (reply, _) = second.recv_timeout(REPLY).expect("timed out");
+    assert_eq!(figures(&reply), [0, 10, 4, 600, 600]);
+    // The first leaves: it took nothing, and the third takes its unit at once.
+    drop(gone);
+    let (reply, took) = third.recv_timeout(REPLY).expect("third woken");
+    assert_eq!(figures(&reply), [1, 10, 3, 0, 700]);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    blocked(&mut con, 0);
+}
+
+#[test]
+fn multi_and_scripts_decide_at_once() {
+    let server = Server::start();
+    let mut con = server.conn();
+    assert_eq!(rl(&mut con, "RL.FIXED k 1 1m"), Ok([1, 1, 0, 0, 60_000]));
+    let start = Instant::now();
+    let script = "return redis.call('RL.FIXED', KEYS[1], 1, '1m', 'WAIT', '10m')";
+    let reply: [i64; 5] = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(reply, [0, 1, 0, 60_000, 60_000]);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("RL.FIXED")
+        .arg(&["k", "1", "1m", "WAIT", "10m"]);
+    let replies: Vec<[i64; 5]> = pipe.query(&mut con).unwrap();
+    assert_eq!(replies, vec![[0, 1, 0, 60_000, 60_000]]);
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn what_a_woken_call_takes_replicates_as_its_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Server::start_with(Clock::pinned(T0), &["--appendonly", "yes"]);
+    let port = master.port.to_string();
+    let replica = Server::start_with(
+        Clock::pinned(T0 - 3_600_000),
+        &["--replicaof", "127.0.0.1", &port],
+    );
+    let _ = dir;
+    let (mut m, mut r) = (master.conn(), replica.conn());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(call(&mut r, "INFO replication"), Ok(Value::BulkString(ref b)) if String::from_utf8_lossy(b).contains("master_link_status:up"))
+    {
+        assert!(Instant::now() < deadline, "replica did not link");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        rl(&mut m, "RL.SLIDING s 3 300ms COST 3"),
+        Ok([1, 3, 0, 0, 304])
+    );
+    let waiter = send(&master, "RL.SLIDING s 3 300ms COST 2 WAIT 10s");
+    blocked(&mut m, 1);
+    master.clock.advance(400);
+    let (reply, _) = waiter.recv_timeout(REPLY).expect("woken");
+    assert_eq!(figures(&reply), [1, 3, 1, 0, 304]);
+    assert_eq!(int(&mut m, "WAIT 1 10000"), 1);
+    assert_eq!(fingerprint(&mut r, "s"), fingerprint(&mut m, "s"));
+    // The replica and the AOF saw effects: no RL.SLIDING ever reached the replica, and the
+    // AOF holds no WAIT.
+    assert_eq!(replica.command_calls("RL.SLIDING"), 0);
+    assert!(replica.command_calls("RL.STATE") >= 2);
+    let aof = std::fs::read_dir(master.dir().join("appendonlydir"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>()
+        .concat();
+    let aof = String::from_utf8_lossy(&aof);
+    assert!(aof.contains("RL.STATE") && !aof.contains("WAIT"), "{aof}");
+}
+
+#[test]
+fn all_waits_for_every_limit_and_keeps_the_order() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let specs = "RL.ALL 2 {u}:a {u}:b FIXED 1 300ms FIXED 5 300ms";
+    let Ok(Value::Array(first)) = call(&mut con, specs) else {
+        panic!()
+    };
+    assert_eq!(first[0], Value::Int(1));
+    let waiter = send(&server, &format!("{specs} WAIT 10s"));
+    blocked(&mut con, 1);
+    // A single limit on b waits behind it, though b has units.
+    let behind = send(&server, "RL.FIXED {u}:b 5 300ms WAIT 10s");
+    blocked(&mut con, 2);
+    assert!(pending(&behind), "overtook the call of two limits");
+    server.clock.advance(300);
+    let (reply, _) = waiter.recv_timeout(REPLY).expect("woken");
+    let Ok(Value::Array(items)) = reply else {
+        panic!("{reply:?}")
+    };
+    let ints: Vec<Value> = [1, 0].into_iter().map(Value::Int).collect();
+    assert_eq!(items[..2], ints[..]);
+    assert_eq!(figures(&Ok(items[2].clone())), [1, 1, 0, 0, 300]);
+    assert_eq!(figures(&Ok(items[3].clone())), [1, 5, 4, 0, 300]);
+    let (reply, _) = behind.recv_timeout(REPLY).expect("woken next");
+    assert_eq!(figures(&reply), [1, 5, 3, 0, 300]);
+}
