@@ -11,7 +11,7 @@ use ratelimit_core::{
 pub use crate::algorithm::{Algorithm, PEEK_SHARED, Request};
 pub use crate::args::{MAX_OWN, Parsed, parse};
 pub use crate::error::Error;
-pub use crate::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, SHARED};
+pub use crate::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, SHARED, WAIT};
 
 /// `CL.THROTTLE key <args>`: the arguments after the key, as its handler parses them.
 pub fn throttle<'a>(args: impl Iterator<Item = &'a [u8]>) -> Result<Request<TokenBucket>, Error> {

@@ -23,7 +23,7 @@ use ratelimit_core::{
 };
 use redis_ratelimit::fuzzing::{
     self, Algorithm, BLOCK, COST, DRYRUN, Error, Kind, PEEK_SHARED, Param, Parsed, Peek, REFUND,
-    Request, SHARED,
+    Request, SHARED, WAIT,
 };
 
 fuzz_target!(
@@ -127,8 +127,8 @@ fn limiting<A: Core>(
         (Ok(request), Some(limiter)) => {
             assert_eq!(request.limiter, limiter);
             assert_eq!(
-                (request.call, request.dry_run),
-                (parsed.call, parsed.dry_run)
+                (request.call, request.dry_run, request.wait),
+                (parsed.call, parsed.dry_run, parsed.wait)
             );
         }
         (Err(error), None) if A::REFUSED.as_ref() == Some(error) => check_message(error),
@@ -165,6 +165,10 @@ fn check_values(parsed: &Parsed, own: &[Param], shared: &[Param]) {
     let block = parsed.call.block;
     assert!(block == 0 || (takes(&BLOCK) && (1..=MAX_DURATION_MS).contains(&block)));
     assert!(!parsed.dry_run || takes(&DRYRUN));
+    // A waiting call takes, without a block or a dry run.
+    let wait = parsed.wait;
+    assert!(wait == 0 || (takes(&WAIT) && (1..=MAX_DURATION_MS).contains(&wait)));
+    assert!(wait == 0 || (matches!(parsed.call.op, Op::Take(_)) && block == 0 && !parsed.dry_run));
 }
 
 /// An error names one of this command's arguments, fails in a way its kind can, and
@@ -181,7 +185,9 @@ fn check_error(error: &Error, own: &'static [Param], shared: &'static [Param]) {
         }
         Error::MissingValue(p) => ours(p) && p.token.is_some() && p.kind != Kind::Flag,
         Error::Repeated(p) => ours(p) && p.token.is_some(),
-        Error::Exclusive(a, b) => *a == COST && *b == REFUND,
+        Error::Exclusive(a, b) => {
+            (*a == COST && *b == REFUND) || (*b == WAIT && [REFUND, BLOCK, DRYRUN].contains(a))
+        }
         Error::UnknownOption(o, s) => o == own && s == shared,
         _ => false,
     };
@@ -244,6 +250,9 @@ fn render(parsed: &Parsed, own: &[Param], selector: u8) -> Vec<Vec<u8>> {
     }
     if parsed.dry_run {
         options.push(vec![token(&DRYRUN)]);
+    }
+    if parsed.wait > 0 {
+        options.push(vec![token(&WAIT), duration(parsed.wait)]);
     }
     if selector & 0x10 != 0 {
         options.reverse();
