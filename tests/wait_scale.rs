@@ -1,0 +1,199 @@
+//! `WAIT` at scale (a measurement, `#[ignore]`d: `bench/wait.sh` runs it): 10,000 clients
+//! waiting on 1,000 keys of a real-clock server. Each key is a token bucket of 10 refilling 1
+//! unit per 100 ms, emptied (the keys one after another over 100 ms), then 10 clients per key
+//! wait for 1 unit each: the i-th reply of a key is due `(i + 1) × 100 ms` after its bucket
+//! was emptied. Prints how late each waiter
+//! is answered after its unit is due, and the latency of `PING` on another connection
+//! meanwhile; asserts that every waiter was allowed, in time, and that the server answered.
+//!
+//! `RL_WAIT_KEYS` and `RL_WAIT_PER_KEY` change the figures (default 1,000 and 10).
+
+use ratelimit_testkit as support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{Clock, Server, rl};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
+}
+
+/// The `p`th percentile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn command(words: &[String]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", words.len());
+    for w in words {
+        out += &format!("${}\r\n{w}\r\n", w.len());
+    }
+    out.into_bytes()
+}
+
+/// Reads one RESP reply of five integers (an array) and returns the first.
+async fn read_allowed(stream: &mut TcpStream) -> Result<i64, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if text.starts_with('-') && text.ends_with("\r\n") {
+            return Err(text.into_owned());
+        }
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        if lines.len() >= 7 {
+            return lines[1]
+                .trim_start_matches(':')
+                .parse()
+                .map_err(|_| text.to_string());
+        }
+    }
+}
+
+#[test]
+#[ignore = "a measurement: bench/wait.sh"]
+fn ten_thousand_waiters_on_a_thousand_keys() {
+    let keys = env("RL_WAIT_KEYS", 1000);
+    let per_key = env("RL_WAIT_PER_KEY", 10);
+    let server = Server::start_with(Clock::offset(0), &["--maxclients", "15000"]);
+    let port = server.port;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        // Every waiter's connection, open before the clock starts.
+        let mut streams = Vec::with_capacity(keys * per_key);
+        for _ in 0..keys * per_key {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            streams.push(stream);
+        }
+        let bucket = |k: usize| format!("RL.TOKEN w:{k} {per_key} 1 PER 100ms");
+        // Empty every bucket, spread over 100 ms as real traffic would be (emptied at once,
+        // every key's units would be due in the same millisecond); unit i of key k is due
+        // (i + 1) × 100 ms after its bucket was emptied.
+        let mut con = server.conn();
+        let mut emptied = Vec::with_capacity(keys);
+        let start = Instant::now();
+        for k in 0..keys {
+            let at = Duration::from_micros((100_000 * k / keys) as u64);
+            std::thread::sleep(at.saturating_sub(start.elapsed()));
+            let before = wall_ms();
+            let reply = rl(&mut con, &format!("{} COST {per_key}", bucket(k))).unwrap();
+            assert_eq!(reply[0], 1);
+            emptied.push((before + wall_ms()) / 2.0);
+        }
+        // PING on its own connection meanwhile.
+        let pinger = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut rtts = Vec::new();
+            let mut buf = [0u8; 64];
+            let end = Instant::now() + Duration::from_millis(100 * per_key as u64 + 1500);
+            while Instant::now() < end {
+                let start = Instant::now();
+                stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+                let n = stream.read(&mut buf).await.unwrap();
+                assert_eq!(&buf[..n], b"+PONG\r\n");
+                rtts.push(start.elapsed().as_secs_f64() * 1000.0);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            rtts
+        });
+        let sent = Instant::now();
+        let mut tasks = Vec::with_capacity(keys * per_key);
+        for (i, mut stream) in streams.into_iter().enumerate() {
+            let k = i % keys;
+            let mut words: Vec<String> = bucket(k).split(' ').map(String::from).collect();
+            words.extend(["WAIT".to_string(), "10s".to_string()]);
+            tasks.push(tokio::spawn(async move {
+                let sent_at = wall_ms();
+                stream.write_all(&command(&words)).await.unwrap();
+                let allowed = read_allowed(&mut stream).await;
+                (k, sent_at, wall_ms(), allowed)
+            }));
+        }
+        let sending = sent.elapsed();
+        let mut replies: Vec<Vec<(f64, f64)>> = vec![Vec::new(); keys];
+        let mut denied = 0;
+        for task in tasks {
+            let (k, sent_at, at, allowed) = task.await.unwrap();
+            match allowed {
+                Ok(1) => replies[k].push((at, sent_at)),
+                other => {
+                    denied += 1;
+                    eprintln!("key {k}: {other:?}");
+                }
+            }
+        }
+        let total = sent.elapsed();
+        let rtts = pinger.await.unwrap();
+        // The i-th reply of a key answers the unit due at emptied + (i + 1) × 100 ms, or the
+        // call itself if it came after that.
+        // The first unit of each key is due while the 10,000 calls arrive: the later ones are
+        // counted apart, as the steady state.
+        let (mut late, mut steady) = (Vec::new(), Vec::new());
+        for (k, times) in replies.iter_mut().enumerate() {
+            times.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (i, (at, sent_at)) in times.iter().enumerate() {
+                let due = (emptied[k] + 100.0 * (i + 1) as f64).max(*sent_at);
+                late.push(at - due);
+                if i > 0 {
+                    steady.push(at - due);
+                }
+            }
+        }
+        late.sort_by(f64::total_cmp);
+        steady.sort_by(f64::total_cmp);
+        let mut rtts = rtts;
+        rtts.sort_by(f64::total_cmp);
+        println!(
+            "{} waiters on {keys} keys ({per_key} each), sent in {:.0} ms, all answered in {:.0} ms; {denied} not allowed",
+            keys * per_key,
+            sending.as_secs_f64() * 1000.0,
+            total.as_secs_f64() * 1000.0
+        );
+        println!(
+            "answered after the unit was due (ms): p50 {:.2}  p99 {:.2}  max {:.2}  (min {:.2})",
+            pct(&late, 0.5),
+            pct(&late, 0.99),
+            pct(&late, 1.0),
+            pct(&late, 0.0)
+        );
+        println!(
+            "the same from each key's second unit on (ms): p50 {:.2}  p99 {:.2}  max {:.2}",
+            pct(&steady, 0.5),
+            pct(&steady, 0.99),
+            pct(&steady, 1.0)
+        );
+        println!(
+            "PING meanwhile ({} pings, ms): p50 {:.2}  p99 {:.2}  max {:.2}",
+            rtts.len(),
+            pct(&rtts, 0.5),
+            pct(&rtts, 0.99),
+            pct(&rtts, 1.0)
+        );
+        assert_eq!(denied, 0);
+        assert_eq!(late.len(), keys * per_key);
+    });
+}
