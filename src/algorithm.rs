@@ -304,8 +304,6 @@ pub enum Step {
     Take,
     /// The state as it stands (`COST 0`), changing nothing.
     Report,
-    /// The denied call with its block, which starts the block.
-    Block,
 }
 
 /// One parsed spec of `RL.ALL`: a call of some algorithm, run step by step.
@@ -314,8 +312,90 @@ pub trait Planned {
     /// key was blocked.
     fn run(&self, ctx: Ctx, name: RString, now: u64, step: Step)
     -> Result<(Decision, bool), Error>;
+    /// Opens the key `name` once and decides this call on it at `now` (with its block unless
+    /// `dry_run`), writing nothing yet: `RL.ALL` commits only when every limit has answered.
+    fn hold(
+        &self,
+        ctx: Ctx,
+        name: RString,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<Box<dyn Held>, Error>;
     /// Whether a denial starts a block.
     fn blocks(&self) -> bool;
+}
+
+/// A call decided on its open key, its write not done yet.
+pub trait Held {
+    /// What the call decided.
+    fn decision(&self) -> Decision;
+    /// Whether the key was blocked when the call came.
+    fn was_blocked(&self) -> bool;
+    /// The state as it stands (what `COST 0` replies), for a limit that would have allowed
+    /// a call denied by another.
+    fn report(&mut self) -> Result<Decision, Error>;
+    /// Writes what the call decided (its take, or the block a denial starts), replicates it
+    /// and notifies; nothing for a dry run or a call that changes nothing.
+    fn commit(self: Box<Self>);
+}
+
+/// [`Held`] for one algorithm.
+struct Hold<A: Algorithm> {
+    ctx: Ctx,
+    key: Option<Key>,
+    name: RString,
+    limiter: A,
+    now: u64,
+    call: Call,
+    decision: Decision,
+    change: Option<Record<A::State>>,
+    delete: bool,
+    expiry: Option<u64>,
+    was_blocked: bool,
+}
+
+impl<A: Algorithm> Held for Hold<A> {
+    fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    fn was_blocked(&self) -> bool {
+        self.was_blocked
+    }
+
+    fn report(&mut self) -> Result<Decision, Error> {
+        let value = match &mut self.key {
+            Some(key) => key.value::<A::State>()?,
+            None => None,
+        };
+        let report = record::decide(&self.limiter, value.as_deref(), self.now, Call::take(0));
+        Ok(report.decision)
+    }
+
+    fn commit(self: Box<Self>) {
+        let Hold {
+            ctx,
+            key,
+            name,
+            call,
+            decision,
+            change,
+            delete,
+            expiry,
+            was_blocked,
+            ..
+        } = *self;
+        let (Some(mut key), change) = (key, change) else {
+            return;
+        };
+        let change = match (change, delete) {
+            (Some(record), _) => Change::Store(record),
+            (None, true) => Change::Delete,
+            (None, false) => return,
+        };
+        let event = event::<A::State>(call, was_blocked, decision.allowed, None);
+        commit::<A::State>(ctx, &mut key, name, change, expiry, event);
+    }
 }
 
 impl<A: Algorithm> Planned for Request<A> {
@@ -334,7 +414,7 @@ impl<A: Algorithm> Planned for Request<A> {
                 },
                 true,
             ),
-            Step::Take | Step::Block => (self.call, false),
+            Step::Take => (self.call, false),
             Step::Report => (Call::take(0), true),
         };
         let request = Request {
@@ -349,6 +429,52 @@ impl<A: Algorithm> Planned for Request<A> {
             adopt: None,
         };
         apply_at(ctx, name, request, &how, now)
+    }
+
+    fn hold(
+        &self,
+        ctx: Ctx,
+        name: RString,
+        now: u64,
+        dry_run: bool,
+    ) -> Result<Box<dyn Held>, Error> {
+        let call = if dry_run {
+            Call {
+                block: 0,
+                ..self.call
+            }
+        } else {
+            self.call
+        };
+        let mut key = Key::open(ctx, name, !dry_run);
+        let value = match &mut key {
+            Some(key) => key.value::<A::State>()?,
+            None => None,
+        };
+        let record = value.as_deref();
+        let expiry = record.map(State::reset_at);
+        let was_blocked = record.is_some_and(|r| r.blocked_at(now).is_some());
+        let out = record::decide(&self.limiter, record, now, call);
+        let (change, delete) = match out.write {
+            _ if dry_run => (None, false),
+            Write::Keep => (None, false),
+            Write::Store(state) => (Some(state), false),
+            Write::Delete => (None, true),
+        };
+        drop(value);
+        Ok(Box::new(Hold::<A> {
+            ctx,
+            key,
+            name,
+            limiter: self.limiter,
+            now,
+            call,
+            decision: out.decision,
+            change,
+            delete,
+            expiry,
+            was_blocked,
+        }))
     }
 
     fn blocks(&self) -> bool {

@@ -23,7 +23,7 @@ use std::ffi::{CStr, c_int};
 use ratelimit_core::{Decision, Retry};
 use redis_module::raw;
 
-use crate::algorithm::{self, Planned, Step};
+use crate::algorithm::{self, Held, Planned};
 use crate::algorithms::{ALGORITHMS, NAMES};
 use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
@@ -113,7 +113,8 @@ pub struct Verdict {
 }
 
 /// Decides the limits `calls` on `keys` at `now`, all or nothing, and applies what they take
-/// (nothing if `dry_run`).
+/// (nothing if `dry_run`). Each key is opened once: every limit decides on what it holds,
+/// and only then are the takes (or the blocks of denying limits) written.
 pub fn decide(
     ctx: Ctx,
     keys: &[RString],
@@ -121,41 +122,46 @@ pub fn decide(
     now: u64,
     dry_run: bool,
 ) -> Result<Verdict, Error> {
-    let limits = || keys.iter().zip(calls.iter().map(|call| &**call));
-    let run = |(key, call): (&RString, &dyn Planned), step| {
-        (call.run(ctx, *key, now, step)).map(|(decision, _)| decision)
-    };
-    let mut blocked = false;
-    let checks = limits()
-        .map(|(key, call)| {
-            let (decision, was_blocked) = call.run(ctx, *key, now, Step::Check)?;
-            blocked |= was_blocked;
-            Ok(decision)
-        })
-        .collect::<Result<Vec<Decision>, Error>>()?;
-    let allowed = checks.iter().all(|d| d.allowed);
-    let decisions = if dry_run {
-        checks
-    } else if allowed {
-        // Same keys, same time: every take is allowed, as its check was.
-        limits()
-            .map(|limit| run(limit, Step::Take))
-            .collect::<Result<Vec<Decision>, Error>>()?
-    } else {
-        (limits().zip(checks))
-            .map(|(limit, check)| match (check.allowed, limit.1.blocks()) {
-                (true, _) => run(limit, Step::Report),
-                (false, true) => run(limit, Step::Block),
-                (false, false) => Ok(check),
-            })
-            .collect::<Result<Vec<Decision>, Error>>()?
-    };
+    let held = hold(ctx, keys, calls, now, dry_run)?;
+    let allowed = held.iter().all(|h| h.decision().allowed);
+    let blocked = held.iter().any(|h| h.was_blocked());
+    let mut decisions = Vec::with_capacity(held.len());
+    for (mut held, call) in held.into_iter().zip(calls) {
+        let decision = held.decision();
+        decisions.push(match (allowed, decision.allowed) {
+            // Denied by another limit: nothing taken, the state as it stands.
+            (false, true) => held.report()?,
+            // Allowed: its take; denied: its block, if it has one.
+            (true, _) => {
+                held.commit();
+                decision
+            }
+            (false, false) => {
+                if call.blocks() {
+                    held.commit();
+                }
+                decision
+            }
+        });
+    }
     Ok(Verdict {
         allowed,
         retry: verdict(&decisions),
         decisions,
         blocked,
     })
+}
+
+fn hold(
+    ctx: Ctx,
+    keys: &[RString],
+    calls: &[Box<dyn Planned>],
+    now: u64,
+    dry_run: bool,
+) -> Result<Vec<Box<dyn Held>>, Error> {
+    (keys.iter().zip(calls))
+        .map(|(key, call)| call.hold(ctx, *key, now, dry_run))
+        .collect()
 }
 
 /// Whether the limits `calls` on `keys` would allow at `now`, changing nothing: each
@@ -166,13 +172,19 @@ pub fn look(
     calls: &[Box<dyn Planned>],
     now: u64,
 ) -> Result<Verdict, Error> {
-    let mut verdict = decide(ctx, keys, calls, now, true)?;
-    for ((key, call), decision) in keys.iter().zip(calls).zip(&mut verdict.decisions) {
-        if decision.allowed {
-            *decision = call.run(ctx, *key, now, Step::Report)?.0;
-        }
-    }
-    Ok(verdict)
+    let mut held = hold(ctx, keys, calls, now, true)?;
+    let decisions = (held.iter_mut())
+        .map(|h| match h.decision() {
+            d if d.allowed => h.report(),
+            d => Ok(d),
+        })
+        .collect::<Result<Vec<Decision>, Error>>()?;
+    Ok(Verdict {
+        allowed: held.iter().all(|h| h.decision().allowed),
+        retry: verdict(&decisions),
+        decisions,
+        blocked: held.iter().any(|h| h.was_blocked()),
+    })
 }
 
 /// Replies `[allowed, retry_after_ms, d1, …, dN]` (RESP3: a map).

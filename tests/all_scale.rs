@@ -1,0 +1,174 @@
+//! `RL.ALL` against three single calls (a measurement, `#[ignore]`d: `bench/all.sh` runs
+//! it): the same three limits per check (a token bucket per user, a fixed window per IP, a
+//! sliding window per endpoint, keys of 10,000 users sharing a hash tag per user), checked
+//! by 50 connections either as one `RL.ALL` or as three `RL.*` calls sent in one pipeline,
+//! in alternating rounds on one server. Prints whole checks per second and the latency of a
+//! check (one round trip either way), and the ratio.
+//!
+//! `RL_ALL_SECONDS` (default 3) is the length of a round; there are two rounds of each.
+
+use ratelimit_testkit as support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Clock, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 50;
+const USERS: u64 = 10_000;
+
+fn command(words: &[String]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", words.len());
+    for w in words {
+        out += &format!("${}\r\n{w}\r\n", w.len());
+    }
+    out.into_bytes()
+}
+
+fn words(line: &str) -> Vec<String> {
+    line.split(' ').map(String::from).collect()
+}
+
+/// The check of user `u`: one RL.ALL, or three calls in one pipeline (and their replies).
+fn check(u: u64, all: bool) -> (Vec<u8>, usize) {
+    let (user, ip, search) = (
+        format!("{{u{u}}}:user"),
+        format!("{{u{u}}}:ip"),
+        format!("{{u{u}}}:search"),
+    );
+    if all {
+        let line = format!(
+            "RL.ALL 3 {user} {ip} {search} TOKEN 100 10 FIXED 1000 1h SLIDING 20 1m COST 2"
+        );
+        (command(&words(&line)), 1)
+    } else {
+        let mut out = command(&words(&format!("RL.TOKEN {user} 100 10")));
+        out.extend(command(&words(&format!("RL.FIXED {ip} 1000 1h"))));
+        out.extend(command(&words(&format!(
+            "RL.SLIDING {search} 20 1m COST 2"
+        ))));
+        (out, 3)
+    }
+}
+
+/// Reads `replies` whole replies (each an array, nested arrays inside) from the stream.
+async fn read_replies(stream: &mut TcpStream, buf: &mut Vec<u8>, replies: usize) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(used) = complete(buf, replies) {
+            buf.drain(..used);
+            return;
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The bytes `n` complete RESP2 replies take at the start of `buf`, if all are there.
+fn complete(buf: &[u8], n: usize) -> Option<usize> {
+    let mut pos = 0;
+    let mut pending = n;
+    while pending > 0 {
+        let end = pos + buf[pos..].windows(2).position(|w| w == b"\r\n")?;
+        let line = &buf[pos..end];
+        assert!(
+            line.first() != Some(&b'-'),
+            "{}",
+            String::from_utf8_lossy(line)
+        );
+        pos = end + 2;
+        pending -= 1;
+        if line.first() == Some(&b'*') {
+            let len: usize = std::str::from_utf8(&line[1..]).ok()?.parse().ok()?;
+            pending += len;
+        }
+    }
+    Some(pos)
+}
+
+/// One round: every connection checks random users as fast as it can for `seconds`.
+async fn round(port: u16, all: bool, seconds: u64) -> (f64, Vec<f64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut buf = Vec::new();
+            let mut latencies = Vec::new();
+            let mut u = c as u64 * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                u = (u * 6364136223846793005 + 1442695040888963407) % USERS;
+                let (bytes, replies) = check(u, all);
+                let start = Instant::now();
+                stream.write_all(&bytes).await.unwrap();
+                read_replies(&mut stream, &mut buf, replies).await;
+                latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            latencies
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    (rate, latencies)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+#[ignore = "a measurement: bench/all.sh"]
+fn one_call_of_three_limits_against_three_calls_pipelined() {
+    let seconds = std::env::var("RL_ALL_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let port = server.port;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut results: Vec<(bool, f64, Vec<f64>)> = Vec::new();
+    for all in [false, true, false, true] {
+        let (rate, latencies) = runtime.block_on(round(port, all, seconds));
+        results.push((all, rate, latencies));
+    }
+    println!("{CONNECTIONS} connections, {USERS} users, rounds of {seconds} s, alternating");
+    println!(
+        "{:<28} {:>10} {:>9} {:>9}",
+        "check", "checks/s", "p50 ms", "p99 ms"
+    );
+    let mut best = [0.0f64; 2];
+    for (all, rate, latencies) in &results {
+        let name = if *all {
+            "RL.ALL (3 limits)"
+        } else {
+            "3 calls, one pipeline"
+        };
+        println!(
+            "{name:<28} {rate:>10.0} {:>9.3} {:>9.3}",
+            pct(latencies, 0.5),
+            pct(latencies, 0.99)
+        );
+        best[usize::from(*all)] = best[usize::from(*all)].max(*rate);
+    }
+    println!(
+        "ratio (best round of each): RL.ALL {:.2}x the checks/s of three calls",
+        best[1] / best[0]
+    );
+}
