@@ -511,6 +511,35 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     let reply = gw.send("GET", "/blocks", Some(&key), None).await;
     assert_eq!(reply.status, 403);
 
+    // X-Forwarded-For is believed from trusted proxies only: a gateway trusting none sees the
+    // peer (127.0.0.1), whatever the header says.
+    let put = gw
+        .send(
+            "PUT",
+            "/blocks/203.0.113.6",
+            Some(ADMIN),
+            Some(r#"{"duration": "1m"}"#),
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let mut wary = config(&server);
+    wary.trusted_proxies.clear();
+    let wary = Gateway::start(wary).await;
+    let reply = wary
+        .from("203.0.113.6")
+        .send("GET", "/healthz", None, None)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        gw.from("203.0.113.6")
+            .send("GET", "/healthz", None, None)
+            .await
+            .status,
+        403
+    );
+    gw.send("DELETE", "/blocks/203.0.113.6", Some(ADMIN), None)
+        .await;
+
     // Automatically: denied more than twice within the minute.
     let abuser = gw.from("198.51.100.7");
     let statuses = {
