@@ -113,7 +113,8 @@ pub struct Config {
     #[arg(
         long = "trusted-proxy",
         env = "GATEWAY_TRUSTED_PROXIES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = network
     )]
     pub trusted_proxies: Vec<IpNet>,
 
@@ -121,6 +122,13 @@ pub struct Config {
     /// limiter costs).
     #[arg(long, env = "GATEWAY_NO_LIMIT")]
     pub no_limit: bool,
+}
+
+/// A network (`10.0.0.0/8`) or one address (`10.0.0.2`).
+fn network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or network"))
 }
 
 /// A policy, or none (`off`).
