@@ -67,6 +67,12 @@ impl Tls {
         &self.ca
     }
 
+    /// The server certificate (for `127.0.0.1` and `localhost`, signed by the CA) and its key,
+    /// PEM: what an HTTPS server under test presents.
+    pub fn server_pem(&self) -> (&str, &str) {
+        (&self.server.0, &self.server.1)
+    }
+
     /// What a client needs: the CA to trust and the client certificate to present.
     pub fn certificates(&self) -> TlsCertificates {
         TlsCertificates {

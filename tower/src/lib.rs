@@ -32,7 +32,7 @@
 //! `ratelimit_decision_seconds` of the round trips to Redis.
 
 mod cache;
-mod headers;
+pub mod headers;
 mod key;
 
 use std::sync::Arc;

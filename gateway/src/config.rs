@@ -1,0 +1,153 @@
+//! The gateway's configuration: command-line flags, each with an environment variable, read
+//! once at start into values that cannot be invalid (policies checked by the module's rules,
+//! durations, networks).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use ratelimit_client::Policy;
+
+use crate::domain::{parse_duration, parse_policy};
+
+/// What a request gets when Redis does not answer in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnFailure {
+    /// `503 Service Unavailable` with `Retry-After: 1`.
+    Closed,
+    /// The block and limit checks pass; what needs Redis itself (authentication, recording)
+    /// still answers 503.
+    Open,
+}
+
+/// An API gateway on Redis with the redis-ratelimit module.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "ratelimit-gateway", version, about)]
+pub struct Config {
+    /// Address to serve on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://` or `rediss://` for TLS); repeat it, with --cluster, for the nodes
+    /// of a Redis Cluster.
+    #[arg(
+        long = "redis",
+        env = "GATEWAY_REDIS",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis: Vec<String>,
+
+    /// The Redis URLs are nodes of a Redis Cluster.
+    #[arg(long, env = "GATEWAY_CLUSTER")]
+    pub cluster: bool,
+
+    /// PEM file of the CA to trust for `rediss://` (default: the system's roots).
+    #[arg(long, env = "GATEWAY_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate for `rediss://` (with --redis-key).
+    #[arg(long, env = "GATEWAY_REDIS_CERT", requires = "redis_key")]
+    pub redis_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-cert.
+    #[arg(long, env = "GATEWAY_REDIS_KEY", requires = "redis_cert")]
+    pub redis_key: Option<PathBuf>,
+
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// An admin API key (how a fresh deployment gets its first admin).
+    #[arg(long, env = "RATELIMIT_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// The limit of users without their own: fixed:LIMIT:WINDOW, sliding:LIMIT:WINDOW or
+    /// token:CAPACITY:RATE:PERIOD.
+    #[arg(long, env = "GATEWAY_DEFAULT_LIMIT", default_value = "sliding:100:1m", value_parser = parse_policy)]
+    pub default_limit: Policy,
+
+    /// The limit of one user from one client IP, checked with the user's in one atomic call;
+    /// `off` for none.
+    #[arg(long, env = "GATEWAY_IP_LIMIT", default_value = "sliding:1000:1m", value_parser = optional_policy)]
+    pub ip_limit: OptionalPolicy,
+
+    /// Block a client IP denied more than this many times within --block-window (0: never).
+    #[arg(long, env = "GATEWAY_BLOCK_AFTER", default_value_t = 20)]
+    pub block_after: u64,
+
+    #[arg(long, env = "GATEWAY_BLOCK_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub block_window: Duration,
+
+    /// How long an automatic block lasts.
+    #[arg(long, env = "GATEWAY_BLOCK_FOR", default_value = "10m", value_parser = parse_duration)]
+    pub block_for: Duration,
+
+    /// Requests kept in each user's history (the oldest go first).
+    #[arg(long, env = "GATEWAY_HISTORY_MAX", default_value_t = 1000)]
+    pub history_max: u64,
+
+    /// A user's history expires this long after their last request.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, env = "GATEWAY_MAX_BODY", default_value_t = 16 * 1024)]
+    pub max_body: usize,
+
+    /// Time each Redis call may take before the request fails (503, or passes the limit check
+    /// with --on-redis-failure open).
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    #[arg(long, env = "GATEWAY_ON_REDIS_FAILURE", value_enum, default_value_t = OnFailure::Closed)]
+    pub on_redis_failure: OnFailure,
+
+    /// A proxy (address or network) whose Forwarded / X-Forwarded-For is believed; repeat it.
+    #[arg(
+        long = "trusted-proxy",
+        env = "GATEWAY_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = network
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Limiting off: POST /requests records without checking any limit (to measure what the
+    /// limiter costs).
+    #[arg(long, env = "GATEWAY_NO_LIMIT")]
+    pub no_limit: bool,
+}
+
+/// A network (`10.0.0.0/8`) or one address (`10.0.0.2`).
+fn network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or network"))
+}
+
+/// A policy, or none (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalPolicy(pub Option<Policy>);
+
+fn optional_policy(text: &str) -> Result<OptionalPolicy, String> {
+    match text {
+        "off" | "none" => Ok(OptionalPolicy(None)),
+        text => parse_policy(text).map(|p| OptionalPolicy(Some(p))),
+    }
+}
+
+impl Config {
+    /// The defaults, with this Redis: what tests start from.
+    pub fn for_redis(urls: &[String]) -> Config {
+        let mut config = Config::parse_from(["ratelimit-gateway"]);
+        config.redis = urls.to_vec();
+        config.admin_key = None;
+        config
+    }
+}

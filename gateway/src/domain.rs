@@ -1,0 +1,429 @@
+//! The gateway's domain, free of HTTP and of Redis: users and roles, API keys (random, shown
+//! once, kept as a SHA-256), per-user policies (their JSON and text forms, checked by the
+//! module's own rules), request types, history entries, blocks, durations and timestamps.
+
+use std::time::Duration;
+
+use ratelimit_client::Policy;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What a user may do: `admin` manages users, limits and blocks and reads everyone's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub id: u64,
+    pub username: String,
+    pub role: Role,
+}
+
+impl User {
+    /// The user the `RATELIMIT_ADMIN_KEY` key authenticates: id 0, stored nowhere.
+    pub fn bootstrap_admin() -> User {
+        User {
+            id: 0,
+            username: "admin".into(),
+            role: Role::Admin,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// 1 to 64 characters among letters, digits, `_`, `-` and `.`.
+pub fn check_username(name: &str) -> Result<(), String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(valid) {
+        return Err(
+            "username must be 1 to 64 characters among letters, digits, '_', '-' and '.'".into(),
+        );
+    }
+    Ok(())
+}
+
+/// The most characters a request type may have.
+pub const MAX_REQUEST_TYPE: usize = 255;
+
+/// A request type: 1 to 255 characters.
+pub fn check_request_type(request_type: &str) -> Result<(), String> {
+    let n = request_type.chars().count();
+    if n == 0 || n > MAX_REQUEST_TYPE {
+        return Err(format!(
+            "request_type must be 1 to {MAX_REQUEST_TYPE} characters, not {n}"
+        ));
+    }
+    Ok(())
+}
+
+/// API keys: `rlk_` and 64 hex digits (32 random bytes from the system's generator).
+pub mod api_key {
+    use ring::rand::{SecureRandom, SystemRandom};
+
+    const PREFIX: &str = "rlk_";
+
+    /// A new key and the hash it is stored as.
+    pub fn generate() -> Result<(String, String), ring::error::Unspecified> {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new().fill(&mut bytes)?;
+        let key = format!("{PREFIX}{}", hex(&bytes));
+        let hash = hash(&key);
+        Ok((key, hash))
+    }
+
+    /// The SHA-256 of a key, hex: all that is stored of it.
+    pub fn hash(key: &str) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+    }
+
+    /// Whether `key` hashes to `stored`, in time independent of where they differ.
+    pub fn matches(key: &str, stored: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        hash(key).as_bytes().ct_eq(stored.as_bytes()).into()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A duration as the module writes it: a positive integer and an optional unit `ms`, `s`, `m`,
+/// `h` or `d` (any case); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as 60, 1500ms, 10m, 2h or 1d");
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms = n.checked_mul(scale).ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(format!("{text:?}: a duration must be at least 1ms"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// The shortest exact form: `60000 ms` is `1m`, `1500 ms` is `1500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, scale) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= scale && ms.is_multiple_of(scale) {
+            return format!("{}{unit}", ms / scale);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A policy as the API takes and shows it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+enum PolicyJson {
+    Fixed {
+        limit: u64,
+        window: DurationJson,
+    },
+    Sliding {
+        limit: u64,
+        window: DurationJson,
+    },
+    Token {
+        capacity: u64,
+        rate: u64,
+        period: Option<DurationJson>,
+    },
+}
+
+/// `"1m"`, or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationJson {
+    Text(String),
+    Seconds(u64),
+}
+
+impl DurationJson {
+    fn parse(self) -> Result<Duration, String> {
+        match self {
+            DurationJson::Text(text) => parse_duration(&text),
+            DurationJson::Seconds(n) => parse_duration(&n.to_string()),
+        }
+    }
+}
+
+/// Reads `{"algorithm": "sliding", "limit": 100, "window": "1m"}` or `{"algorithm": "token",
+/// "capacity": 100, "rate": 10, "period": "1s"}` and checks it by the module's rules.
+pub fn policy_from_json(value: Value) -> Result<Policy, String> {
+    let parsed: PolicyJson = serde_json::from_value(value).map_err(|e| {
+        format!(
+            "a policy is {{\"algorithm\": \"fixed\"|\"sliding\", \"limit\", \"window\"}} or \
+             {{\"algorithm\": \"token\", \"capacity\", \"rate\", \"period\"}}: {e}"
+        )
+    })?;
+    let policy = match parsed {
+        PolicyJson::Fixed { limit, window } => Policy::fixed(limit, window.parse()?),
+        PolicyJson::Sliding { limit, window } => Policy::sliding(limit, window.parse()?),
+        PolicyJson::Token {
+            capacity,
+            rate,
+            period,
+        } => {
+            let period = period.map_or(Ok(Duration::from_secs(1)), DurationJson::parse)?;
+            Policy::token(capacity, rate).per(period)
+        }
+    };
+    policy.check().map_err(|e| e.to_string())?;
+    Ok(policy)
+}
+
+/// The API's form of a policy.
+pub fn policy_to_json(policy: &Policy) -> Value {
+    match *policy {
+        Policy::Fixed { limit, window } => {
+            json!({"algorithm": "fixed", "limit": limit, "window": format_duration(window)})
+        }
+        Policy::Sliding { limit, window } => {
+            json!({"algorithm": "sliding", "limit": limit, "window": format_duration(window)})
+        }
+        Policy::Token {
+            capacity,
+            rate,
+            period,
+        } => json!({
+            "algorithm": "token",
+            "capacity": capacity,
+            "rate": rate,
+            "period": format_duration(period),
+        }),
+    }
+}
+
+/// The text form of flags and of the store: `sliding:100:1m`, `fixed:10:1s`,
+/// `token:100:10:1s` (capacity, rate, period).
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let number = |s: &str| {
+        s.parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a whole number"))
+    };
+    let policy = match parts.as_slice() {
+        ["fixed", limit, window] => Policy::fixed(number(limit)?, parse_duration(window)?),
+        ["sliding", limit, window] => Policy::sliding(number(limit)?, parse_duration(window)?),
+        ["token", capacity, rate, period] => {
+            Policy::token(number(capacity)?, number(rate)?).per(parse_duration(period)?)
+        }
+        _ => {
+            return Err(format!(
+                "{text:?}: a policy is fixed:LIMIT:WINDOW, sliding:LIMIT:WINDOW or \
+                 token:CAPACITY:RATE:PERIOD (such as sliding:100:1m)"
+            ));
+        }
+    };
+    policy.check().map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(policy)
+}
+
+/// The text form [`parse_policy`] reads back.
+pub fn policy_to_text(policy: &Policy) -> String {
+    match *policy {
+        Policy::Fixed { limit, window } => format!("fixed:{limit}:{}", format_duration(window)),
+        Policy::Sliding { limit, window } => {
+            format!("sliding:{limit}:{}", format_duration(window))
+        }
+        Policy::Token {
+            capacity,
+            rate,
+            period,
+        } => format!("token:{capacity}:{rate}:{}", format_duration(period)),
+    }
+}
+
+/// The name of a policy's algorithm; a user's limiter key carries it, so a change of
+/// algorithm starts a limiter of the new kind while a change of figures keeps the state.
+pub fn algorithm(policy: &Policy) -> &'static str {
+    match policy {
+        Policy::Fixed { .. } => "fixed",
+        Policy::Sliding { .. } => "sliding",
+        Policy::Token { .. } => "token",
+    }
+}
+
+/// One recorded request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// The stream entry id: `<ms>-<seq>`, unique per user, increasing.
+    pub request_id: String,
+    /// RFC 3339, UTC, milliseconds: when Redis recorded it.
+    pub timestamp: String,
+    pub request_type: String,
+    pub allowed: bool,
+}
+
+/// Whether `id` is a request id (`<ms>-<seq>`), as `before=` takes it.
+pub fn is_request_id(id: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(id.split_once('-'), Some((ms, seq)) if digits(ms) && digits(seq))
+}
+
+/// Why an IP is blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockReason {
+    /// By an admin (`PUT /blocks/{ip}`).
+    Manual,
+    /// Denied too often within the configured window.
+    Automatic,
+}
+
+/// A block in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Block {
+    pub ip: String,
+    pub reason: BlockReason,
+    /// Time left, in milliseconds.
+    pub expires_in_ms: u64,
+}
+
+/// `2026-11-22T10:15:30.250Z` for a Unix time in ms.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_the_module_reads_them() {
+        #[rustfmt::skip]
+        let cases = [
+            ("60", Ok(60_000)), ("1500ms", Ok(1500)), ("10m", Ok(600_000)), ("2H", Ok(7_200_000)),
+            ("1d", Ok(86_400_000)), ("0", Err(())), ("", Err(())), ("1w", Err(())), ("-1", Err(())),
+            ("1.5s", Err(())), ("99999999999999999999", Err(())),
+        ];
+        for (text, expected) in cases {
+            let got = parse_duration(text)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|_| ());
+            assert_eq!(got, expected, "{text}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(60_000)), "1m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_millis(90_000)), "90s");
+    }
+
+    #[test]
+    fn policies_round_trip_and_are_checked() {
+        for text in [
+            "sliding:100:1m",
+            "fixed:3:1s",
+            "token:100:10:1s",
+            "token:5:1:1h",
+        ] {
+            let policy = parse_policy(text).unwrap();
+            assert_eq!(policy_to_text(&policy), text);
+            assert_eq!(policy_from_json(policy_to_json(&policy)).unwrap(), policy);
+        }
+        assert_eq!(
+            parse_policy("sliding:0:1m").unwrap_err(),
+            "\"sliding:0:1m\": limit must be at least 1"
+        );
+        assert!(parse_policy("leaky:1:1s").is_err());
+        let token = policy_from_json(json!({"algorithm": "token", "capacity": 100, "rate": 10}));
+        assert_eq!(token.unwrap(), Policy::token(100, 10));
+        let seconds = json!({"algorithm": "fixed", "limit": 5, "window": 60});
+        assert_eq!(
+            policy_from_json(seconds).unwrap(),
+            Policy::fixed(5, Duration::from_secs(60))
+        );
+        assert!(policy_from_json(json!({"algorithm": "sliding", "limit": 5})).is_err());
+        assert!(
+            policy_from_json(json!({"algorithm": "sliding", "limit": -5, "window": "1m"})).is_err()
+        );
+    }
+
+    #[test]
+    fn keys_hash_and_compare() {
+        let (key, hash) = api_key::generate().unwrap();
+        assert!(key.starts_with("rlk_") && key.len() == 68);
+        assert_eq!(hash.len(), 64);
+        assert!(api_key::matches(&key, &hash));
+        assert!(!api_key::matches("rlk_other", &hash));
+        assert_ne!(api_key::generate().unwrap().0, key);
+    }
+
+    #[test]
+    fn timestamps_and_ids() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert!(is_request_id("1795000000123-0"));
+        assert!(!is_request_id("1795000000123"));
+        assert!(!is_request_id("a-1"));
+        assert!(check_request_type(&"x".repeat(255)).is_ok());
+        assert!(check_request_type(&"é".repeat(256)).is_err());
+        assert!(check_request_type("").is_err());
+        assert!(check_username("alice.b-2").is_ok());
+        assert!(check_username("al ice").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! An API gateway on the redis-ratelimit module (issue #11): users with API keys, each user's
+//! own rate limit (and one per user and client IP) checked atomically in Redis, every request
+//! recorded in a capped, expiring history, automatic and manual IP blocks, analytics and
+//! Prometheus metrics, served over HTTP or HTTPS, with Redis (one server or a cluster) as its
+//! only store, so any number of instances share every limit, block and history.
+//!
+//! Layers, one file each: [`http`] (routes, extractors, the one error type), [`domain`]
+//! (users, keys, policies, history, blocks), [`store`] (the only code that speaks Redis),
+//! [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
+
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use http::{AppState, app};
+pub use store::Store;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects to Redis and builds the app of this configuration.
+pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
+    let store = Store::connect(config).await?;
+    Ok(app(Arc::new(AppState::new(config, store))))
+}
+
+/// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) until the
+/// future is dropped.
+pub async fn run(config: &Config, listener: tokio::net::TcpListener) -> Result<(), BoxError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+        _ => None,
+    };
+    let app = build(config).await?;
+    server::serve(listener, app, tls).await;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! What the gateway's tests share: a gateway started in-process on a free port (stopped when
+//! dropped), a small HTTP/1.1 client over TCP or TLS that reports exact statuses, headers and
+//! bodies, and the configuration tests start from.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratelimit_gateway::Config;
+use ratelimit_testkit::Server;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub const ADMIN: &str = "test-admin-key";
+
+/// A gateway serving in this process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    /// The CA to trust when it serves HTTPS.
+    pub ca: Option<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Gateway {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            ratelimit_gateway::run(&config, listener)
+                .await
+                .expect("the gateway starts");
+        });
+        Gateway {
+            addr,
+            ca: None,
+            task,
+        }
+    }
+
+    /// A client of a gateway served elsewhere.
+    pub fn client(addr: SocketAddr) -> Gateway {
+        Gateway {
+            addr,
+            ca: None,
+            task: tokio::spawn(async {}),
+        }
+    }
+
+    /// A request as `ip` (sent through the trusted proxy 127.0.0.1 as X-Forwarded-For).
+    pub fn from(&self, ip: &str) -> Call<'_> {
+        Call {
+            gateway: self,
+            headers: vec![("X-Forwarded-For".into(), ip.into())],
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        self.from("192.0.2.1").send(method, path, key, body).await
+    }
+
+    /// An admin creates a user; their id and key.
+    pub async fn user(&self, name: &str, role: &str) -> (u64, String) {
+        let body = format!(r#"{{"username": "{name}", "role": "{role}"}}"#);
+        let reply = self.send("POST", "/users", Some(ADMIN), Some(&body)).await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        let json = reply.json();
+        (
+            json["id"].as_u64().unwrap(),
+            json["api_key"].as_str().unwrap().to_string(),
+        )
+    }
+}
+
+pub struct Call<'a> {
+    gateway: &'a Gateway,
+    headers: Vec<(String, String)>,
+}
+
+impl Call<'_> {
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+        for (name, value) in &self.headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(key) = key {
+            request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        if !body.is_empty() || method != "GET" {
+            request.push_str("Content-Type: application/json\r\n");
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        let stream = TcpStream::connect(self.gateway.addr).await.unwrap();
+        match &self.gateway.ca {
+            None => exchange(stream, &request).await,
+            Some(ca) => {
+                let tls = tls_client(ca)
+                    .connect("127.0.0.1".try_into().unwrap(), stream)
+                    .await
+                    .expect("TLS handshake");
+                exchange(tls, &request).await
+            }
+        }
+    }
+}
+
+/// A TLS client trusting only `ca`.
+pub fn tls_client(ca: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str) -> Reply {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw));
+    // A TLS peer closing without close_notify is an error after the data: keep the data.
+    let _ = read.await.expect("a reply within 20 s");
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no reply: {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        let value = values.next().map(|(_, v)| v.as_str());
+        assert!(values.next().is_none(), "{name} given twice");
+        value
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+
+    /// The problem type's last word, after checking the reply is a problem of its status.
+    pub fn problem(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{self:?}"
+        );
+        let json = self.json();
+        assert_eq!(json["status"], self.status, "{self:?}");
+        let kind = json["type"].as_str().unwrap();
+        kind.strip_prefix("urn:ratelimit-gateway:problem:")
+            .unwrap()
+            .to_string()
+    }
+
+    /// `RateLimit-Policy`, `RateLimit` and `Retry-After`.
+    pub fn limits(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
+        (
+            self.header("ratelimit-policy"),
+            self.header("ratelimit"),
+            self.header("retry-after"),
+        )
+    }
+}
+
+/// The defaults on this server, with the test admin key, a 2 s budget and 127.0.0.1 as a
+/// trusted proxy (so a test picks a client IP with X-Forwarded-For).
+pub fn config(server: &Server) -> Config {
+    let mut config = Config::for_redis(&[server.url("")]);
+    config.admin_key = Some(ADMIN.into());
+    config.redis_timeout = Duration::from_secs(2);
+    config.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    config
+}
+
+pub fn policy(text: &str) -> ratelimit_client::Policy {
+    ratelimit_gateway::domain::parse_policy(text).unwrap()
+}
