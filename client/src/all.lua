@@ -1,7 +1,8 @@
 -- Several limits, all or nothing (ratelimit-client's check_all).
 -- KEYS: one key per limit. ARGV[1]: '1' for a dry run. Then, per limit: the command, the
 -- count of its figures, the figures, the cost, and the block ('' for none).
--- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL does.
+-- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL does: it is one RL.ALL
+-- call where the module has it and the keys are distinct; else the same from single calls.
 local dry_run = ARGV[1] == '1'
 local calls = {}
 local at = 2
@@ -11,6 +12,34 @@ for k = 1, #KEYS do
   for j = 1, n do figures[j] = ARGV[at + 1 + j] end
   calls[k] = {command = ARGV[at], figures = figures, cost = ARGV[at + 2 + n], block = ARGV[at + 3 + n]}
   at = at + 4 + n
+end
+
+local distinct, seen = #KEYS <= 32, {}
+for k = 1, #KEYS do
+  if seen[KEYS[k]] then distinct = false end
+  seen[KEYS[k]] = true
+end
+if distinct then
+  local args = {#KEYS}
+  for k = 1, #KEYS do args[#args + 1] = KEYS[k] end
+  for k = 1, #KEYS do
+    local c = calls[k]
+    args[#args + 1] = string.sub(c.command, 4) -- RL.TOKEN: the spec TOKEN
+    for _, word in ipairs(c.figures) do args[#args + 1] = word end
+    args[#args + 1] = 'COST'
+    args[#args + 1] = c.cost
+    if c.block ~= '' then
+      args[#args + 1] = 'BLOCK'
+      args[#args + 1] = c.block
+    end
+  end
+  if dry_run then args[#args + 1] = 'DRYRUN' end
+  local reply = redis.pcall('RL.ALL', unpack(args))
+  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0) or
+  -- "ERR unknown command" (later servers). Any other error is the call's own.
+  local unknown = type(reply) == 'table' and reply.err ~= nil
+    and (string.find(reply.err, 'nknown Redis command', 1, true) or string.find(reply.err, 'unknown command', 1, true))
+  if not unknown then return reply end
 end
 
 local function call(k, ...)

@@ -156,6 +156,7 @@ where
     }
 }
 
-/// Several limits, all or nothing, in one script with `RL.ALL`'s semantics and reply: it runs
-/// on builds of the module without `RL.ALL`, and cluster clients route it by its first key.
+/// Several limits, all or nothing, in one script with `RL.ALL`'s semantics and reply: one
+/// `RL.ALL` inside, where the module has it (cluster clients route a script by its first key;
+/// they would route `RL.ALL` itself by its `numkeys`), and single calls on builds without it.
 static ALL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("all.lua")));

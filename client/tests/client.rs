@@ -244,6 +244,11 @@ async fn several_limits_are_all_or_nothing() {
             .remaining,
         6
     );
+    // Each check was one RL.ALL inside the script, no single calls.
+    assert_eq!(server.command_calls("RL.ALL"), 3);
+    for single in ["RL.FIXED", "RL.SLIDING", "RL.TOKEN"] {
+        assert_eq!(server.command_calls(single), 0, "{single}");
+    }
 
     // The latest retry wins; a limit that can never fit makes the whole check never fit.
     server.clock.advance(1000);
@@ -274,7 +279,8 @@ async fn several_limits_are_all_or_nothing() {
         1
     );
 
-    // Two limits on one key see each other's cost: all or nothing still holds.
+    // Two limits on one key (which RL.ALL refuses) see each other's cost, from single calls
+    // in the script: all or nothing still holds.
     let twice = [
         Limit::fixed("{v}", 3, S(60)).cost(2),
         Limit::fixed("{v}", 3, S(60)).cost(2),
