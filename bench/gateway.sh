@@ -63,4 +63,4 @@ for case in off limited; do
     label=$([ "$case" = off ] && echo "limiting off" || echo "limited")
     printf '%-14s %10s %9s %9s %8s %s\n' "$label" "$rps" "$p50" "$p99" "$ratio" "${non2xx:-0} non-2xx"
 done
-echo "limit checks in Redis: $(redis-cli -p "$redis_port" INFO ratelimit | grep -i 'ratelimit_token' | tr -d '\r')"
+echo "limit checks in Redis: $(redis-cli -p "$redis_port" INFO ratelimit | grep -E '^ratelimit_(all|token):' | tr -d '\r' | tr '\n' ' ')"

@@ -131,7 +131,8 @@ fn all_stats() -> impl Iterator<Item = &'static Stats> {
 }
 
 /// `INFO ratelimit`: one line per command, `ratelimit_<command>:calls=…,allowed=…,denied=…,
-/// blocked=…`, in the module's default section `ratelimit`.
+/// blocked=…`, and `ratelimit_waiting:<clients waiting>` (`WAIT`), in the module's default
+/// section `ratelimit`.
 extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
     guard::catch(|| {
         // SAFETY: a valid info context; static NUL-terminated names.
@@ -144,6 +145,11 @@ extern "C" fn info(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) 
                 }
                 api!(RedisModule_InfoEndDictField)(ctx);
             }
+            api!(RedisModule_InfoAddFieldULongLong)(
+                ctx,
+                c"waiting".as_ptr().cast_mut(),
+                wait::waiting(),
+            );
         }
     });
 }

@@ -258,6 +258,11 @@ fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
     names.iter().map(|name| slot(db, bytes(*name))).collect()
 }
 
+/// How many clients wait (`INFO ratelimit`).
+pub fn waiting() -> u64 {
+    room(|room| room.waiters.len() as u64)
+}
+
 /// Whether callers wait on one of these keys (cheap when nobody waits at all).
 pub fn has_waiters(ctx: Ctx, names: &[RString]) -> bool {
     if room(|room| room.waiters.is_empty()) {

@@ -918,6 +918,7 @@ fn info_counts_decisions_per_command() {
             "ratelimit_all:calls=2,allowed=1,denied=1,blocked=1",
             "ratelimit_throttle:calls=2,allowed=1,denied=1,blocked=0",
             "ratelimit_peek:calls=1,allowed=0,denied=1,blocked=1",
+            "ratelimit_waiting:0",
         ]
     );
 }

@@ -83,6 +83,15 @@ fn a_denied_call_waits_for_its_units_and_takes_them() {
     let waiter = send(&server, "RL.FIXED k 2 300ms WAIT 10s");
     blocked(&mut con, 1);
     assert!(pending(&waiter), "answered before its window");
+    let waiting = |con: &mut Connection| {
+        let Ok(Value::BulkString(info)) = call(con, "INFO ratelimit") else {
+            panic!()
+        };
+        let info = String::from_utf8(info).unwrap();
+        let line = info.lines().find(|l| l.starts_with("ratelimit_waiting:"));
+        line.map(|l| l.trim().to_string())
+    };
+    assert_eq!(waiting(&mut con).as_deref(), Some("ratelimit_waiting:1"));
     // The next window: the waiter takes its unit there.
     server.clock.advance(300);
     let (reply, took) = waiter.recv_timeout(REPLY).expect("woken");
@@ -93,6 +102,7 @@ fn a_denied_call_waits_for_its_units_and_takes_them() {
         Ok([1, 2, 1, 0, 300])
     );
     blocked(&mut con, 0);
+    assert_eq!(waiting(&mut con).as_deref(), Some("ratelimit_waiting:0"));
     // Allowed at once, it does not wait; counted once, as allowed.
     assert_eq!(
         rl(&mut con, "RL.FIXED k 2 300ms WAIT 10s"),
