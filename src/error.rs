@@ -61,6 +61,8 @@ pub enum Error {
     DuplicateKey(usize),
     /// The `n`th spec of `RL.ALL` (from 1), of this algorithm if it names one, is wrong.
     InSpec(usize, Option<&'static CStr>, Box<Error>),
+    /// A waiting call woken on a server that has become a replica meanwhile.
+    ReadOnlyReplica,
     /// A handler panicked (and the panic was stopped): a bug, logged in the server log.
     Internal,
 }
@@ -119,6 +121,7 @@ impl fmt::Display for Error {
                     None => write!(f, "ERR spec {n}: {text}"),
                 }
             }
+            ReadOnlyReplica => f.write_str("READONLY You can't write against a read only replica."),
             Internal => f.write_str("ERR internal error in the rate limiter, see the server log"),
         }
     }
@@ -174,10 +177,13 @@ mod tests {
             Error::InvalidState,
             Error::Internal,
             Error::NotALimiter,
+            Error::ReadOnlyReplica,
         ] {
             let text = error.to_string();
             assert!(
-                text.starts_with("ERR ") || text.starts_with("WRONGTYPE "),
+                ["ERR ", "WRONGTYPE ", "READONLY "]
+                    .iter()
+                    .any(|code| text.starts_with(code)),
                 "{text}"
             );
             assert_eq!(error.message().to_str(), Ok(text.as_str()));

@@ -89,6 +89,11 @@ impl Ctx {
         self.flags() & deny == 0
     }
 
+    /// Whether this server is a replica now (a timer must not write then).
+    pub fn is_replica(self) -> bool {
+        self.flags() & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0
+    }
+
     /// The database the context's client has selected.
     pub fn selected_db(self) -> c_int {
         // SAFETY: a valid context.

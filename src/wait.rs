@@ -418,6 +418,9 @@ fn serve(ctx: Ctx, first: u64) {
         ctx.select_db(waiter.db);
         let now = fresh_now(ctx);
         let answer = match owned(&waiter.names) {
+            // Only a master decides and writes: a master turned replica meanwhile (Redis
+            // unblocks its clients then, so this is a safety net) refuses, as for a write.
+            _ if ctx.is_replica() => Answer::Error(Error::ReadOnlyReplica),
             Some(names) => {
                 let names: Vec<RString> = names.iter().map(OwnedString::get).collect();
                 waiter.work.attempt(ctx, &names, now, false)

@@ -346,3 +346,31 @@ fn all_waits_for_every_limit_and_keeps_the_order() {
     let (reply, _) = behind.recv_timeout(REPLY).expect("woken next");
     assert_eq!(figures(&reply), [1, 5, 3, 0, 300]);
 }
+
+#[test]
+fn a_master_turned_replica_lets_its_waiters_go() {
+    let server = Server::start();
+    let other = Server::start();
+    let mut con = server.conn();
+    assert_eq!(rl(&mut con, "RL.FIXED k 1 1m"), Ok([1, 1, 0, 0, 60_000]));
+    let waiter = send(&server, "RL.FIXED k 1 1m WAIT 2m");
+    blocked(&mut con, 1);
+    // It follows another master now: its waiters are let go with Redis' own error, and none
+    // is decided on a replica later.
+    call(&mut con, &format!("REPLICAOF 127.0.0.1 {}", other.port)).unwrap();
+    let (reply, _) = waiter.recv_timeout(REPLY).expect("let go");
+    let error = reply.unwrap_err();
+    assert!(error.starts_with("UNBLOCKED"), "{error}");
+    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
+        panic!()
+    };
+    assert!(
+        String::from_utf8(info)
+            .unwrap()
+            .contains("ratelimit_waiting:0")
+    );
+    assert_eq!(
+        call(&mut con, "PING"),
+        Ok(Value::SimpleString("PONG".into()))
+    );
+}
