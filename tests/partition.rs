@@ -176,6 +176,8 @@ struct Figures {
     admitted_after_refusal: i64,
     /// From the cut to the first answer of the promoted replica as a master.
     promoted_after: Option<Duration>,
+    /// From the cut to the majority side's first write (after a refusal, if any).
+    majority_writes_after: Option<Duration>,
     /// Units the majority side admitted on the fixed window, and its first refusal if any.
     majority_fixed: i64,
     majority_refusal: Option<String>,
@@ -249,12 +251,25 @@ fn run(settings: Settings) -> Option<Figures> {
             call(&mut server.conn(), &line).unwrap();
         }
     }
-    Some(measure(&mut cluster, master_port, &tag, &addresses))
+    let majority_writes = settings != Settings::MinReplicas;
+    Some(measure(
+        &mut cluster,
+        master_port,
+        &tag,
+        &addresses,
+        majority_writes,
+    ))
 }
 
 /// Cuts the master, calls both sides until the isolated master refuses and the majority side
 /// has answered as a master for a while, heals, and checks the healed cluster.
-fn measure(cluster: &mut Cluster, master_port: u16, tag: &str, addresses: &Addresses) -> Figures {
+fn measure(
+    cluster: &mut Cluster,
+    master_port: u16,
+    tag: &str,
+    addresses: &Addresses,
+    majority_writes: bool,
+) -> Figures {
     let lines = lines(tag);
     let key = |line: &str| line.split_whitespace().nth(1).unwrap().to_string();
     let master_id = cluster.owner_and_replica(&key(&lines[0])).0.id;
@@ -287,7 +302,8 @@ fn measure(cluster: &mut Cluster, master_port: u16, tag: &str, addresses: &Addre
     let partition = Partition::cut(master_port, addresses);
     let cut = Instant::now();
     let mut iterations = 0u32;
-    let mut majority_done: Option<Instant> = None;
+    let mut majority_exhausted: Option<Instant> = None;
+    let mut majority_refusing: Option<Instant> = None;
     loop {
         let now = cut.elapsed();
         assert!(now < deadline, "no outcome after {now:?}: {f:?}");
@@ -327,25 +343,38 @@ fn measure(cluster: &mut Cluster, master_port: u16, tag: &str, addresses: &Addre
                 f.promoted_after = Some(now);
             }
             match answer {
-                Ok(reply) if i == 0 => {
-                    f.majority_fixed += reply[0];
-                    if reply[0] == 0 {
-                        majority_done.get_or_insert_with(Instant::now);
+                Ok(reply) => {
+                    if f.majority_writes_after.is_none() {
+                        f.majority_writes_after = Some(now);
                     }
+                    if i == 0 {
+                        f.majority_fixed += reply[0];
+                        if reply[0] == 0 {
+                            majority_exhausted.get_or_insert_with(Instant::now);
+                        }
+                    }
+                    majority_refusing = None;
                 }
                 Err(e) if !redirected => {
                     f.majority_refusal.get_or_insert(e);
-                    majority_done.get_or_insert_with(Instant::now);
+                    majority_refusing.get_or_insert_with(Instant::now);
                 }
                 _ => {}
             }
         }
         iterations += 1;
         // Done once the isolated master has refused for a second and the majority side has
-        // answered as a master (exhausted, or refusing) for a second.
-        let settled = |since: Option<Instant>| since.is_some_and(|t| t.elapsed().as_secs() >= 1);
+        // exhausted the fixed window, or has refused every write for two seconds when it is
+        // expected to stay unwritable.
+        let held =
+            |since: Option<Instant>, secs| since.is_some_and(|t| t.elapsed().as_secs() >= secs);
         let refused_since = (!f.first_refusal.is_empty()).then(|| cut + f.refused_after);
-        if settled(refused_since) && settled(majority_done) {
+        let majority_settled = if majority_writes {
+            held(majority_exhausted, 1)
+        } else {
+            held(majority_refusing, 2)
+        };
+        if held(refused_since, 1) && majority_settled {
             break;
         }
         // About one iteration per millisecond.
@@ -400,7 +429,8 @@ impl Figures {
             "partition [{name}] node-timeout {} ms, max-lag {} s, {:.0} calls/s per key and side:\n  \
              isolated master: refused after {:?} with {:?} (CLUSTERDOWN after {:?}); admitted \
              {} fixed-window units and {} bucket calls of {} calls after the cut\n  \
-             majority side: promoted after {:?}, admitted {} fixed-window units, refusal {:?}\n  \
+             majority side: promoted after {:?}, first write after {:?}, admitted {} \
+             fixed-window units, first refusal {:?}\n  \
              fixed window {LIMIT}/day: {} admitted in all, over-admission {over}",
             node_timeout_ms(),
             max_lag_s(),
@@ -412,6 +442,7 @@ impl Figures {
             self.isolated_token,
             self.isolated_calls / 2,
             self.promoted_after,
+            self.majority_writes_after,
             self.majority_fixed,
             self.majority_refusal,
             1 + self.isolated_fixed + self.majority_fixed,
@@ -473,8 +504,12 @@ fn min_replicas_to_write_with_a_spare_replica_bounds_and_stays_available() {
     assert!(f.first_refusal.starts_with("NOREPLICAS"), "{f:?}");
     assert!(f.refused_after < lag_bound(), "{f:?}");
     assert_eq!(f.admitted_after_refusal, 0);
-    // The other replica follows the promoted one, which then has a replica and writes.
+    // The other replica follows the promoted one, which then has a replica and writes (it
+    // refuses with NOREPLICAS until that replica is attached).
     assert!(f.promoted_after.is_some(), "{f:?}");
+    assert!(f.majority_writes_after.is_some(), "{f:?}");
     assert_eq!(f.majority_fixed, LIMIT - 1, "{f:?}");
-    assert!(f.majority_refusal.is_none(), "{f:?}");
+    if let Some(refusal) = &f.majority_refusal {
+        assert!(refusal.starts_with("NOREPLICAS"), "{f:?}");
+    }
 }
