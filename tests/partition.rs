@@ -12,7 +12,8 @@
 //! ports on 127.0.0.1 and every packet from or to its source address; the client's address
 //! goes through. The table is named after this process and the port, and deleted in `Drop`.
 //!
-//! `PARTITION_NODE_TIMEOUT_MS` (default 2000) and `PARTITION_MAX_LAG` (seconds, default 1)
+//! `PARTITION_NODE_TIMEOUT_MS` (default 5000: well above what `min-replicas-max-lag 1` takes,
+//! so the two refusals cannot race) and `PARTITION_MAX_LAG` (seconds, default 1)
 //! change the settings for a figures run (`bench/partition.sh`).
 
 use ratelimit_testkit as support;
@@ -54,7 +55,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn node_timeout_ms() -> u64 {
-    env_u64("PARTITION_NODE_TIMEOUT_MS", 2000)
+    env_u64("PARTITION_NODE_TIMEOUT_MS", 5000)
 }
 
 fn max_lag_s() -> u64 {
@@ -146,9 +147,6 @@ fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// `min-replicas-to-write 1` with the configured lag, on every node, as in each redis.conf.
-const MIN_REPLICAS: &str = "min-replicas-to-write";
-
 #[derive(Clone, Copy, PartialEq)]
 enum Settings {
     /// Nothing set: the isolated master writes until it sees it lost the majority.
@@ -170,7 +168,7 @@ struct Figures {
     /// From the cut to the isolated master's first refusal, and that refusal.
     refused_after: Duration,
     first_refusal: String,
-    /// Refusals of the isolated master that were `CLUSTERDOWN` (after `NOREPLICAS`, if any).
+    /// From the cut to the isolated master's first `CLUSTERDOWN` (after `NOREPLICAS`, if any).
     clusterdown_after: Option<Duration>,
     /// Calls the isolated master admitted after it first refused (expected none).
     admitted_after_refusal: i64,
@@ -245,9 +243,10 @@ fn run(settings: Settings) -> Option<Figures> {
         cluster.wait_ready();
     }
     if settings != Settings::Default {
-        let lag = max_lag_s().to_string();
+        // On every node, as in each redis.conf: a replica becomes a master.
+        let lag = max_lag_s();
         for server in cluster.nodes.iter().flatten() {
-            let line = format!("CONFIG SET {MIN_REPLICAS} 1 min-replicas-max-lag {lag}");
+            let line = format!("CONFIG SET min-replicas-to-write 1 min-replicas-max-lag {lag}");
             call(&mut server.conn(), &line).unwrap();
         }
     }
