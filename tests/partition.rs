@@ -83,7 +83,9 @@ fn cannot_cut() -> Option<String> {
         Err(e) => Some(format!("cannot run nft ({e})")),
         Ok(out) if !out.status.success() => Some(format!(
             "nft refused ({}): needs root or CAP_NET_ADMIN",
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         )),
         Ok(_) => None,
     }
