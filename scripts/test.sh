@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the pure algorithms (unit and property tests) once, and the integration
-# suites (standalone, replication, persistence, cluster), which build the module and start
-# their own servers on free ports, on each tested server: Redis 7.0.15 (Debian's redis-server)
+# suites (standalone, replication, persistence, cluster, partitions), which build the module
+# and start their own servers on free ports, on each tested server: Redis 7.0.15 (Debian's redis-server)
 # and Valkey 9.1 (scripts/install-valkey.sh). RL_SERVER=redis, RL_SERVER=valkey or a server
 # program's path runs them on that server alone.
 set -euo pipefail
