@@ -171,4 +171,43 @@ fn one_call_of_three_limits_against_three_calls_pipelined() {
         "ratio (best round of each): RL.ALL {:.2}x the checks/s of three calls",
         best[1] / best[0]
     );
+
+    // The server's side, with redis-benchmark (C, 50 clients, random users): a check as one
+    // RL.ALL, as three calls in one round trip (-P 3 of one algorithm's call: checks are a
+    // third of the calls), and as three round trips; then with deep pipelines, where the
+    // server's work per check is all that counts.
+    let all = "RL.ALL 3 {u__rand_int__}:user {u__rand_int__}:ip {u__rand_int__}:search \
+               TOKEN 100 10 FIXED 1000 1h SLIDING 20 1m COST 2";
+    let single = "RL.TOKEN {u__rand_int__}:user 100 10";
+    let bench = |line: &str, pipeline: u32| -> f64 {
+        let out = std::process::Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "50",
+                "-n",
+                "300000",
+                "-r",
+                "10000",
+            ])
+            .args(["-P", &pipeline.to_string(), "--csv"])
+            .args(line.split_whitespace())
+            .output()
+            .expect("redis-benchmark");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let row = text.lines().last().unwrap_or_default();
+        let rps = row.split("\",\"").nth(1).unwrap_or("0");
+        rps.trim_matches('"').parse().unwrap_or(0.0)
+    };
+    println!("redis-benchmark, 50 clients, 10,000 users: whole checks per second");
+    for (name, line, pipeline, per_check) in [
+        ("RL.ALL, one round trip each", all, 1, 1.0),
+        ("3 calls in one round trip", single, 3, 3.0),
+        ("3 calls, 3 round trips", single, 1, 3.0),
+        ("RL.ALL, pipeline 16", all, 16, 1.0),
+        ("3 calls, pipeline 48", single, 48, 3.0),
+    ] {
+        println!("{name:<28} {:>10.0}", bench(line, pipeline) / per_check);
+    }
 }
