@@ -178,17 +178,7 @@ fn decide<A: Algorithm>(
     let decision = if takes && wait::has_waiters(ctx, &[name]) {
         // Callers waiting on the key come first: a call that does not wait is denied while
         // they wait.
-        // What it would find, as it stands (`COST 0` if the cost is there).
-        let look = Request {
-            dry_run: true,
-            ..request
-        };
-        let quiet = Apply { stats: None, ..how };
-        let mut decision = apply(ctx, name, look, &quiet)?;
-        if decision.allowed {
-            let call = Call::take(0);
-            decision = apply(ctx, name, Request { call, ..look }, &quiet)?;
-        }
+        let (decision, _) = look(&request, ctx, name, ctx.now())?;
         stats.record(false, false);
         wait::behind_waiters(ctx, &[name], decision)
     } else {
@@ -225,18 +215,7 @@ pub fn apply<A: Algorithm>(
     request: Request<A>,
     how: &Apply<A>,
 ) -> Result<Decision, Error> {
-    apply_at(ctx, name, request, how, ctx.now()).map(|(decision, _)| decision)
-}
-
-/// [`apply`] at the time `now`, read once by a command deciding several calls; also says
-/// whether the key was blocked when the call came.
-pub fn apply_at<A: Algorithm>(
-    ctx: Ctx,
-    name: RString,
-    request: Request<A>,
-    how: &Apply<A>,
-    now: u64,
-) -> Result<(Decision, bool), Error> {
+    let now = ctx.now();
     let Request {
         limiter,
         call,
@@ -292,26 +271,12 @@ pub fn apply_at<A: Algorithm>(
     if let Some(stats) = how.stats {
         stats.record(decision.allowed, was_blocked);
     }
-    Ok((decision, was_blocked))
+    Ok(decision)
 }
 
-/// What `RL.ALL` does with one of its limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// What taking the cost would decide, changing nothing.
-    Check,
-    /// Take the cost.
-    Take,
-    /// The state as it stands (`COST 0`), changing nothing.
-    Report,
-}
-
-/// One parsed spec of `RL.ALL`: a call of some algorithm, run step by step.
+/// One parsed spec of `RL.ALL`, or a call that waits: a call of some algorithm, decided on
+/// its key held open.
 pub trait Planned {
-    /// Runs `step` of this call on the key `name` at `now`: the decision, and whether the
-    /// key was blocked.
-    fn run(&self, ctx: Ctx, name: RString, now: u64, step: Step)
-    -> Result<(Decision, bool), Error>;
     /// Opens the key `name` once and decides this call on it at `now` (with its block unless
     /// `dry_run`), writing nothing yet: `RL.ALL` commits only when every limit has answered.
     fn hold(
@@ -323,6 +288,23 @@ pub trait Planned {
     ) -> Result<Box<dyn Held>, Error>;
     /// Whether a denial starts a block.
     fn blocks(&self) -> bool;
+}
+
+/// What `call` would find on the key `name` at `now`, changing nothing and opening the key
+/// once: its decision, or, where its cost is there, the state as it stands (what `COST 0`
+/// replies); and whether the key was blocked.
+pub fn look(
+    call: &dyn Planned,
+    ctx: Ctx,
+    name: RString,
+    now: u64,
+) -> Result<(Decision, bool), Error> {
+    let mut held = call.hold(ctx, name, now, true)?;
+    let decision = match held.decision() {
+        found if found.allowed => held.report()?,
+        found => found,
+    };
+    Ok((decision, held.was_blocked()))
 }
 
 /// A call decided on its open key, its write not done yet.
@@ -399,38 +381,6 @@ impl<A: Algorithm> Held for Hold<A> {
 }
 
 impl<A: Algorithm> Planned for Request<A> {
-    fn run(
-        &self,
-        ctx: Ctx,
-        name: RString,
-        now: u64,
-        step: Step,
-    ) -> Result<(Decision, bool), Error> {
-        let (call, dry_run) = match step {
-            Step::Check => (
-                Call {
-                    block: 0,
-                    ..self.call
-                },
-                true,
-            ),
-            Step::Take => (self.call, false),
-            Step::Report => (Call::take(0), true),
-        };
-        let request = Request {
-            limiter: self.limiter,
-            call,
-            dry_run,
-            wait: 0,
-        };
-        let how = Apply {
-            stats: None,
-            event: None,
-            adopt: None,
-        };
-        apply_at(ctx, name, request, &how, now)
-    }
-
     fn hold(
         &self,
         ctx: Ctx,

@@ -172,18 +172,19 @@ pub fn look(
     calls: &[Box<dyn Planned>],
     now: u64,
 ) -> Result<Verdict, Error> {
-    let mut held = hold(ctx, keys, calls, now, true)?;
-    let decisions = (held.iter_mut())
-        .map(|h| match h.decision() {
-            d if d.allowed => h.report(),
-            d => Ok(d),
+    let mut blocked = false;
+    let decisions = (keys.iter().zip(calls))
+        .map(|(key, call)| {
+            let (decision, was_blocked) = algorithm::look(&**call, ctx, *key, now)?;
+            blocked |= was_blocked;
+            Ok(decision)
         })
         .collect::<Result<Vec<Decision>, Error>>()?;
     Ok(Verdict {
-        allowed: held.iter().all(|h| h.decision().allowed),
+        allowed: decisions.iter().all(|d| d.allowed),
         retry: verdict(&decisions),
         decisions,
-        blocked: held.iter().any(|h| h.was_blocked()),
+        blocked,
     })
 }
 

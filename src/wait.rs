@@ -25,7 +25,7 @@ use std::ptr;
 use ratelimit_core::{Decision, Retry};
 use redis_module::raw;
 
-use crate::algorithm::{self, Planned, Step};
+use crate::algorithm::{self, Planned};
 use crate::all::{self, Verdict};
 use crate::api::api;
 use crate::error::Error;
@@ -53,22 +53,17 @@ impl Work {
     /// whether it would be allowed, with each limit's state as it stands.
     fn attempt(&self, ctx: Ctx, keys: &[RString], now: u64, look: bool) -> Answer {
         let answer = match self {
+            // One limit decides as `RL.ALL` with one key does, and replies its own five fields.
             Work::One(call) => {
-                let key = keys.first().copied().unwrap_or(ptr::null_mut());
-                let run = |step| call.run(ctx, key, now, step);
-                let step = if look { Step::Check } else { Step::Take };
-                run(step).and_then(|(decision, blocked)| {
-                    if look && decision.allowed {
-                        let (state, _) = run(Step::Report)?;
-                        return Ok(Answer::One(
-                            Decision {
-                                allowed: true,
-                                ..state
-                            },
-                            blocked,
-                        ));
-                    }
-                    Ok(Answer::One(decision, blocked))
+                let calls = std::slice::from_ref(call);
+                let verdict = if look {
+                    all::look(ctx, keys, calls, now)
+                } else {
+                    all::decide(ctx, keys, calls, now, false)
+                };
+                verdict.and_then(|v| match v.decisions.first() {
+                    Some(decision) => Ok(Answer::One(*decision, v.blocked)),
+                    None => Err(Error::Internal),
                 })
             }
             Work::All(calls) if look => all::look(ctx, keys, calls, now).map(Answer::All),
@@ -109,11 +104,7 @@ impl Answer {
     fn behind(self, wait: u64) -> Answer {
         match self {
             Answer::One(decision, blocked) => Answer::One(behind(decision, wait), blocked),
-            Answer::All(verdict) => Answer::All(Verdict {
-                allowed: false,
-                retry: later(verdict.retry, wait),
-                ..verdict
-            }),
+            Answer::All(verdict) => Answer::All(behind_all(verdict, wait)),
             error => error,
         }
     }
@@ -149,6 +140,15 @@ fn behind(decision: Decision, wait: u64) -> Decision {
         allowed: false,
         retry: later(decision.retry, wait),
         ..decision
+    }
+}
+
+/// The same for several limits.
+fn behind_all(verdict: Verdict, wait: u64) -> Verdict {
+    Verdict {
+        allowed: false,
+        retry: later(verdict.retry, wait),
+        ..verdict
     }
 }
 
@@ -288,11 +288,7 @@ pub fn behind_waiters(ctx: Ctx, names: &[RString], decision: Decision) -> Decisi
 
 /// The same for `RL.ALL`.
 pub fn behind_waiters_all(ctx: Ctx, names: &[RString], verdict: Verdict) -> Verdict {
-    let wait = wait_behind(ctx, names, fresh_now(ctx));
-    match Answer::All(verdict).behind(wait) {
-        Answer::All(verdict) => verdict,
-        _ => unreachable!("an answer of several limits stays one"),
-    }
+    behind_all(verdict, wait_behind(ctx, names, fresh_now(ctx)))
 }
 
 /// Lets the first waiters on these keys try again now (units came back: a refund, a reset).
