@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Gateway, config, policy};
+use common::{ADMIN, Body, Gateway, config, policy};
 use ratelimit_gateway::config::OptionalPolicy;
 use ratelimit_gateway::domain::{api_key, rfc3339};
 use ratelimit_testkit::cluster::Cluster;

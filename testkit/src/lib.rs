@@ -19,6 +19,7 @@
 //! connection the kit makes to it, the readiness check's included, is a `rediss://` one.
 
 pub mod cluster;
+pub mod http;
 mod tls;
 
 pub use tls::{Tls, tls_missing};

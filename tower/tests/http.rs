@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use ratelimit_client::{Policy, RateLimiter};
 use ratelimit_testkit::cluster::Cluster;
+use ratelimit_testkit::http::Reply;
 use ratelimit_testkit::{Clock, Server, call, int};
 use ratelimit_tower::{Fail, Key, Quota, RateLimitLayer};
 use redis::aio::{ConnectionLike, ConnectionManager};
@@ -39,31 +40,6 @@ where
         .layer(layer)
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut values = self.headers.iter().filter(|(n, _)| n == name);
-        let value = values.next().map(|(_, v)| v.as_str());
-        assert!(values.next().is_none(), "{name} given twice");
-        value
-    }
-
-    /// The rate-limit fields and `Retry-After`, for exact comparison.
-    fn limits(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
-        (
-            self.header("ratelimit-policy"),
-            self.header("ratelimit"),
-            self.header("retry-after"),
-        )
-    }
-}
-
 /// `GET /` over a new connection.
 async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -75,27 +51,7 @@ async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    Reply::parse(&raw)
 }
 
 async fn fetch(addr: SocketAddr) -> Reply {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ratelimit_gateway::Config;
 use ratelimit_testkit::Server;
+pub use ratelimit_testkit::http::Reply;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -158,53 +159,22 @@ async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, request: &str
     let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw));
     // A TLS peer closing without close_notify is an error after the data: keep the data.
     let _ = read.await.expect("a reply within 20 s");
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no reply: {raw:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    Reply::parse(&String::from_utf8(raw).unwrap())
 }
 
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+/// What the gateway's replies carry beyond HTTP: JSON bodies and problem types.
+pub trait Body {
+    fn json(&self) -> Value;
+    fn problem(&self) -> String;
 }
 
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let mut values = self.headers.iter().filter(|(n, _)| n == name);
-        let value = values.next().map(|(_, v)| v.as_str());
-        assert!(values.next().is_none(), "{name} given twice");
-        value
-    }
-
-    pub fn json(&self) -> Value {
+impl Body for Reply {
+    fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
     }
 
     /// The problem type's last word, after checking the reply is a problem of its status.
-    pub fn problem(&self) -> String {
+    fn problem(&self) -> String {
         assert_eq!(
             self.header("content-type"),
             Some("application/problem+json"),
@@ -216,15 +186,6 @@ impl Reply {
         kind.strip_prefix("urn:ratelimit-gateway:problem:")
             .unwrap()
             .to_string()
-    }
-
-    /// `RateLimit-Policy`, `RateLimit` and `Retry-After`.
-    pub fn limits(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
-        (
-            self.header("ratelimit-policy"),
-            self.header("ratelimit"),
-            self.header("retry-after"),
-        )
     }
 }
 
