@@ -8,21 +8,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, Value};
-use support::{Clock, Server, T0, call, fingerprint, int, rl};
+use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
 
 const HOUR: u64 = 3_600_000;
-
-fn info_field(con: &mut Connection, section: &str, field: &str) -> String {
-    let Ok(Value::BulkString(info)) = call(con, &format!("INFO {section}")) else {
-        panic!()
-    };
-    let info = String::from_utf8(info).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .to_string()
-}
 
 /// A master pinned at T0 and a replica pinned an hour earlier, linked.
 fn master_and_replica() -> (Server, Server) {

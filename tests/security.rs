@@ -18,7 +18,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, TlsCertificates, Value};
 use support::cluster::Cluster;
-use support::{Clock, Kind, Server, T0, Tls, call, fingerprint, int, rl, server_kind, tls_missing};
+use support::{
+    Clock, Kind, Server, T0, Tls, call, fingerprint, info_field, int, rl, server_kind, tls_missing,
+};
 
 const HOUR: u64 = 3_600_000;
 
@@ -34,18 +36,6 @@ fn tls_or_skip(test: &str) -> bool {
             false
         }
     }
-}
-
-fn info_field(con: &mut Connection, section: &str, field: &str) -> String {
-    let Ok(Value::BulkString(info)) = call(con, &format!("INFO {section}")) else {
-        panic!("INFO {section}")
-    };
-    let info = String::from_utf8(info).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .to_string()
 }
 
 fn wait_linked(replica: &Server) {

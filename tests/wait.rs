@@ -1,7 +1,6 @@
 //! `WAIT timeout`: a denied call waits for its units instead of being denied. Pinned clocks
-//! decide; the module's timers run on real time on Redis (and on the wall clock on Valkey, so
-//! the tests move the clock a little past a unit's time), so each wait here also lets a few
-//! hundred real milliseconds pass. Exact replies; arrival order kept whatever the costs; calls that
+//! decide; the module's timers run on real time on Redis, so each wait here also lets a few
+//! hundred real milliseconds pass (Valkey's follow its wall clock: see `pinned_timers`). Exact replies; arrival order kept whatever the costs; calls that
 //! do not wait denied behind waiters; timeouts, calls that never fit and calls too late
 //! answered as denials; a disconnected waiter takes nothing; `MULTI` and scripts decide at
 //! once; what a woken call takes replicates as `RL.STATE` (the replica and the AOF never see
@@ -16,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
-use support::{Clock, Server, T0, call, fingerprint, int, rl};
+use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
 
 /// Sends `line` on a connection of its own in a thread; the reply comes through the channel
 /// with the real time it took.
@@ -47,14 +46,9 @@ fn figures(reply: &Result<Value, String>) -> [i64; 5] {
 fn blocked(con: &mut Connection, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let Ok(Value::BulkString(info)) = call(con, "INFO clients") else {
-            panic!()
-        };
-        let info = String::from_utf8(info).unwrap();
-        let count = info
-            .lines()
-            .find_map(|l| l.strip_prefix("blocked_clients:"))
-            .and_then(|n| n.trim().parse::<usize>().ok());
+        let count = info_field(con, "clients", "blocked_clients")
+            .parse::<usize>()
+            .ok();
         if count == Some(n) {
             return;
         }
@@ -106,15 +100,8 @@ fn a_denied_call_waits_for_its_units_and_takes_them() {
     let waiter = send(&server, "RL.FIXED k 2 300ms WAIT 10s");
     blocked(&mut con, 1);
     assert!(pending(&waiter), "answered before its window");
-    let waiting = |con: &mut Connection| {
-        let Ok(Value::BulkString(info)) = call(con, "INFO ratelimit") else {
-            panic!()
-        };
-        let info = String::from_utf8(info).unwrap();
-        let line = info.lines().find(|l| l.starts_with("ratelimit_waiting:"));
-        line.map(|l| l.trim().to_string())
-    };
-    assert_eq!(waiting(&mut con).as_deref(), Some("ratelimit_waiting:1"));
+    let waiting = |con: &mut Connection| info_field(con, "ratelimit", "ratelimit_waiting");
+    assert_eq!(waiting(&mut con), "1");
     // The next window: the waiter takes its unit there.
     server.clock.advance(300);
     let (reply, took) = woken(&mut con, &waiter, "woken");
@@ -125,19 +112,15 @@ fn a_denied_call_waits_for_its_units_and_takes_them() {
         Ok([1, 2, 1, 0, 300])
     );
     blocked(&mut con, 0);
-    assert_eq!(waiting(&mut con).as_deref(), Some("ratelimit_waiting:0"));
+    assert_eq!(waiting(&mut con), "0");
     // Allowed at once, it does not wait; counted once, as allowed.
     assert_eq!(
         rl(&mut con, "RL.FIXED k 2 300ms WAIT 10s"),
         Ok([1, 2, 0, 0, 300])
     );
-    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
-        panic!()
-    };
-    let info = String::from_utf8(info).unwrap();
-    assert!(
-        info.contains("ratelimit_fixed:calls=3,allowed=3,denied=0,blocked=0"),
-        "{info}"
+    assert_eq!(
+        info_field(&mut con, "ratelimit", "ratelimit_fixed"),
+        "calls=3,allowed=3,denied=0,blocked=0"
     );
 }
 
@@ -316,8 +299,7 @@ fn what_a_woken_call_takes_replicates_as_its_effect() {
     let _ = dir;
     let (mut m, mut r) = (master.conn(), replica.conn());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(call(&mut r, "INFO replication"), Ok(Value::BulkString(ref b)) if String::from_utf8_lossy(b).contains("master_link_status:up"))
-    {
+    while info_field(&mut r, "replication", "master_link_status") != "up" {
         assert!(Instant::now() < deadline, "replica did not link");
         thread::sleep(Duration::from_millis(20));
     }
@@ -390,14 +372,7 @@ fn a_master_turned_replica_lets_its_waiters_go() {
     let (reply, _) = woken(&mut con, &waiter, "let go");
     let error = reply.unwrap_err();
     assert!(error.starts_with("UNBLOCKED"), "{error}");
-    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
-        panic!()
-    };
-    assert!(
-        String::from_utf8(info)
-            .unwrap()
-            .contains("ratelimit_waiting:0")
-    );
+    assert_eq!(info_field(&mut con, "ratelimit", "ratelimit_waiting"), "0");
     assert_eq!(
         call(&mut con, "PING"),
         Ok(Value::SimpleString("PONG".into()))

@@ -499,6 +499,19 @@ pub fn int(con: &mut impl ConnectionLike, line: &str) -> i64 {
     }
 }
 
+/// One field of an `INFO` section (`INFO replication`'s `master_link_status`), trimmed.
+pub fn info_field(con: &mut impl ConnectionLike, section: &str, field: &str) -> String {
+    let Ok(Value::BulkString(info)) = call(con, &format!("INFO {section}")) else {
+        panic!("INFO {section}")
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .to_string()
+}
+
 /// `DEBUG DIGEST-VALUE` of a key and its absolute expiry: equal on two servers means the
 /// same bytes and the same TTL.
 pub fn fingerprint(con: &mut impl ConnectionLike, key: &str) -> (String, i64) {
