@@ -53,12 +53,6 @@ extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c
     command::run(ctx, argv, argc, all)
 }
 
-/// One limit of the call: its key and its parsed spec.
-struct Limit {
-    key: RString,
-    call: Box<dyn Planned>,
-}
-
 /// How a call ends: `DRYRUN`, `WAIT timeout` (ms), or neither.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tail {
@@ -78,20 +72,18 @@ fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         (2..2 + count).for_each(|pos| ctx.key_at(pos));
         return Ok(());
     }
-    let (limits, tail) = parse(bytes(*numkeys), rest)?;
-    let keys: Vec<RString> = limits.iter().map(|l| l.key).collect();
-    let calls: Vec<Box<dyn Planned>> = limits.into_iter().map(|l| l.call).collect();
+    let (keys, calls, tail) = parse(bytes(*numkeys), rest)?;
     match tail {
-        Tail::Wait(timeout) => wait::start(ctx, &keys, Work::All(calls), timeout, &STATS),
+        Tail::Wait(timeout) => wait::start(ctx, keys, Work::All(calls), timeout, &STATS),
         Tail::DryRun | Tail::None => {
             // Callers waiting on one of the keys come first: a call that does not wait is
             // denied while they wait, and only looks.
             let now = ctx.now();
-            let verdict = if wait::has_waiters(ctx, &keys) {
-                let found = look(ctx, &keys, &calls, now)?;
-                wait::behind_waiters_all(ctx, &keys, found)
+            let verdict = if wait::has_waiters(ctx, keys) {
+                let found = look(ctx, keys, &calls, now)?;
+                wait::behind_waiters_all(ctx, keys, found)
             } else {
-                decide(ctx, &keys, &calls, now, tail == Tail::DryRun)?
+                decide(ctx, keys, &calls, now, tail == Tail::DryRun)?
             };
             STATS.record(verdict.allowed, verdict.blocked);
             reply(ctx, &verdict);
@@ -212,9 +204,12 @@ fn verdict(decisions: &[Decision]) -> Retry {
         })
 }
 
-/// Parses `numkeys key [key ...] spec [spec ...] [DRYRUN | WAIT timeout]`: the limits and
-/// how the call ends.
-fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, Tail), Error> {
+/// The parsed specs of a call, one per key.
+type Calls = Vec<Box<dyn Planned>>;
+
+/// Parses `numkeys key [key ...] spec [spec ...] [DRYRUN | WAIT timeout]`: the keys, each
+/// one's parsed spec, and how the call ends.
+fn parse<'a>(numkeys: &[u8], rest: &'a [RString]) -> Result<(&'a [RString], Calls, Tail), Error> {
     let count = key_count(numkeys).ok_or(Error::NumKeys(MAX_KEYS))?;
     if rest.len() < count {
         return Err(Error::SpecCount(count, 0));
@@ -235,18 +230,17 @@ fn parse(numkeys: &[u8], rest: &[RString]) -> Result<(Vec<Limit>, Tail), Error> 
     if specs.len() != count {
         return Err(Error::SpecCount(count, specs.len()));
     }
-    let limits = (keys.iter().zip(specs).enumerate())
-        .map(|(i, (key, spec))| {
+    let calls = (specs.into_iter().enumerate())
+        .map(|(i, spec)| {
             let entry = (ALGORITHMS.iter()).find(|e| is_name(spec[0], e.name));
             let entry = entry.ok_or_else(|| {
                 Error::InSpec(i + 1, None, Box::new(Error::UnknownAlgorithm(&NAMES)))
             })?;
-            let call = (entry.plan)(&spec[1..])
-                .map_err(|e| Error::InSpec(i + 1, Some(entry.name), Box::new(e)))?;
-            Ok(Limit { key: *key, call })
+            (entry.plan)(&spec[1..])
+                .map_err(|e| Error::InSpec(i + 1, Some(entry.name), Box::new(e)))
         })
-        .collect::<Result<Vec<Limit>, Error>>()?;
-    Ok((limits, tail))
+        .collect::<Result<Calls, Error>>()?;
+    Ok((keys, calls, tail))
 }
 
 impl Tail {
