@@ -36,12 +36,30 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the error came from reaching Redis (connection or time budget), rather than
-    /// from the call itself: what a caller fails open or closed on.
+    /// Whether the error came from reaching Redis (connection or time budget), or from a
+    /// server that cannot answer for now (loading its data, busy with a script, a failover
+    /// under way: `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`,
+    /// `NOREPLICAS`), rather than from the call itself: what a caller fails open or closed
+    /// on, and answers with a retry later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Connection(_) | Error::Timeout(_))
+        match self {
+            Error::Connection(_) | Error::Timeout(_) => true,
+            Error::Refused { code, .. } => TRANSIENT.contains(&code.as_str()),
+            _ => false,
+        }
     }
 }
+
+/// The error codes of a server that cannot answer for now, and will.
+const TRANSIENT: [&str; 7] = [
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "READONLY",
+    "NOREPLICAS",
+];
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Error {

@@ -6,7 +6,7 @@
 //! carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11); a
 //! denied request gets `429`, `Retry-After` and an `application/problem+json` body. When
 //! Redis is slow or down, each decision has a time budget, then the request passes (fail
-//! open, the default) or gets `503` (fail closed). Optionally, denials are cached in the
+//! open, the default) or gets `503` (fail closed); any other error gets `500`. Optionally, denials are cached in the
 //! process until they end, so a flood from one client does not reach Redis.
 //!
 //! ```no_run
@@ -49,9 +49,11 @@ use redis::aio::ConnectionLike;
 
 use crate::cache::{Denial, Denials};
 pub use crate::headers::Quota;
-pub use crate::key::{Key, client_ip, peer};
+pub use crate::key::{ClientIp, Key, KeyError, ProxyHeader, UNKNOWN_CLIENT, ip_key, peer};
 
-/// What to do when Redis cannot decide in time (down, slow, or an error).
+/// What to do when Redis cannot decide in time: down, slow, or unable to answer for now
+/// (see [`Error::is_unavailable`]). Any other error (a key of another type, a refused command)
+/// is a fault to fix, never a reason to let traffic through: it is answered `500`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fail {
     /// Let the request through, without rate-limit headers.
@@ -152,7 +154,9 @@ where
     }
 
     /// The prefix of the Redis keys: `<prefix>{<key>}:<quota name>` (default `rl:`). The key
-    /// is a hash tag, so one key's quotas share a cluster slot.
+    /// is a hash tag, so one key's quotas share a cluster slot; in it `%`, `{` and `}` are
+    /// written `%25`, `%7B` and `%7D` (an empty key is `%`), so that no key a client chooses
+    /// ends the tag early.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -262,9 +266,14 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn decide(&self, parts: &Parts) -> Verdict {
-        let Some(key) = self.key.of(parts) else {
-            metrics::counter!("ratelimit_requests_total", "outcome" => "unlimited").increment(1);
-            return Verdict::Pass;
+        let key = match self.key.of(parts) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                metrics::counter!("ratelimit_requests_total", "outcome" => "unlimited")
+                    .increment(1);
+                return Verdict::Pass;
+            }
+            Err(e) => return fault(&e),
         };
         let started = Instant::now();
         let quotas = match &self.quotas {
@@ -272,8 +281,13 @@ where
             Quotas::Resolved(resolve) => {
                 match tokio::time::timeout(self.budget, resolve(&key, parts)).await {
                     Ok(Ok(quotas)) => quotas.into(),
-                    Ok(Err(e)) => return self.failed(&key, &*e),
-                    Err(_) => return self.failed(&key, &Error::Timeout(self.budget)),
+                    // The resolver's own errors count as the store being unavailable; the
+                    // client's are told apart.
+                    Ok(Err(e)) => match e.downcast::<Error>() {
+                        Ok(e) => return self.failed(&key, &e),
+                        Err(e) => return self.unavailable(&key, &*e),
+                    },
+                    Err(_) => return self.unavailable(&key, &Error::Timeout(self.budget)),
                 }
             }
         };
@@ -289,10 +303,11 @@ where
             let retry = Retry::After(denial.until.saturating_duration_since(started));
             return Verdict::Respond(denied(&quotas, &decisions, retry));
         }
+        let tag = hash_tag(&key);
         let limits: Vec<Limit> = quotas
             .iter()
             .map(|q| {
-                Limit::new(format!("{}{{{key}}}:{}", self.prefix, q.name), q.policy).cost(cost)
+                Limit::new(format!("{}{{{tag}}}:{}", self.prefix, q.name), q.policy).cost(cost)
             })
             .collect();
         let left = self.budget.saturating_sub(started.elapsed());
@@ -301,7 +316,7 @@ where
         let decisions = match decided {
             Ok(Ok(decisions)) => decisions,
             Ok(Err(e)) => return self.failed(&key, &e),
-            Err(_) => return self.failed(&key, &Error::Timeout(self.budget)),
+            Err(_) => return self.unavailable(&key, &Error::Timeout(self.budget)),
         };
         if decisions.allowed {
             metrics::counter!("ratelimit_requests_total", "outcome" => "allowed").increment(1);
@@ -334,7 +349,16 @@ where
         }
     }
 
-    fn failed(&self, key: &str, error: &dyn std::error::Error) -> Verdict {
+    /// A client error: the failure mode if Redis is unavailable, else a fault (`500`).
+    fn failed(&self, key: &str, error: &Error) -> Verdict {
+        if error.is_unavailable() {
+            return self.unavailable(key, error);
+        }
+        tracing::error!(key, %error, "rate limiter error: answering 500");
+        fault(error)
+    }
+
+    fn unavailable(&self, key: &str, error: &dyn std::error::Error) -> Verdict {
         metrics::counter!("ratelimit_requests_total", "outcome" => "error").increment(1);
         tracing::warn!(key, %error, fail = ?self.fail, "rate limiter unavailable");
         match self.fail {
@@ -349,6 +373,37 @@ where
             }
         }
     }
+}
+
+/// A fault of the server or its Redis that a client cannot cause and a retry would not
+/// mend: `500`, logged, counted.
+fn fault(error: &dyn std::error::Error) -> Verdict {
+    metrics::counter!("ratelimit_requests_total", "outcome" => "error").increment(1);
+    tracing::error!(%error, "rate limiting failed");
+    let status = StatusCode::INTERNAL_SERVER_ERROR;
+    Verdict::Respond(problem(status, "the rate limiter failed"))
+}
+
+/// The key as a hash tag's content: never empty, never holding the `}` that would end the
+/// tag early (or the `%` and `{` of the escaping), so that one key's quotas always share a
+/// slot and two keys never share a Redis key.
+fn hash_tag(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.is_empty() {
+        return "%".into();
+    }
+    if !key.contains(['%', '{', '}']) {
+        return key.into();
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// The `429` of a denied request.
@@ -393,4 +448,20 @@ fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/problem+json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_tag;
+
+    #[test]
+    fn keys_never_end_the_hash_tag_early() {
+        assert_eq!(hash_tag("203.0.113.9"), "203.0.113.9");
+        assert_eq!(hash_tag(""), "%");
+        assert_eq!(hash_tag("}x"), "%7Dx");
+        assert_eq!(hash_tag("{a}%"), "%7Ba%7D%25");
+        // Escaped forms stay apart from the text they look like.
+        assert_ne!(hash_tag("%7D"), hash_tag("}"));
+        assert_ne!(hash_tag("%"), hash_tag(""));
+    }
 }
