@@ -10,7 +10,9 @@ use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use ratelimit_client::Policy;
 
-use crate::domain::{parse_duration, parse_policy};
+use ratelimit_tower::ProxyHeader;
+
+use crate::domain::{parse_admin_key, parse_duration, parse_policy};
 
 /// What a request gets when Redis does not answer in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,9 +66,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// An admin API key (how a fresh deployment gets its first admin).
-    #[arg(long, env = "RATELIMIT_ADMIN_KEY", hide_env_values = true)]
+    /// An admin API key (how a fresh deployment gets its first admin): at least 32
+    /// characters; surrounding whitespace, such as a secret file's newline, is dropped.
+    #[arg(long, env = "RATELIMIT_ADMIN_KEY", hide_env_values = true, value_parser = parse_admin_key)]
     pub admin_key: Option<String>,
+
+    /// A key that reads GET /metrics and nothing else (what Prometheus is given); admins read
+    /// it too. Without it, only admins do.
+    #[arg(long, env = "GATEWAY_METRICS_KEY", hide_env_values = true, value_parser = parse_admin_key)]
+    pub metrics_key: Option<String>,
 
     /// The limit of users without their own: fixed:LIMIT:WINDOW, sliding:LIMIT:WINDOW or
     /// token:CAPACITY:RATE:PERIOD.
@@ -101,6 +109,22 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BODY", default_value_t = 16 * 1024)]
     pub max_body: usize,
 
+    /// Time to send a request's head: from connecting, or on keep-alive from its first byte.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// A keep-alive connection that sends nothing of a next request for this long is closed.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time to read and answer a request, its body included (longer: 408, connection closed).
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connections served at once (more wait to be accepted); lowered to fit `ulimit -n` - 64.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Time each Redis call may take before the request fails (503, or passes the limit check
     /// with --on-redis-failure open).
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
@@ -109,7 +133,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_ON_REDIS_FAILURE", value_enum, default_value_t = OnFailure::Closed)]
     pub on_redis_failure: OnFailure,
 
-    /// A proxy (address or network) whose Forwarded / X-Forwarded-For is believed; repeat it.
+    /// A proxy (address or network) whose --client-ip-header is believed; repeat it.
     #[arg(
         long = "trusted-proxy",
         env = "GATEWAY_TRUSTED_PROXIES",
@@ -117,6 +141,16 @@ pub struct Config {
         value_parser = network
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// The one header the trusted proxies write the client's address in: X-Forwarded-For
+    /// (nginx, HAProxy, Envoy, Caddy, Traefik, cloud load balancers), `Forwarded` (RFC 7239),
+    /// or another list header such as X-Real-IP. Any other header is a client's to forge.
+    #[arg(
+        long,
+        env = "GATEWAY_CLIENT_IP_HEADER",
+        default_value = "X-Forwarded-For"
+    )]
+    pub client_ip_header: ProxyHeader,
 
     /// Limiting off: POST /requests records without checking any limit (to measure what the
     /// limiter costs).
@@ -148,6 +182,7 @@ impl Config {
         let mut config = Config::parse_from(["ratelimit-gateway"]);
         config.redis = urls.to_vec();
         config.admin_key = None;
+        config.metrics_key = None;
         config
     }
 }

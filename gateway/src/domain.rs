@@ -67,18 +67,38 @@ pub fn check_username(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The most characters a request type may have.
+/// The most bytes (UTF-8) a request type may have.
 pub const MAX_REQUEST_TYPE: usize = 255;
 
-/// A request type: 1 to 255 characters.
+/// A request type: 1 to 255 bytes of text without control characters (NUL, newlines, escapes)
+/// or the invisible marks that reorder or hide text where it is shown (bidirectional
+/// overrides and isolates, zero-width characters).
 pub fn check_request_type(request_type: &str) -> Result<(), String> {
-    let n = request_type.chars().count();
+    let n = request_type.len();
     if n == 0 || n > MAX_REQUEST_TYPE {
         return Err(format!(
-            "request_type must be 1 to {MAX_REQUEST_TYPE} characters, not {n}"
+            "request_type must be 1 to {MAX_REQUEST_TYPE} bytes, not {n}"
+        ));
+    }
+    if let Some(c) = request_type.chars().find(|&c| is_hidden(c)) {
+        return Err(format!(
+            "request_type must not hold control or invisible characters ({:?})",
+            c.escape_unicode().to_string()
         ));
     }
     Ok(())
+}
+
+/// Control characters, and the format characters that change or hide what text shows.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}'     // zero-width space, joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}'   // bidirectional embeddings and overrides
+            | '\u{2060}'..='\u{2064}'   // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}'   // bidirectional isolates
+            | '\u{FEFF}'                // zero-width no-break space
+        )
 }
 
 /// API keys: `rlk_` and 64 hex digits (32 random bytes from the system's generator).
@@ -300,10 +320,52 @@ pub struct HistoryEntry {
     pub allowed: bool,
 }
 
-/// Whether `id` is a request id (`<ms>-<seq>`), as `before=` takes it.
+/// Whether `id` is a request id (`<ms>-<seq>`, each a 64-bit number, not `0-0`) as `before=`
+/// takes it: exactly the stream ids Redis can page before.
 pub fn is_request_id(id: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    matches!(id.split_once('-'), Some((ms, seq)) if digits(ms) && digits(seq))
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match id.split_once('-') {
+        Some((ms, seq)) => {
+            matches!((number(ms), number(seq)), (Some(ms), Some(seq)) if (ms, seq) != (0, 0))
+        }
+        None => false,
+    }
+}
+
+/// The fewest characters `RATELIMIT_ADMIN_KEY` may have (`openssl rand -hex 16` gives 32).
+pub const MIN_ADMIN_KEY: usize = 32;
+
+/// The admin key as configured: surrounding whitespace (the newline of a secret file) is not
+/// part of it, and it is long enough not to be guessed.
+pub fn parse_admin_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if key.chars().count() < MIN_ADMIN_KEY {
+        return Err(format!(
+            "the admin key must have at least {MIN_ADMIN_KEY} characters (such as the output \
+             of `openssl rand -hex 16`), not {}",
+            key.chars().count()
+        ));
+    }
+    Ok(key.to_string())
+}
+
+/// What an IP block or a per-IP limit applies to, as `PUT /blocks/{ip}` names it: an IP
+/// address (made canonical; an IPv6 address stands for its /64), or an IPv6 /64 written as a
+/// network. Its text is the key's, [`ratelimit_tower::ip_key`].
+pub fn ip_subject(text: &str) -> Result<String, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(ratelimit_tower::ip_key(ip));
+    }
+    match text.parse::<ipnet::Ipv6Net>() {
+        Ok(net) if net.prefix_len() == 64 => Ok(ratelimit_tower::ip_key(net.addr().into())),
+        _ => Err(format!(
+            "{text:?} is not an IP address (or an IPv6 network /64)"
+        )),
+    }
 }
 
 /// Why an IP is blocked.
@@ -403,6 +465,27 @@ mod tests {
     }
 
     #[test]
+    fn admin_keys_and_ip_subjects() {
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(parse_admin_key(&format!("{key}\n")).unwrap(), key);
+        assert_eq!(
+            parse_admin_key("admin-secret").unwrap_err(),
+            "the admin key must have at least 32 characters (such as the output of \
+             `openssl rand -hex 16`), not 12"
+        );
+        assert_eq!(ip_subject("203.0.113.5").unwrap(), "203.0.113.5");
+        assert_eq!(ip_subject("::ffff:203.0.113.5").unwrap(), "203.0.113.5");
+        assert_eq!(ip_subject("2001:db8:1:2::77").unwrap(), "2001:db8:1:2::/64");
+        assert_eq!(
+            ip_subject("2001:db8:1:2::/64").unwrap(),
+            "2001:db8:1:2::/64"
+        );
+        assert!(ip_subject("2001:db8::/48").is_err());
+        assert!(ip_subject("10.0.0.0/8").is_err());
+        assert!(ip_subject("not-an-ip").is_err());
+    }
+
+    #[test]
     fn keys_hash_and_compare() {
         let (key, hash) = api_key::generate().unwrap();
         assert!(key.starts_with("rlk_") && key.len() == 68);
@@ -420,9 +503,29 @@ mod tests {
         assert!(is_request_id("1795000000123-0"));
         assert!(!is_request_id("1795000000123"));
         assert!(!is_request_id("a-1"));
+        assert!(!is_request_id("0-0"));
+        assert!(is_request_id("0-1"));
+        assert!(is_request_id("18446744073709551615-18446744073709551615"));
+        assert!(!is_request_id("18446744073709551616-0"));
+        assert!(!is_request_id("99999999999999999999-0"));
+        assert!(!is_request_id("1-+1"));
         assert!(check_request_type(&"x".repeat(255)).is_ok());
-        assert!(check_request_type(&"é".repeat(256)).is_err());
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(check_request_type(&"é".repeat(127)).is_ok());
+        assert!(check_request_type(&"é".repeat(128)).is_err());
+        assert!(check_request_type(&"😀".repeat(64)).is_err());
         assert!(check_request_type("").is_err());
+        for hidden in [
+            "a\0b",
+            "a\nb",
+            "\u{1b}[31m",
+            "abc\u{202E}fdp.exe",
+            "a\u{2066}b",
+            "a\u{200B}b",
+        ] {
+            assert!(check_request_type(hidden).is_err(), "{hidden:?}");
+        }
+        assert!(check_request_type("search/users: é ü 漢字").is_ok());
         assert!(check_username("alice.b-2").is_ok());
         assert!(check_username("al ice").is_err());
     }

@@ -1,10 +1,10 @@
 //! The HTTP layer: the routes and their handlers, the extractors (client IP, the
 //! authenticated user, bounded JSON bodies), the guard every request passes (IP blocks and
 //! metrics), and the one error type, answered as `application/problem+json` with a stable
-//! `type`.
+//! `type`. What a block keys on, which header is believed and what is public: SECURITY.md.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -12,21 +12,20 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use ipnet::IpNet;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ratelimit_client::{Decisions, Error as StoreError, Policy, Retry};
-use ratelimit_tower::{Quota, headers};
+use ratelimit_tower::{ClientIp, Quota, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::{Config, OnFailure};
 use crate::domain::{
-    self, Block, Role, User, api_key, check_request_type, check_username, is_request_id,
-    parse_duration, policy_from_json, policy_to_json, policy_to_text,
+    self, Block, Role, User, api_key, check_request_type, check_username, ip_subject,
+    is_request_id, parse_duration, policy_from_json, policy_to_json, policy_to_text,
 };
 use crate::store::Store;
 
@@ -34,6 +33,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     admin_key_sha: Option<String>,
+    metrics_key_sha: Option<String>,
     default_limit: Policy,
     ip_limit: Option<Policy>,
     /// The IP denial limiter's policy: `block_after` denials per `block_window`.
@@ -42,7 +42,7 @@ pub struct AppState {
     block_for: Duration,
     max_body: usize,
     on_failure: OnFailure,
-    trusted: Vec<IpNet>,
+    client_ip: ClientIp,
     no_limit: bool,
     metrics: PrometheusHandle,
 }
@@ -51,11 +51,8 @@ impl AppState {
     pub fn new(config: &Config, store: Store) -> AppState {
         AppState {
             store,
-            admin_key_sha: config
-                .admin_key
-                .as_deref()
-                .filter(|k| !k.is_empty())
-                .map(api_key::hash),
+            admin_key_sha: config.admin_key.as_deref().map(api_key::hash),
+            metrics_key_sha: config.metrics_key.as_deref().map(api_key::hash),
             default_limit: config.default_limit,
             ip_limit: config.ip_limit.0,
             denials: Policy::sliding(config.block_after.max(1), config.block_window),
@@ -63,7 +60,8 @@ impl AppState {
             block_for: config.block_for,
             max_body: config.max_body,
             on_failure: config.on_redis_failure,
-            trusted: config.trusted_proxies.clone(),
+            client_ip: ClientIp::new(config.trusted_proxies.iter().copied())
+                .header(config.client_ip_header.clone()),
             no_limit: config.no_limit,
             metrics: prometheus(),
         }
@@ -227,34 +225,40 @@ fn ok_json(status: StatusCode, body: Value) -> Response {
 
 // ---- the guard: client IP, blocks, metrics ----
 
-/// The client's address: the peer's, or through the trusted proxies.
+/// The client's address: the peer's, or through the trusted proxies (canonical).
 #[derive(Clone, Copy, Debug)]
-pub struct ClientIp(pub IpAddr);
+pub struct ClientAddr(pub IpAddr);
 
-/// Every request: finds the client IP and refuses it while it is blocked.
+/// Every request: finds the client IP and refuses it while it is blocked, except to an admin
+/// (who lifts blocks) and on the monitoring routes, which a blocked load balancer or scraper
+/// must still reach and which need no Redis.
 async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let ip = ratelimit_tower::client_ip(&parts, &state.trusted)
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    parts.extensions.insert(ClientIp(ip));
-    match state
-        .store
-        .block_left(&ip.to_string(), &state.denials)
-        .await
-    {
+    let ip = state.client_ip.of(&parts).unwrap_or(UNKNOWN_CLIENT);
+    parts.extensions.insert(ClientAddr(ip));
+    if matches!(parts.uri.path(), "/healthz" | "/metrics") {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    match state.store.block_left(&ip_key(ip), &state.denials).await {
         Ok(None) => {}
         Ok(Some(left)) => {
-            metrics::counter!("gateway_blocked_requests_total").increment(1);
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "ip-blocked",
-                format!("{ip} is blocked for {} s more", headers::seconds(left)),
-            )
-            .header(
-                header::RETRY_AFTER,
-                HeaderValue::from(headers::seconds(left)),
-            )
-            .into_response();
+            if !is_admin(&state, &parts.headers).await {
+                metrics::counter!("gateway_blocked_requests_total").increment(1);
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "ip-blocked",
+                    format!(
+                        "{} is blocked for {} s more",
+                        ip_key(ip),
+                        headers::seconds(left)
+                    ),
+                )
+                .header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(headers::seconds(left)),
+                )
+                .into_response();
+            }
         }
         Err(e) if e.is_unavailable() && state.on_failure == OnFailure::Open => {
             tracing::warn!(error = %e, "block check skipped: redis unavailable, failing open");
@@ -264,13 +268,23 @@ async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -
     next.run(Request::from_parts(parts, body)).await
 }
 
+/// Whether the request's key is an admin's.
+async fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    match bearer(headers) {
+        Ok(Some(key)) => {
+            matches!(authenticate(state, key).await, Ok(Some(user)) if user.is_admin())
+        }
+        _ => false,
+    }
+}
+
 /// Counts every request by route and status, and times it.
 async fn measure(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -281,7 +295,76 @@ async fn measure(request: Request, next: Next) -> Response {
     response
 }
 
+/// The method as a metrics label: the standard ones, and `other` for the rest, since a
+/// method is any token a client makes up and each label value is a series kept forever.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 // ---- authentication ----
+
+/// The key of `Authorization: Bearer <key>`, the scheme in any case (RFC 9110); `Ok(None)`
+/// without the header, `Err` if it is not of that form.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let (scheme, key) = value.to_str().map_err(drop)?.split_once(' ').ok_or(())?;
+    let key = key.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+        return Err(());
+    }
+    Ok(Some(key))
+}
+
+/// The user of an API key: the environment's admin, or one in the store.
+async fn authenticate(state: &AppState, key: &str) -> Result<Option<User>, StoreError> {
+    if let Some(admin) = &state.admin_key_sha
+        && api_key::matches(key, admin)
+    {
+        return Ok(Some(User::bootstrap_admin()));
+    }
+    state.store.user_by_key(&api_key::hash(key)).await
+}
+
+/// Counts a failed authentication against the client's IP, as a denial: guessing keys from
+/// one IP ends in a block.
+async fn note_failed_auth(state: &AppState, parts: &Parts) {
+    let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>().copied() else {
+        return;
+    };
+    metrics::counter!("gateway_failed_auth_total").increment(1);
+    note_denial(state, ip).await;
+}
+
+/// Counts a denial of the IP's own doing (its per-IP limit, a wrong key); too many block it.
+async fn note_denial(state: &AppState, ip: IpAddr) {
+    if state.block_after == 0 {
+        return;
+    }
+    let subject = ip_key(ip);
+    match state
+        .store
+        .note_denial(&subject, &state.denials, state.block_for)
+        .await
+    {
+        Ok(false) => {}
+        Ok(true) => {
+            metrics::counter!("gateway_blocks_total", "reason" => "automatic").increment(1);
+            tracing::warn!(ip = subject, "blocked: denied too often");
+        }
+        Err(e) => tracing::warn!(ip = subject, error = %e, "a denial could not be counted"),
+    }
+}
 
 /// The user of the request's `Authorization: Bearer <key>`.
 pub struct Authed(pub User);
@@ -294,26 +377,26 @@ impl FromRequestParts<AppStateRef> for Authed {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
                 .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
         };
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Err(unauthorized(
-                "an API key is required: Authorization: Bearer <key>",
-            ));
+        let key = match bearer(&parts.headers) {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                return Err(unauthorized(
+                    "an API key is required: Authorization: Bearer <key>",
+                ));
+            }
+            Err(()) => {
+                note_failed_auth(state, parts).await;
+                return Err(unauthorized(
+                    "the Authorization header must be Bearer <key>",
+                ));
+            }
         };
-        let key = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| unauthorized("the Authorization header must be Bearer <key>"))?;
-        if let Some(admin) = &state.admin_key_sha
-            && api_key::matches(key, admin)
-        {
-            return Ok(Authed(User::bootstrap_admin()));
-        }
-        match state.store.user_by_key(&api_key::hash(key)).await? {
+        match authenticate(state, key).await? {
             Some(user) => Ok(Authed(user)),
-            None => Err(unauthorized("unknown API key")),
+            None => {
+                note_failed_auth(state, parts).await;
+                Err(unauthorized("unknown API key"))
+            }
         }
     }
 }
@@ -500,7 +583,7 @@ struct NewRequest {
 async fn post_request(
     State(state): State<AppStateRef>,
     Authed(user): Authed,
-    axum::Extension(ClientIp(ip)): axum::Extension<ClientIp>,
+    axum::Extension(ClientAddr(ip)): axum::Extension<ClientAddr>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let new: NewRequest = json_body(&state, body).await?;
@@ -508,7 +591,7 @@ async fn post_request(
         .request_type
         .ok_or_else(|| ApiError::bad_request("request_type is required"))?;
     check_request_type(&request_type).map_err(ApiError::bad_request)?;
-    let ip = ip.to_string();
+    let subject = ip_key(ip);
 
     let (quotas, decisions) = if state.no_limit {
         (Vec::new(), None)
@@ -518,7 +601,7 @@ async fn post_request(
         let mut limits = vec![Store::user_limit(user.id, &policy)];
         if let Some(ip_policy) = state.ip_limit {
             quotas.push(Quota::new("ip", ip_policy));
-            limits.push(Store::user_ip_limit(user.id, &ip, &ip_policy));
+            limits.push(Store::user_ip_limit(user.id, &subject, &ip_policy));
         }
         match state.store.check(&limits).await {
             Ok(decisions) => (quotas, Some(decisions)),
@@ -539,24 +622,23 @@ async fn post_request(
     };
     metrics::counter!("gateway_decisions_total", "outcome" => outcome).increment(1);
 
-    let recorded = state.store.record(user.id, &request_type, allowed, &ip);
-    let (request_id, ms) = recorded.await?;
-    let counted = state.store.count(ms / 60_000, user.id, &ip, allowed);
+    // Only the per-IP limit's denials are the IP's doing: a user over their own limit, on a
+    // shared IP (an office, a NAT), must not block everyone else behind it.
+    let ip_denied = decisions
+        .as_ref()
+        .is_some_and(|d| d.each.get(1).is_some_and(|ip| !ip.allowed));
+    let (request_id, ms) = state
+        .store
+        .record(user.id, &request_type, allowed, &ip.to_string())
+        .await?;
+    let counted = state.store.count(ms / 60_000, user.id, &subject, allowed);
     let noted = async {
-        if allowed || state.block_after == 0 {
-            return Ok(false);
+        if ip_denied {
+            note_denial(&state, ip).await;
         }
-        state
-            .store
-            .note_denial(&ip, &state.denials, state.block_for)
-            .await
     };
-    let (counted, noted) = tokio::join!(counted, noted);
+    let (counted, ()) = tokio::join!(counted, noted);
     counted?;
-    if noted? {
-        metrics::counter!("gateway_blocks_total", "reason" => "automatic").increment(1);
-        tracing::warn!(ip, "blocked: denied too often");
-    }
 
     let mut response = match &decisions {
         Some(d) if !d.allowed => denied(&quotas, d, &request_id),
@@ -649,9 +731,8 @@ async fn get_history(
 
 // ---- blocks ----
 
-fn ip_param(text: &str) -> Result<IpAddr, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::bad_request(format!("{text:?} is not an IP address")))
+fn ip_param(text: &str) -> Result<String, ApiError> {
+    ip_subject(text).map_err(ApiError::bad_request)
 }
 
 #[derive(Deserialize)]
@@ -665,7 +746,7 @@ async fn put_block(
     Path(ip): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ip = ip_param(&ip)?.to_string();
+    let ip = ip_param(&ip)?;
     let new: NewBlock = json_body(&state, body).await?;
     let duration = parse_duration(&new.duration).map_err(ApiError::bad_request)?;
     if duration > Duration::from_secs(3650 * 86_400) {
@@ -687,7 +768,7 @@ async fn delete_block(
     Admin(_): Admin,
     Path(ip): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ip = ip_param(&ip)?.to_string();
+    let ip = ip_param(&ip)?;
     if !state.store.unblock(&ip, &state.denials).await? {
         return Err(ApiError::not_found(format!("{ip} is not blocked")));
     }
@@ -703,7 +784,7 @@ async fn list_blocks(
 ) -> Result<Response, ApiError> {
     let blocks: Vec<Block> = state
         .store
-        .blocks(&state.denials)
+        .blocks()
         .await?
         .into_iter()
         .map(|(ip, reason, left)| Block {
@@ -777,13 +858,34 @@ async fn analytics(
     Ok(ok_json(StatusCode::OK, body))
 }
 
-async fn metrics_text(State(state): State<AppStateRef>) -> Response {
+/// The metrics, for the metrics key or the environment's admin key: both are checked in the
+/// process, so that monitoring works while Redis does not.
+async fn metrics_text(
+    State(state): State<AppStateRef>,
+    request_headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = bearer(&request_headers).ok().flatten();
+    let allowed = key.is_some_and(|key| {
+        [&state.metrics_key_sha, &state.admin_key_sha]
+            .into_iter()
+            .flatten()
+            .any(|sha| api_key::matches(key, sha))
+    });
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the metrics key (GATEWAY_METRICS_KEY) or the admin key is required: \
+             Authorization: Bearer <key>",
+        )
+        .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+    }
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    response
+    Ok(response)
 }
 
 async fn healthz(State(state): State<AppStateRef>) -> Result<Response, ApiError> {

@@ -14,8 +14,15 @@
 //! | `gw:{u:<id>}:limit:<algorithm>` | limiter | the user's limit |
 //! | `gw:{u:<id>}:ip:<ip>:<algorithm>` | limiter | the user's limit from one IP |
 //! | `gw:{ip:<ip>}:block` | limiter | denials of the IP, with the module's `BLOCK` |
-//! | `gw:blocks` | hash | IP → `manual` or `automatic`: the IPs to list in `GET /blocks` |
-//! | `gw:stats:{m:<minute>}:allowed`, `:denied`, `:denied_ip` | sorted sets | per-minute counts |
+//! | `gw:{blocks}:until` | sorted set | IP → when its block ends (ms): the blocks in force |
+//! | `gw:{blocks}:reason` | hash | IP → `manual` or `automatic`, for the same IPs |
+//! | `gw:stats:{m:<minute>}:allowed`, `:denied` | sorted sets | per-minute counts per user |
+//! | `gw:stats:{m:<minute>}:denied_ip` | sorted set | per-minute denials per IP, the top 1,000 |
+//!
+//! An `<ip>` is what [`ratelimit_tower::ip_key`] makes of an address: an IPv4 address, or an
+//! IPv6 /64. Every key an attacker can make more of expires or is bounded: limiters expire
+//! when they are fresh again, the block index drops ended blocks on every write, and a
+//! minute's denied IPs keep their top 1,000.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,7 +30,7 @@ use std::time::Duration;
 use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::config::Config;
 use crate::domain::{BlockReason, HistoryEntry, Role, User, algorithm, rfc3339};
@@ -132,7 +139,9 @@ impl Store {
 
     // ---- users ----
 
-    /// Creates a user; `None` if the username is taken.
+    /// Creates a user; `None` if the username is taken. The name is claimed last: a call cut
+    /// short (a timeout, a lost connection) before that leaves at most an unnamed user whose
+    /// key nobody was shown, never a name taken by no one.
     pub async fn create_user(
         &self,
         username: &str,
@@ -143,17 +152,6 @@ impl Store {
             .query(redis::cmd("INCR").arg("gw:next_user_id"))
             .await?)?;
         let id = u64::try_from(id).map_err(|_| unexpected(&Value::Int(id)))?;
-        let claimed = self
-            .query(
-                redis::cmd("SET")
-                    .arg(format!("gw:name:{username}"))
-                    .arg(id)
-                    .arg("NX"),
-            )
-            .await?;
-        if claimed == Value::Nil {
-            return Ok(None);
-        }
         let fields = [
             ("id", id.to_string()),
             ("username", username.to_string()),
@@ -163,10 +161,23 @@ impl Store {
         user.arg(user_key(id, "user")).arg(&fields[..]);
         user.arg("key_sha256").arg(key_sha);
         self.query(&user).await?;
-        // Last: a key that authenticates always has its user.
-        let mut index = redis::cmd("HSET");
-        index.arg(format!("gw:key:{key_sha}")).arg(&fields[..]);
-        self.query(&index).await?;
+        let index = format!("gw:key:{key_sha}");
+        self.query(redis::cmd("HSET").arg(&index).arg(&fields[..]))
+            .await?;
+        let claimed = self
+            .query(
+                redis::cmd("SET")
+                    .arg(format!("gw:name:{username}"))
+                    .arg(id)
+                    .arg("NX"),
+            )
+            .await?;
+        if claimed == Value::Nil {
+            self.query(redis::cmd("DEL").arg(&index)).await?;
+            self.query(redis::cmd("DEL").arg(user_key(id, "user")))
+                .await?;
+            return Ok(None);
+        }
         Ok(Some(User {
             id,
             username: username.to_string(),
@@ -295,6 +306,12 @@ impl Store {
         if !allowed {
             let key = stats_key(minute, "denied_ip");
             pipe.cmd("ZINCRBY").arg(&key).arg(1).arg(ip).ignore();
+            // The most denied stay; an IP seen once among many is dropped.
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(-(MAX_DENIED_IPS as i64) - 1)
+                .ignore();
             pipe.cmd("EXPIRE").arg(&key).arg(STATS_TTL_S).ignore();
         }
         self.pipe(&pipe).await.map(|_| ())
@@ -404,7 +421,8 @@ impl Store {
         let limit = block_limit(ip, denials).block(block_for);
         let decision: Decision = self.limiter.check(&limit).await?;
         if !decision.allowed {
-            self.index_block(ip, BlockReason::Automatic).await?;
+            self.index_block(ip, BlockReason::Automatic, block_for)
+                .await?;
         }
         Ok(!decision.allowed)
     }
@@ -418,52 +436,109 @@ impl Store {
             .cost(denials.quota().saturating_add(1))
             .block(duration);
         self.limiter.check(&over).await?;
-        self.index_block(ip, BlockReason::Manual).await
+        self.index_block(ip, BlockReason::Manual, duration).await
     }
 
     /// Lifts the IP's block and forgets its denials; whether it was blocked.
     pub async fn unblock(&self, ip: &str, denials: &Policy) -> Result<bool, Error> {
         let was = self.block_left(ip, denials).await?.is_some();
         self.limiter.reset([block_key(ip)]).await?;
-        self.query(redis::cmd("HDEL").arg(BLOCKS).arg(ip)).await?;
+        self.blocks_index("del", ip, "", Duration::ZERO).await?;
         Ok(was)
     }
 
-    /// The blocks in force: IP, reason, time left. IPs whose block ended leave the index.
-    pub async fn blocks(
-        &self,
-        denials: &Policy,
-    ) -> Result<Vec<(String, BlockReason, Duration)>, Error> {
-        let index = map(&self.query(redis::cmd("HGETALL").arg(BLOCKS)).await?)?;
-        let mut out = Vec::new();
-        for (ip, reason) in index {
-            match self.block_left(&ip, denials).await? {
-                Some(left) => {
-                    let reason = match reason.as_str() {
-                        "manual" => BlockReason::Manual,
-                        _ => BlockReason::Automatic,
-                    };
-                    out.push((ip, reason, left));
-                }
-                None => {
-                    self.query(redis::cmd("HDEL").arg(BLOCKS).arg(&ip)).await?;
-                }
-            }
+    /// The blocks in force: IP, reason, time left; in one round trip, from the index.
+    pub async fn blocks(&self) -> Result<Vec<(String, BlockReason, Duration)>, Error> {
+        let reply = self.blocks_index("list", "", "", Duration::ZERO).await?;
+        let Value::Array(items) = &reply else {
+            return Err(unexpected(&reply));
+        };
+        let mut out = Vec::with_capacity(items.len() / 3);
+        for triple in items.chunks(3) {
+            let [ip, left, reason] = triple else {
+                return Err(unexpected(&reply));
+            };
+            let left = u64::try_from(int(left)?).map_err(|_| unexpected(&reply))?;
+            let reason = match string(reason)?.as_str() {
+                "manual" => BlockReason::Manual,
+                _ => BlockReason::Automatic,
+            };
+            out.push((string(ip)?, reason, Duration::from_millis(left)));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
-    async fn index_block(&self, ip: &str, reason: BlockReason) -> Result<(), Error> {
+    async fn index_block(
+        &self,
+        ip: &str,
+        reason: BlockReason,
+        duration: Duration,
+    ) -> Result<(), Error> {
         let reason = match reason {
             BlockReason::Manual => "manual",
             BlockReason::Automatic => "automatic",
         };
-        self.query(redis::cmd("HSET").arg(BLOCKS).arg(ip).arg(reason))
+        self.blocks_index("add", ip, reason, duration)
             .await
             .map(|_| ())
     }
+
+    /// One call of the block index's script (it drops ended blocks first, on the server's
+    /// clock, so the index holds the blocks in force and no more).
+    async fn blocks_index(
+        &self,
+        op: &str,
+        ip: &str,
+        reason: &str,
+        duration: Duration,
+    ) -> Result<Value, Error> {
+        let mut con = self.con.clone();
+        let reply = BLOCKS_SCRIPT
+            .key(BLOCKS_UNTIL)
+            .key(BLOCKS_REASON)
+            .arg(op)
+            .arg(ip)
+            .arg(reason)
+            .arg(duration.as_millis() as u64)
+            .invoke_async::<Value>(&mut con)
+            .await?;
+        Ok(reply)
+    }
 }
+
+/// The block index: `add` an IP's block (reason, duration in ms), `del` it, or `list` them
+/// (IP, ms left, reason, flat); every call first drops the blocks that have ended.
+static BLOCKS_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ended = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 1, #ended, 500 do
+  redis.call('HDEL', KEYS[2], unpack(ended, i, math.min(i + 499, #ended)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local op = ARGV[1]
+if op == 'add' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+elseif op == 'del' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return redis.call('HDEL', KEYS[2], ARGV[2])
+end
+local blocks = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #blocks, 2 do
+  out[#out + 1] = blocks[i]
+  out[#out + 1] = tonumber(blocks[i + 1]) - now
+  out[#out + 1] = redis.call('HGET', KEYS[2], blocks[i]) or 'automatic'
+end
+return out
+"#,
+    )
+});
 
 /// One minute of analytics.
 #[derive(Debug, Default)]
@@ -473,7 +548,10 @@ pub struct MinuteCounts {
     pub denied_ip: Vec<(String, u64)>,
 }
 
-const BLOCKS: &str = "gw:blocks";
+const BLOCKS_UNTIL: &str = "gw:{blocks}:until";
+const BLOCKS_REASON: &str = "gw:{blocks}:reason";
+/// The IPs each minute's denial counts keep: the most denied.
+const MAX_DENIED_IPS: usize = 1000;
 /// Minute counts live two hours: the hour window reads the last 60.
 const STATS_TTL_S: u64 = 7200;
 

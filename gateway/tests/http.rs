@@ -217,7 +217,7 @@ async fn requests_are_limited_recorded_and_paged() {
         .await;
     assert_eq!(
         reply.json()["detail"],
-        "request_type must be 1 to 255 characters, not 256"
+        "request_type must be 1 to 255 bytes, not 256"
     );
     let huge = json!({"request_type": "x", "pad": "y".repeat(1024)}).to_string();
     let reply = as_alice
@@ -442,7 +442,7 @@ async fn an_admin_sets_each_users_limit_and_it_applies_at_once() {
 async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     let server = Server::start();
     let mut cfg = config(&server);
-    cfg.default_limit = policy("fixed:1:1h");
+    cfg.ip_limit = OptionalPolicy(Some(policy("fixed:1:1h")));
     cfg.block_after = 2;
     cfg.block_window = Duration::from_secs(60);
     cfg.block_for = Duration::from_secs(600);
@@ -465,8 +465,8 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     let blocked = gw.from("203.0.113.5");
     for (method, path, k) in [
         ("POST", "/requests", Some(key.as_str())),
-        ("GET", "/healthz", None),
-        ("GET", "/blocks", Some(ADMIN)),
+        ("GET", "/blocks", Some(key.as_str())),
+        ("GET", "/blocks", None),
     ] {
         let reply = blocked.send(method, path, k, Some("")).await;
         assert_eq!(
@@ -476,13 +476,19 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
         );
         assert_eq!(reply.header("retry-after"), Some("600"));
     }
+    // Health checks and admins are never locked out.
+    let health = blocked.send("GET", "/healthz", None, None).await;
+    assert_eq!(health.status, 200);
+    let admin = blocked.send("GET", "/blocks", Some(ADMIN), None).await;
+    assert_eq!(admin.status, 200);
     server.clock.advance(1000);
     let listed = gw.send("GET", "/blocks", Some(ADMIN), None).await.json();
     assert_eq!(
         listed,
         json!({"blocks": [{"ip": "203.0.113.5", "reason": "manual", "expires_in_ms": 599000}]})
     );
-    let lifted = gw
+    // An admin lifts it from the blocked IP itself.
+    let lifted = blocked
         .send("DELETE", "/blocks/203.0.113.5", Some(ADMIN), None)
         .await;
     assert_eq!(
@@ -490,8 +496,11 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
         json!({"ip": "203.0.113.5", "unblocked": true})
     );
     assert_eq!(
-        blocked.send("GET", "/healthz", None, None).await.status,
-        200
+        blocked
+            .send("GET", "/blocks", Some(&key), None)
+            .await
+            .problem(),
+        "forbidden"
     );
     let again = gw
         .send("DELETE", "/blocks/203.0.113.5", Some(ADMIN), None)
@@ -527,12 +536,12 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     let wary = Gateway::start(wary).await;
     let reply = wary
         .from("203.0.113.6")
-        .send("GET", "/healthz", None, None)
+        .send("GET", "/requests/1", Some(&key), None)
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(
         gw.from("203.0.113.6")
-            .send("GET", "/healthz", None, None)
+            .send("GET", "/requests/1", Some(&key), None)
             .await
             .status,
         403
@@ -540,7 +549,7 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     gw.send("DELETE", "/blocks/203.0.113.6", Some(ADMIN), None)
         .await;
 
-    // Automatically: denied more than twice within the minute.
+    // Automatically: denied by the per-IP limit more than twice within the minute.
     let abuser = gw.from("198.51.100.7");
     let statuses = {
         let mut out = Vec::new();
@@ -560,19 +569,25 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
         listed,
         json!({"blocks": [{"ip": "198.51.100.7", "reason": "automatic", "expires_in_ms": 600000}]})
     );
-    // Another IP of the same user is not blocked (it is still limited).
+    // Another IP of the same user is not blocked, and has its own per-IP limit.
     let other = gw
         .from("198.51.100.8")
         .send("POST", "/requests", Some(&key), Some(POST_BODY))
         .await;
-    assert_eq!(other.status, 429);
+    assert_eq!(other.status, 200);
     // Denied requests are recorded, blocked ones are not.
     let history = gw.send("GET", "/requests/1", Some(&key), None).await.json();
     assert_eq!(history["requests"].as_array().unwrap().len(), 5);
 
     // The block ends by itself.
     server.clock.advance(600_000);
-    assert_eq!(abuser.send("GET", "/healthz", None, None).await.status, 200);
+    assert_eq!(
+        abuser
+            .send("GET", "/requests/1", Some(&key), None)
+            .await
+            .status,
+        200
+    );
     assert_eq!(
         gw.send("GET", "/blocks", Some(ADMIN), None).await.json(),
         json!({"blocks": []})
@@ -620,7 +635,7 @@ async fn analytics_metrics_and_health() {
     let reply = gw.send("GET", "/analytics", Some(&bob_key), None).await;
     assert_eq!(reply.status, 403);
 
-    let metrics = gw.send("GET", "/metrics", None, None).await;
+    let metrics = gw.send("GET", "/metrics", Some(ADMIN), None).await;
     assert_eq!(metrics.status, 200);
     assert_eq!(
         metrics.header("content-type"),
@@ -844,9 +859,9 @@ async fn a_cluster_shares_limits_history_and_blocks() {
     assert_eq!(put.status, 200);
     let blocked = two
         .from("203.0.113.9")
-        .send("GET", "/healthz", None, None)
+        .send("GET", "/blocks", None, None)
         .await;
-    assert_eq!(blocked.status, 403);
+    assert_eq!(blocked.problem(), "ip-blocked");
     let analytics = two
         .send("GET", "/analytics", Some(ADMIN), None)
         .await

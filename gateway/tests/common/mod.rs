@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-pub const ADMIN: &str = "test-admin-key";
+/// The admin key of the environment (at least 32 characters).
+pub const ADMIN: &str = "test-admin-key-0123456789abcdef0123";
 
 /// A gateway serving in this process.
 pub struct Gateway {
@@ -34,8 +35,13 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub async fn start(config: Config) -> Gateway {
+        Gateway::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// A gateway listening on `addr` (`[::]:0` to serve IPv4 clients as IPv4-mapped IPv6).
+    pub async fn start_on(config: Config, addr: &str) -> Gateway {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             ratelimit_gateway::run(&config, listener)
