@@ -160,9 +160,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Connection(_)
-            | StoreError::Timeout(_)
-            | StoreError::ModuleNotLoaded { .. } => {
+            e if e.is_unavailable() || matches!(e, StoreError::ModuleNotLoaded { .. }) => {
                 tracing::warn!(error = %e, "redis unavailable");
                 ApiError::unavailable("the store (Redis with the ratelimit module) is unavailable")
             }
