@@ -354,7 +354,6 @@ where
         if error.is_unavailable() {
             return self.unavailable(key, error);
         }
-        tracing::error!(key, %error, "rate limiter error: answering 500");
         fault(error)
     }
 

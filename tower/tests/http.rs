@@ -1,8 +1,10 @@
 //! The layer in an axum app over real HTTP, against real servers with the module: exact
 //! statuses, headers and bodies for allowed, denied and never-fitting requests, several
-//! quotas, keys through trusted proxies and not, per-request quotas, Redis killed and paused
-//! (fail open and fail closed, then recovery), the local cache of denials counted in
-//! `INFO commandstats`, and a Redis Cluster.
+//! quotas, keys through trusted proxies and not (from the configured header only, entry by
+//! entry), header keys that are not text, per-request quotas, Redis killed and paused (fail
+//! open and fail closed, then recovery), Redis faults and servers without peer addresses
+//! (`500`, never an unlimited request), the local cache of denials counted in
+//! `INFO commandstats`, and a Redis Cluster with keys that must be escaped in the hash tag.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use ratelimit_client::{Policy, RateLimiter};
 use ratelimit_testkit::cluster::Cluster;
 use ratelimit_testkit::http::Reply;
 use ratelimit_testkit::{Clock, Server, call, int};
-use ratelimit_tower::{Fail, Key, Quota, RateLimitLayer};
+use ratelimit_tower::{ClientIp, Fail, Key, ProxyHeader, Quota, RateLimitLayer};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,15 +42,31 @@ where
         .layer(layer)
 }
 
+/// Serves `app` on a free port without the peer address (no connect info).
+async fn serve_without_peer(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// `GET /` over a new connection.
 async fn get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
+    let raw: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    get_raw(addr, &raw).await
+}
+
+/// `GET /` over a new connection, with header values as raw bytes (not always text).
+async fn get_raw(addr: SocketAddr, headers: &[(&str, &[u8])]) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = String::from("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut request = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n".to_vec();
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request.extend_from_slice(format!("{name}: ").as_bytes());
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
     }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
+    request.extend_from_slice(b"\r\n");
+    stream.write_all(&request).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     Reply::parse(&raw)
@@ -66,6 +84,19 @@ async fn limiter(server: &Server) -> RateLimiter<ConnectionManager> {
 fn default_quota() -> Quota {
     Quota::new("default", Policy::fixed(3, S(60)))
 }
+
+/// Every key on the server, sorted.
+fn keys(server: &Server) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut server.conn())
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// The body of the `500` the layer answers when it fails.
+const FAILED: &str = r#"{"type":"about:blank","title":"Internal Server Error","status":500,"detail":"the rate limiter failed"}"#;
 
 #[tokio::test]
 async fn allowed_denied_and_never_fitting_requests_get_exact_answers() {
@@ -177,11 +208,15 @@ async fn several_quotas_are_all_or_nothing_and_each_has_its_member() {
     assert_eq!(bucket, [1, 5, 3, 0, 1_440_000]);
 }
 
+/// Behind a trusted proxy the client is read from `X-Forwarded-For` only (a client's
+/// `Forwarded` means nothing unless configured), entry by entry, so bytes a client sent never
+/// make the proxy the client; behind an untrusted one, the peer is.
 #[tokio::test]
 async fn the_client_ip_is_read_through_trusted_proxies_only() {
     let server = Server::start();
+    let loopback: ipnet::IpNet = "127.0.0.0/8".parse().unwrap();
     let trusting = RateLimitLayer::new(limiter(&server).await, default_quota())
-        .key(Key::client_ip(["127.0.0.0/8".parse().unwrap()]))
+        .key(Key::client_ip([loopback]))
         .prefix("trusting:")
         .budget(S(2));
     let addr = serve(app(trusting)).await;
@@ -191,6 +226,26 @@ async fn the_client_ip_is_read_through_trusted_proxies_only() {
         int(&mut server.conn(), "EXISTS trusting:{203.0.113.9}:default"),
         1
     );
+    // Both headers: X-Forwarded-For's client, charged again.
+    let both = [
+        ("forwarded", "for=198.51.100.1"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ];
+    let reply = get_with(addr, &both).await;
+    assert_eq!(reply.header("ratelimit"), Some(r#""default";r=1;t=60"#));
+    // A line starting with bytes that are not text: the entry the proxy appended counts.
+    let raw = get_raw(addr, &[("x-forwarded-for", b"\xff, 203.0.113.9")]).await;
+    assert_eq!(raw.header("ratelimit"), Some(r#""default";r=0;t=60"#));
+    assert_eq!(keys(&server), ["trusting:{203.0.113.9}:default"]);
+
+    // Forwarded, when it is the configured header.
+    let rfc = ClientIp::new([loopback]).header(ProxyHeader::Forwarded);
+    let forwarded = RateLimitLayer::new(limiter(&server).await, default_quota())
+        .key(Key::client(rfc))
+        .prefix("forwarded:")
+        .budget(S(2));
+    let addr = serve(app(forwarded)).await;
+    assert_eq!(get_with(addr, &both).await.status, 200);
 
     let wary = RateLimitLayer::new(limiter(&server).await, default_quota())
         .key(Key::client_ip(["10.0.0.0/8".parse().unwrap()]))
@@ -199,10 +254,13 @@ async fn the_client_ip_is_read_through_trusted_proxies_only() {
     let addr = serve(app(wary)).await;
     assert_eq!(get_with(addr, &xff).await.status, 200);
     assert_eq!(
-        int(&mut server.conn(), "EXISTS wary:{127.0.0.1}:default"),
-        1
+        keys(&server),
+        [
+            "forwarded:{198.51.100.1}:default",
+            "trusting:{203.0.113.9}:default",
+            "wary:{127.0.0.1}:default",
+        ]
     );
-    assert_eq!(int(&mut server.conn(), "DBSIZE"), 2);
 }
 
 #[tokio::test]
@@ -244,6 +302,92 @@ async fn requests_without_a_key_or_a_quota_pass_untouched() {
             Some("60")
         )
     );
+}
+
+/// A header value that is not text is a key like any other, never a way around the limit.
+#[tokio::test]
+async fn a_header_value_that_is_not_text_is_a_key() {
+    let server = Server::start();
+    let once = Quota::new("default", Policy::fixed(1, S(60)));
+    let layer = RateLimitLayer::new(limiter(&server).await, once)
+        .key(Key::header(http::HeaderName::from_static("x-api-key")))
+        .budget(S(2));
+    let addr = serve(app(layer)).await;
+    let bytes = [("x-api-key", &b"\xff\xfe"[..])];
+    assert_eq!(get_raw(addr, &bytes).await.status, 200);
+    let denied = get_raw(addr, &bytes).await;
+    assert_eq!(
+        (denied.status, denied.limits()),
+        (
+            429,
+            (
+                Some(r#""default";q=1;w=60"#),
+                Some(r#""default";r=0;t=60"#),
+                Some("60")
+            )
+        )
+    );
+    // Other bytes, another key.
+    let other = get_raw(addr, &[("x-api-key", b"\xff\xfd")]).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        keys(&server),
+        ["rl:{\0fffd}:default", "rl:{\0fffe}:default"]
+    );
+}
+
+/// A Redis error that is no outage (a key of another type where a limiter should be) is a
+/// fault: `500`, failing open or closed alike, and the app is never reached.
+#[tokio::test]
+async fn a_redis_fault_is_answered_500_whatever_the_failure_mode() {
+    let server = Server::start();
+    let limiter = limiter(&server).await;
+    let open = RateLimitLayer::new(limiter.clone(), default_quota()).budget(S(2));
+    // Two quotas: the error comes from the script of a check of several limits.
+    let closed = RateLimitLayer::new(limiter, default_quota())
+        .quota(Quota::new("hour", Policy::fixed(10, S(3600))))
+        .on_failure(Fail::Closed)
+        .prefix("closed:")
+        .budget(S(2));
+    call(&mut server.conn(), "SET rl:{127.0.0.1}:default text").unwrap();
+    call(&mut server.conn(), "SET closed:{127.0.0.1}:default text").unwrap();
+    for addr in [serve(app(open)).await, serve(app(closed)).await] {
+        let reply = fetch(addr).await;
+        assert_eq!((reply.status, reply.body.as_str()), (500, FAILED));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(reply.limits(), (None, None, None));
+    }
+    // Nothing was charged: the hour's limiter was not created.
+    assert_eq!(
+        keys(&server),
+        ["closed:{127.0.0.1}:default", "rl:{127.0.0.1}:default"]
+    );
+}
+
+/// Keyed by the peer's address (or the client's through proxies) on a server that gives
+/// none: `500`, never an unlimited request.
+#[tokio::test]
+async fn a_server_without_peer_addresses_is_answered_500() {
+    let server = Server::start();
+    let by_peer = RateLimitLayer::new(limiter(&server).await, default_quota()).budget(S(2));
+    let by_client = by_peer
+        .clone()
+        .key(Key::client_ip(["127.0.0.0/8".parse().unwrap()]));
+    for layer in [by_peer, by_client] {
+        let addr = serve_without_peer(app(layer)).await;
+        let reply = get_with(addr, &[("x-forwarded-for", "203.0.113.9")]).await;
+        // The cause (no peer address) is logged, not told to the client.
+        assert_eq!((reply.status, reply.body.as_str()), (500, FAILED));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(reply.limits(), (None, None, None));
+    }
+    assert_eq!(int(&mut server.conn(), "DBSIZE"), 0);
 }
 
 #[tokio::test]
@@ -319,6 +463,8 @@ async fn the_local_cache_answers_a_flood_without_redis() {
     assert_eq!(server.command_calls("RL.FIXED"), 3);
 }
 
+/// On a Redis Cluster one key's quotas share a slot, even for a key that would end the hash
+/// tag early (`}x`) or an empty one: every key is limited.
 #[tokio::test]
 async fn a_cluster_shares_the_limits() {
     let cluster = Cluster::start_real();
@@ -332,7 +478,7 @@ async fn a_cluster_shares_the_limits() {
     .key(Key::header(http::HeaderName::from_static("x-user")))
     .budget(S(2));
     let addr = serve(app(layer)).await;
-    for user in ["alice", "bob", "carol"] {
+    for user in ["alice", "bob", "carol", "}x", ""] {
         let statuses: Vec<u16> = {
             let mut out = Vec::new();
             for _ in 0..4 {
@@ -340,6 +486,10 @@ async fn a_cluster_shares_the_limits() {
             }
             out
         };
-        assert_eq!(statuses, [200, 200, 200, 429], "{user}");
+        assert_eq!(statuses, [200, 200, 200, 429], "{user:?}");
     }
+    // Escaped in the hash tag: `}` as `%7D`, the empty key as `%`.
+    let mut con = cluster.client();
+    assert_eq!(int(&mut con, "EXISTS rl:{%7Dx}:minute rl:{%7Dx}:day"), 2);
+    assert_eq!(int(&mut con, "EXISTS rl:{%}:minute rl:{%}:day"), 2);
 }
