@@ -28,14 +28,21 @@ pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
     Ok(app(Arc::new(AppState::new(config, store))))
 }
 
-/// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) until the
-/// future is dropped.
+/// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) within its
+/// timeouts and connection cap (lowered if the open files limit cannot be raised to fit it)
+/// until the future is dropped.
 pub async fn run(config: &Config, listener: tokio::net::TcpListener) -> Result<(), BoxError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
         _ => None,
     };
+    let limits = server::Limits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        request_timeout: config.request_timeout,
+        max_connections: server::fit_open_files(config.max_connections as usize),
+    };
     let app = build(config).await?;
-    server::serve(listener, app, tls).await;
+    server::serve(listener, app, tls, limits).await;
     Ok(())
 }
