@@ -27,7 +27,7 @@ redis-server --port "$redis_port" --save "" --appendonly no --loadmodule "$dir/m
 pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$redis_port" PING >/dev/null 2>&1 && break; sleep 0.1; done
 
-admin=bench-admin-key
+admin=bench-admin-key-0123456789abcdef0123456789
 big=token:1000000000000:1000000000:1s
 start_gateway() { # port, extra flags...
     local port=$1; shift
