@@ -462,3 +462,36 @@ async fn stored_state_stays_bounded() {
         .unwrap();
     assert_eq!(score, 2);
 }
+
+/// A user creation cut short after the name's check (here: Redis refuses the user's own keys)
+/// leaves the name free: once Redis accepts again, the same name is created.
+#[tokio::test]
+async fn a_creation_cut_short_never_takes_the_name() {
+    let server = Server::start();
+    let mut con = server.conn();
+    // The gateway's Redis user may not write a user's own keys (`gw:{u:…}`), for now.
+    call(
+        &mut con,
+        "ACL SETUSER gw on >gw-password +@all ~gw:next_user_id ~gw:name:* ~gw:key:* ~gw:{ip:*",
+    )
+    .unwrap();
+    let mut cfg = config(&server);
+    cfg.redis = vec![
+        server
+            .url("")
+            .replace("redis://", "redis://gw:gw-password@"),
+    ];
+    let gw = Gateway::start(cfg).await;
+    let body = r#"{"username": "alice"}"#;
+    let refused = gw.send("POST", "/users", Some(ADMIN), Some(body)).await;
+    assert_eq!(
+        (refused.status, refused.problem().as_str()),
+        (500, "internal")
+    );
+    assert_eq!(int(&mut con, "EXISTS gw:name:alice"), 0);
+
+    call(&mut con, "ACL SETUSER gw allkeys").unwrap();
+    let created = gw.send("POST", "/users", Some(ADMIN), Some(body)).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["username"], "alice");
+}
