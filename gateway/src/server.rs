@@ -141,10 +141,10 @@ pub async fn serve(
     ));
     loop {
         // A slot before accepting: beyond the cap, clients wait in the kernel's listen backlog.
-        let slot = Arc::clone(&slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        // The semaphore is never closed: the error arm ends nothing but this loop's wait.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = accept(&listener).await;
         let _ = stream.set_nodelay(true);
         let app = app.clone();
