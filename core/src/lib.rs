@@ -15,6 +15,7 @@ pub mod codec;
 pub mod fixed;
 pub mod record;
 pub mod sliding;
+pub mod time;
 pub mod token;
 
 pub use fixed::{FixedState, FixedWindow};
