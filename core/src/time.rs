@@ -164,7 +164,7 @@ impl TryFrom<std::time::Duration> for Millis {
         if length.is_zero() {
             return Err(DurationError::TooShort);
         }
-        if length.subsec_nanos() % 1_000_000 != 0 {
+        if !length.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(DurationError::NotWholeMillis);
         }
         match u64::try_from(length.as_millis()) {
