@@ -2,7 +2,7 @@
 //!
 //! Each message starts with its Redis error code (`ERR`, `WRONGTYPE`). A variant about an
 //! argument carries that argument's description, so its message names exactly the argument
-//! that was wrong. The README lists the messages.
+//! that was wrong. docs/commands.md lists the messages.
 
 use std::ffi::CString;
 use std::fmt;
