@@ -22,6 +22,9 @@
 //!
 //! A server started with a [`Tls`] ([`Server::start_tls`]) serves TLS only, and every
 //! connection the kit makes to it, the readiness check's included, is a `rediss://` one.
+//!
+//! A master and its replica ([`replica`]): start one linked, wait for acknowledgements or an
+//! AOF rewrite, and compare their keys.
 
 pub mod dump;
 pub mod http;
@@ -30,6 +33,8 @@ pub mod http;
 mod calls;
 #[cfg(feature = "servers")]
 pub mod cluster;
+#[cfg(feature = "servers")]
+pub mod replica;
 #[cfg(feature = "servers")]
 mod server;
 #[cfg(feature = "servers")]
