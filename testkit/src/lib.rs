@@ -5,7 +5,7 @@
 //! Feature `servers` (default) brings the servers: real server processes with the freshly
 //! built module, on free ports, in temporary directories, with a clock the test controls,
 //! stopped (by pid) in `Drop`, and everything that talks to them (it pulls in `redis`,
-//! `rustls`, `rcgen`, `tempfile`). Without it ([`dump`] and [`http`] alone) the kit has no
+//! `rustls`, `rcgen`, `tempfile`). Without it ([`dump`], [`http`] and [`measure`] alone) the kit has no
 //! dependency, which is how the fuzz crate uses it.
 //!
 //! `RL_SERVER` picks the server program, once for every test: unset or `redis` runs
@@ -28,6 +28,7 @@
 
 pub mod dump;
 pub mod http;
+pub mod measure;
 
 #[cfg(feature = "servers")]
 mod calls;

@@ -377,6 +377,16 @@ impl Server {
         false
     }
 
+    /// The text of every AOF file in the server's `appendonlydir`, one after another.
+    pub fn aof_text(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self.dir().join("appendonlydir")).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        text
+    }
+
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
