@@ -54,41 +54,26 @@ pub trait Modeled: Limiter {
     fn unwrap(val: &Val) -> Option<&Record<Self::State>>;
 }
 
-impl Modeled for FixedWindow {
-    fn wrap(record: Record<FixedState>) -> Val {
-        Val::Fixed(record)
-    }
-    fn unwrap(val: &Val) -> Option<&Record<FixedState>> {
-        match val {
-            Val::Fixed(r) => Some(r),
-            _ => None,
+/// `Modeled` for an algorithm whose records a variant of [`Val`] holds.
+macro_rules! modeled {
+    ($limiter:ty, $state:ty, $variant:ident) => {
+        impl Modeled for $limiter {
+            fn wrap(record: Record<$state>) -> Val {
+                Val::$variant(record)
+            }
+            fn unwrap(val: &Val) -> Option<&Record<$state>> {
+                match val {
+                    Val::$variant(r) => Some(r),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl Modeled for SlidingWindow {
-    fn wrap(record: Record<SlidingState>) -> Val {
-        Val::Sliding(record)
-    }
-    fn unwrap(val: &Val) -> Option<&Record<SlidingState>> {
-        match val {
-            Val::Sliding(r) => Some(r),
-            _ => None,
-        }
-    }
-}
-
-impl Modeled for TokenBucket {
-    fn wrap(record: Record<TokenState>) -> Val {
-        Val::Token(record)
-    }
-    fn unwrap(val: &Val) -> Option<&Record<TokenState>> {
-        match val {
-            Val::Token(r) => Some(r),
-            _ => None,
-        }
-    }
-}
+modeled!(FixedWindow, FixedState, Fixed);
+modeled!(SlidingWindow, SlidingState, Sliding);
+modeled!(TokenBucket, TokenState, Token);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
