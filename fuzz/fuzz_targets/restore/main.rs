@@ -17,8 +17,9 @@
 //! CRC-64 (checked byte for byte against Redis' own `DUMP` output at start), sends
 //! `RESTORE k 0 <payload> REPLACE`, and asserts:
 //! - the server answers `PING` after every payload;
-//! - `RESTORE` succeeds exactly when the model (`rdb::load`, the test kit's `dump::load`, and
-//!   `ratelimit_core`'s decoder) says it must, and a refused payload leaves no key;
+//! - `RESTORE` succeeds exactly when the model (`rdb::load`: the test kit's `dump`, imported
+//!   as `rdb`; and `ratelimit_core`'s decoder) says it must, and a refused payload leaves no
+//!   key;
 //! - a restored key has the right type; `DUMP` writes the record's canonical encoding;
 //!   `DEBUG DIGEST-VALUE`, `MEMORY USAGE` and `COPY` work; `RL.PEEK` with the key's
 //!   algorithm replies sane figures and with another algorithm `WRONGTYPE`; the `DUMP`
