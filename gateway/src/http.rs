@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ratelimit_client::{Decisions, Error as StoreError, Policy, Retry};
-use ratelimit_tower::{ClientIp, Quota, UNKNOWN_CLIENT, headers, ip_key};
+use ratelimit_tower::{ClientIp, Fail, Quota, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{Config, OnFailure};
+use crate::config::Config;
 use crate::domain::{
     self, Block, Role, User, api_key, check_request_type, check_username, ip_subject,
     is_request_id, parse_duration, policy_from_json, policy_to_json, policy_to_text,
@@ -41,7 +41,7 @@ pub struct AppState {
     block_after: u64,
     block_for: Duration,
     max_body: usize,
-    on_failure: OnFailure,
+    on_failure: Fail,
     client_ip: ClientIp,
     no_limit: bool,
     metrics: PrometheusHandle,
@@ -258,7 +258,7 @@ async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -
                 .into_response();
             }
         }
-        Err(e) if e.is_unavailable() && state.on_failure == OnFailure::Open => {
+        Err(e) if e.is_unavailable() && state.on_failure == Fail::Open => {
             tracing::warn!(error = %e, "block check skipped: redis unavailable, failing open");
         }
         Err(e) => return ApiError::from(e).into_response(),
@@ -603,7 +603,7 @@ async fn post_request(
         }
         match state.store.check(&limits).await {
             Ok(decisions) => (quotas, Some(decisions)),
-            Err(e) if e.is_unavailable() && state.on_failure == OnFailure::Open => {
+            Err(e) if e.is_unavailable() && state.on_failure == Fail::Open => {
                 tracing::warn!(error = %e, "limit check skipped: redis unavailable, failing open");
                 metrics::counter!("gateway_decisions_total", "outcome" => "failed_open")
                     .increment(1);
