@@ -17,8 +17,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use ratelimit_client::{Decisions, Error as StoreError, Policy, Retry};
-use ratelimit_tower::{ClientIp, Fail, Quota, UNKNOWN_CLIENT, headers, ip_key};
+use ratelimit_client::{Error as StoreError, Policy};
+use ratelimit_tower::{ClientIp, Fail, Problem, Quota, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -132,6 +132,21 @@ impl ApiError {
             headers: Vec::new(),
             extra: None,
         }
+    }
+
+    /// A problem of the tower layer's making (its status, detail and headers) as this kind.
+    fn from_problem(kind: &'static str, problem: Problem) -> ApiError {
+        let headers = problem.headers.iter();
+        ApiError {
+            headers: headers.map(|(n, v)| (n.clone(), v.clone())).collect(),
+            ..ApiError::new(problem.status, kind, problem.detail)
+        }
+    }
+
+    /// Adds a member to the problem.
+    fn member(mut self, name: &'static str, value: Value) -> ApiError {
+        self.extra = Some(Box::new((name, value)));
+        self
     }
 
     fn bad_request(detail: impl Into<String>) -> ApiError {
@@ -638,39 +653,22 @@ async fn post_request(
     let (counted, ()) = tokio::join!(counted, noted);
     counted?;
 
-    let mut response = match &decisions {
-        Some(d) if !d.allowed => denied(&quotas, d, &request_id),
-        _ => ok_json(
-            StatusCode::OK,
-            json!({"status": "ok", "request_id": request_id}),
-        ),
-    };
+    if let Some(d) = &decisions
+        && !d.allowed
+    {
+        let problem = Problem::too_many_requests(&quotas, &d.each, d.retry);
+        return Err(
+            ApiError::from_problem("rate-limited", problem).member("request_id", json!(request_id))
+        );
+    }
+    let mut response = ok_json(
+        StatusCode::OK,
+        json!({"status": "ok", "request_id": request_id}),
+    );
     if let Some(d) = &decisions {
         headers::insert(response.headers_mut(), &quotas, &d.each);
     }
     Ok(response)
-}
-
-/// The `429` of a denied request; its headers are added by the caller.
-fn denied(quotas: &[Quota], decisions: &Decisions, request_id: &str) -> Response {
-    let names: Vec<&str> = quotas
-        .iter()
-        .zip(&decisions.each)
-        .filter(|(_, d)| !d.allowed)
-        .map(|(q, _)| q.name.as_str())
-        .collect();
-    let mut error = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate-limited",
-        format!("rate limit exceeded ({})", names.join(", ")),
-    );
-    if let Retry::After(wait) = decisions.retry {
-        let seconds = headers::seconds(wait);
-        error.detail = format!("{}: retry in {seconds} s", error.detail);
-        error = error.header(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    error.extra = Some(Box::new(("request_id", json!(request_id))));
-    error.into_response()
 }
 
 #[derive(Deserialize)]
