@@ -1,7 +1,7 @@
 //! The HTTP layer: the routes and their handlers, the extractors (client IP, the
 //! authenticated user, bounded JSON bodies), the guard every request passes (IP blocks and
-//! metrics), and the one error type, answered as `application/problem+json` with a stable
-//! `type`. What a block keys on, which header is believed and what is public: SECURITY.md.
+//! metrics); their one error type is [`crate::error`]'s. What a block keys on, which header
+//! is believed and what is public: SECURITY.md.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -27,6 +27,7 @@ use crate::domain::{
     self, Block, Role, User, api_key, check_request_type, check_username, ip_subject,
     is_request_id, parse_duration, policy_from_json, policy_to_json, policy_to_text,
 };
+use crate::error::AppError;
 use crate::store::Store;
 
 /// Everything a handler needs; one per gateway instance.
@@ -110,122 +111,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-// ---- errors ----
-
-/// The one error of every route: a status, a stable problem type, a detail, maybe headers.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    detail: String,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    /// A member added to the problem (`request_id` of a denied request).
-    extra: Option<Box<(&'static str, Value)>>,
+async fn not_found() -> AppError {
+    AppError::not_found("no such route")
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            kind,
-            detail: detail.into(),
-            headers: Vec::new(),
-            extra: None,
-        }
-    }
-
-    /// A problem of the tower layer's making (its status, detail and headers) as this kind.
-    fn from_problem(kind: &'static str, problem: Problem) -> ApiError {
-        let headers = problem.headers.iter();
-        ApiError {
-            headers: headers.map(|(n, v)| (n.clone(), v.clone())).collect(),
-            ..ApiError::new(problem.status, kind, problem.detail)
-        }
-    }
-
-    /// Adds a member to the problem.
-    fn member(mut self, name: &'static str, value: Value) -> ApiError {
-        self.extra = Some(Box::new((name, value)));
-        self
-    }
-
-    fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", detail)
-    }
-
-    fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
-    }
-
-    fn forbidden(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
-    }
-
-    fn unavailable(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
-            .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-    }
-
-    fn header(mut self, name: HeaderName, value: HeaderValue) -> ApiError {
-        self.headers.push((name, value));
-        self
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        match e {
-            e if e.is_unavailable() || matches!(e, StoreError::ModuleNotLoaded { .. }) => {
-                tracing::warn!(error = %e, "redis unavailable");
-                ApiError::unavailable("the store (Redis with the ratelimit module) is unavailable")
-            }
-            e => {
-                tracing::error!(error = %e, "store error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the store answered unexpectedly",
-                )
-            }
-        }
-    }
-}
-
-/// The problem type URI of a kind: stable, one per kind of error.
-pub fn problem_type(kind: &str) -> String {
-    format!("urn:ratelimit-gateway:problem:{kind}")
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": problem_type(self.kind),
-            "title": self.status.canonical_reason().unwrap_or_default(),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let (Some(extra), Some(map)) = (self.extra, body.as_object_mut()) {
-            let (name, value) = *extra;
-            map.insert(name.into(), value);
-        }
-        let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        for (name, value) in self.headers {
-            response.headers_mut().insert(name, value);
-        }
-        response
-    }
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
+async fn method_not_allowed() -> AppError {
+    AppError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "this route does not take this method",
@@ -257,7 +148,7 @@ async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -
         Ok(Some(left)) => {
             if !is_admin(&state, &parts.headers).await {
                 metrics::counter!("gateway_blocked_requests_total").increment(1);
-                return ApiError::new(
+                return AppError::new(
                     StatusCode::FORBIDDEN,
                     "ip-blocked",
                     format!(
@@ -276,7 +167,7 @@ async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -
         Err(e) if e.is_unavailable() && state.on_failure == Fail::Open => {
             tracing::warn!(error = %e, "block check skipped: redis unavailable, failing open");
         }
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return AppError::from(e).into_response(),
     }
     next.run(Request::from_parts(parts, body)).await
 }
@@ -383,11 +274,11 @@ async fn note_denial(state: &AppState, ip: IpAddr) {
 pub struct Authed(pub User);
 
 impl FromRequestParts<AppStateRef> for Authed {
-    type Rejection = ApiError;
+    type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, AppError> {
         let unauthorized = |detail: &str| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+            AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
                 .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
         };
         let key = match bearer(&parts.headers) {
@@ -418,12 +309,12 @@ impl FromRequestParts<AppStateRef> for Authed {
 pub struct Admin(pub User);
 
 impl FromRequestParts<AppStateRef> for Admin {
-    type Rejection = ApiError;
+    type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppStateRef) -> Result<Self, AppError> {
         let Authed(user) = Authed::from_request_parts(parts, state).await?;
         if !user.is_admin() {
-            return Err(ApiError::forbidden("this route is for admins"));
+            return Err(AppError::forbidden("this route is for admins"));
         }
         Ok(Admin(user))
     }
@@ -435,39 +326,39 @@ impl FromRequestParts<AppStateRef> for Admin {
 async fn json_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     body: Body,
-) -> Result<T, ApiError> {
+) -> Result<T, AppError> {
     let bytes = axum::body::to_bytes(body, state.max_body)
         .await
         .map_err(|e| {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
-                ApiError::new(
+                AppError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload-too-large",
                     format!("the body must be at most {} bytes", state.max_body),
                 )
             } else {
-                ApiError::bad_request(format!("the body could not be read: {e}"))
+                AppError::bad_request(format!("the body could not be read: {e}"))
             }
         })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the body is not the JSON expected: {e}")))
+        .map_err(|e| AppError::bad_request(format!("the body is not the JSON expected: {e}")))
 }
 
 /// A user id of the path; anything else names no user.
-fn user_id(text: &str) -> Result<u64, ApiError> {
+fn user_id(text: &str) -> Result<u64, AppError> {
     text.parse()
-        .map_err(|_| ApiError::not_found(format!("no user {text:?}")))
+        .map_err(|_| AppError::not_found(format!("no user {text:?}")))
 }
 
-async fn existing_user(state: &AppState, text: &str) -> Result<u64, ApiError> {
+async fn existing_user(state: &AppState, text: &str) -> Result<u64, AppError> {
     let id = user_id(text)?;
     if id == 0 && state.admin_key_sha.is_some() {
         return Ok(id);
     }
     if !state.store.user_exists(id).await? {
-        return Err(ApiError::not_found(format!("no user {id}")));
+        return Err(AppError::not_found(format!("no user {id}")));
     }
     Ok(id)
 }
@@ -484,23 +375,23 @@ async fn create_user(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let new: NewUser = json_body(&state, body).await?;
-    check_username(&new.username).map_err(ApiError::bad_request)?;
+    check_username(&new.username).map_err(AppError::bad_request)?;
     let role = match new.role.as_deref() {
         None => Role::User,
         Some(text) => Role::parse(text)
-            .ok_or_else(|| ApiError::bad_request("role must be \"user\" or \"admin\""))?,
+            .ok_or_else(|| AppError::bad_request("role must be \"user\" or \"admin\""))?,
     };
     let (key, sha) = api_key::generate().map_err(|_| {
-        ApiError::new(
+        AppError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "no randomness for a key",
         )
     })?;
     let Some(user) = state.store.create_user(&new.username, role, &sha).await? else {
-        return Err(ApiError::new(
+        return Err(AppError::new(
             StatusCode::CONFLICT,
             "username-taken",
             format!("the username {:?} is taken", new.username),
@@ -521,7 +412,7 @@ async fn create_user(
 // ---- rate limits ----
 
 /// The user's policy and whether it is their own or the default.
-async fn effective_policy(state: &AppState, id: u64) -> Result<(Policy, bool), ApiError> {
+async fn effective_policy(state: &AppState, id: u64) -> Result<(Policy, bool), AppError> {
     match state.store.policy(id).await? {
         Some(text) => match domain::parse_policy(&text) {
             Ok(policy) => Ok((policy, true)),
@@ -551,7 +442,7 @@ async fn get_rate_limit(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let id = existing_user(&state, &id).await?;
     let (policy, own) = effective_policy(&state, id).await?;
     Ok(ok_json(StatusCode::OK, policy_body(id, &policy, own)))
@@ -562,10 +453,10 @@ async fn put_rate_limit(
     Admin(_): Admin,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let id = existing_user(&state, &id).await?;
     let value: Value = json_body(&state, body).await?;
-    let policy = policy_from_json(value).map_err(ApiError::bad_request)?;
+    let policy = policy_from_json(value).map_err(AppError::bad_request)?;
     state
         .store
         .set_policy(id, Some(&policy_to_text(&policy)))
@@ -577,7 +468,7 @@ async fn delete_rate_limit(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let id = existing_user(&state, &id).await?;
     state.store.set_policy(id, None).await?;
     Ok(ok_json(
@@ -598,12 +489,12 @@ async fn post_request(
     Authed(user): Authed,
     axum::Extension(ClientAddr(ip)): axum::Extension<ClientAddr>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let new: NewRequest = json_body(&state, body).await?;
     let request_type = new
         .request_type
-        .ok_or_else(|| ApiError::bad_request("request_type is required"))?;
-    check_request_type(&request_type).map_err(ApiError::bad_request)?;
+        .ok_or_else(|| AppError::bad_request("request_type is required"))?;
+    check_request_type(&request_type).map_err(AppError::bad_request)?;
     let subject = ip_key(ip);
 
     let (quotas, decisions) = if state.no_limit {
@@ -658,7 +549,7 @@ async fn post_request(
     {
         let problem = Problem::too_many_requests(&quotas, &d.each, d.retry);
         return Err(
-            ApiError::from_problem("rate-limited", problem).member("request_id", json!(request_id))
+            AppError::from_problem("rate-limited", problem).member("request_id", json!(request_id))
         );
     }
     let mut response = ok_json(
@@ -686,14 +577,14 @@ async fn get_history(
     Authed(user): Authed,
     Path(id): Path<String>,
     paging: Result<Query<Paging>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let id = user_id(&id)?;
     if id != user.id && !user.is_admin() {
-        return Err(ApiError::forbidden(
+        return Err(AppError::forbidden(
             "a user may read their own history only",
         ));
     }
-    let Query(paging) = paging.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(paging) = paging.map_err(|e| AppError::bad_request(e.body_text()))?;
     let limit = match paging.limit.as_deref() {
         None => PAGE,
         Some(text) => text
@@ -701,13 +592,13 @@ async fn get_history(
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("limit must be a number from 1 to {MAX_PAGE}"))
+                AppError::bad_request(format!("limit must be a number from 1 to {MAX_PAGE}"))
             })?,
     };
     if let Some(before) = &paging.before
         && !is_request_id(before)
     {
-        return Err(ApiError::bad_request(
+        return Err(AppError::bad_request(
             "before must be a request_id (such as 1795000000000-0)",
         ));
     }
@@ -727,8 +618,8 @@ async fn get_history(
 
 // ---- blocks ----
 
-fn ip_param(text: &str) -> Result<String, ApiError> {
-    ip_subject(text).map_err(ApiError::bad_request)
+fn ip_param(text: &str) -> Result<String, AppError> {
+    ip_subject(text).map_err(AppError::bad_request)
 }
 
 #[derive(Deserialize)]
@@ -741,12 +632,12 @@ async fn put_block(
     Admin(admin): Admin,
     Path(ip): Path<String>,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let ip = ip_param(&ip)?;
     let new: NewBlock = json_body(&state, body).await?;
-    let duration = parse_duration(&new.duration).map_err(ApiError::bad_request)?;
+    let duration = parse_duration(&new.duration).map_err(AppError::bad_request)?;
     if duration > Duration::from_secs(3650 * 86_400) {
-        return Err(ApiError::bad_request("duration must be at most 3650d"));
+        return Err(AppError::bad_request("duration must be at most 3650d"));
     }
     state.store.block(&ip, &state.denials, duration).await?;
     metrics::counter!("gateway_blocks_total", "reason" => "manual").increment(1);
@@ -763,10 +654,10 @@ async fn delete_block(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
     Path(ip): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let ip = ip_param(&ip)?;
     if !state.store.unblock(&ip, &state.denials).await? {
-        return Err(ApiError::not_found(format!("{ip} is not blocked")));
+        return Err(AppError::not_found(format!("{ip} is not blocked")));
     }
     Ok(ok_json(
         StatusCode::OK,
@@ -777,7 +668,7 @@ async fn delete_block(
 async fn list_blocks(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let blocks: Vec<Block> = state
         .store
         .blocks()
@@ -800,7 +691,7 @@ const TOP: usize = 10;
 async fn analytics(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let minute = state.store.now_ms().await? / 60_000;
     // user id → (allowed, denied), per window; IP → denied over the hour.
     let mut last_minute: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
@@ -859,7 +750,7 @@ async fn analytics(
 async fn metrics_text(
     State(state): State<AppStateRef>,
     request_headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, AppError> {
     let key = bearer(&request_headers).ok().flatten();
     let allowed = key.is_some_and(|key| {
         [&state.metrics_key_sha, &state.admin_key_sha]
@@ -868,7 +759,7 @@ async fn metrics_text(
             .any(|sha| api_key::matches(key, sha))
     });
     if !allowed {
-        return Err(ApiError::new(
+        return Err(AppError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "the metrics key (GATEWAY_METRICS_KEY) or the admin key is required: \
@@ -884,7 +775,7 @@ async fn metrics_text(
     Ok(response)
 }
 
-async fn healthz(State(state): State<AppStateRef>) -> Result<Response, ApiError> {
+async fn healthz(State(state): State<AppStateRef>) -> Result<Response, AppError> {
     state.store.health().await?;
     Ok(ok_json(StatusCode::OK, json!({"status": "ok"})))
 }

@@ -4,12 +4,13 @@
 //! Prometheus metrics, served over HTTP or HTTPS, with Redis (one server or a cluster) as its
 //! only store, so any number of instances share every limit, block and history.
 //!
-//! Layers, one file each: [`http`] (routes, extractors, the one error type), [`domain`]
-//! (users, keys, policies, history, blocks), [`store`] (the only code that speaks Redis),
-//! [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
+//! Layers, one file each: [`http`] (routes, extractors), [`error`] (the one error type),
+//! [`domain`] (users, keys, policies, history, blocks), [`store`] (the only code that speaks
+//! Redis), [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
 
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod http;
 pub mod server;
 pub mod store;
@@ -17,6 +18,7 @@ pub mod store;
 use std::sync::Arc;
 
 pub use config::Config;
+pub use error::AppError;
 pub use http::{AppState, app};
 pub use store::Store;
 
