@@ -1,6 +1,7 @@
 //! The gateway's configuration: command-line flags, each with an environment variable, read
 //! once at start into values that cannot be invalid (policies checked by the module's rules,
-//! durations, networks, the tower layer's failure mode).
+//! durations, networks, the tower layer's failure mode), and what the store takes of it
+//! ([`RedisOptions`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use ratelimit_client::Policy;
 use ratelimit_tower::{Fail, ProxyHeader};
 
 use crate::domain::{parse_admin_key, parse_duration, parse_policy};
+use crate::store::RedisOptions;
 
 /// What a request gets when Redis does not answer in time: the tower layer's [`Fail`], as
 /// the gateway's flag writes and explains it.
@@ -185,6 +187,20 @@ fn optional_policy(text: &str) -> Result<OptionalPolicy, String> {
 }
 
 impl Config {
+    /// Where the store is and what it keeps.
+    pub fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            urls: self.redis.clone(),
+            cluster: self.cluster,
+            ca: self.redis_ca.clone(),
+            cert: self.redis_cert.clone(),
+            key: self.redis_key.clone(),
+            timeout: self.redis_timeout,
+            history_max: self.history_max,
+            history_ttl: self.history_ttl,
+        }
+    }
+
     /// The defaults, with this Redis: what tests start from.
     pub fn for_redis(urls: &[String]) -> Config {
         let mut config = Config::parse_from(["ratelimit-gateway"]);

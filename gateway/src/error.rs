@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use ratelimit_tower::Problem;
 use serde_json::{Value, json};
 
-use ratelimit_client::Error as StoreError;
+use crate::store::StoreError;
 
 /// An answer that is a problem.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ impl AppError {
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
-            e if e.is_unavailable() || matches!(e, StoreError::ModuleNotLoaded { .. }) => {
+            StoreError::Unavailable(_) | StoreError::NoLimiter(_) => {
                 tracing::warn!(error = %e, "redis unavailable");
                 AppError::from_problem(
                     "unavailable",
@@ -86,7 +86,7 @@ impl From<StoreError> for AppError {
                     ),
                 )
             }
-            e => {
+            StoreError::Failed(_) => {
                 tracing::error!(error = %e, "store error");
                 AppError::internal("the store answered unexpectedly")
             }

@@ -17,7 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use ratelimit_client::{Error as StoreError, Policy};
+use ratelimit_client::Policy;
 use ratelimit_tower::{ClientIp, Fail, Problem, Quota, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -25,14 +25,14 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::domain::{
     self, Block, Role, User, api_key, check_request_type, check_username, ip_subject,
-    is_request_id, parse_duration, policy_from_json, policy_to_json, policy_to_text,
+    is_request_id, parse_duration, policy_from_json, policy_to_json, policy_to_text, rfc3339,
 };
 use crate::error::AppError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Everything a handler needs; one per gateway instance.
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     admin_key_sha: Option<String>,
     metrics_key_sha: Option<String>,
     default_limit: Policy,
@@ -49,7 +49,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: &Config, store: Store) -> AppState {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> AppState {
         AppState {
             store,
             admin_key_sha: config.admin_key.as_deref().map(api_key::hash),
@@ -143,7 +143,7 @@ async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -
     if matches!(parts.uri.path(), "/healthz" | "/metrics") {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    match state.store.block_left(&ip_key(ip), &state.denials).await {
+    match state.store.block_left(&ip_key(ip), state.denials).await {
         Ok(None) => {}
         Ok(Some(left)) => {
             if !is_admin(&state, &parts.headers).await {
@@ -258,7 +258,7 @@ async fn note_denial(state: &AppState, ip: IpAddr) {
     let subject = ip_key(ip);
     match state
         .store
-        .note_denial(&subject, &state.denials, state.block_for)
+        .note_denial(&subject, state.denials, state.block_for)
         .await
     {
         Ok(false) => {}
@@ -502,12 +502,11 @@ async fn post_request(
     } else {
         let (policy, _) = effective_policy(&state, user.id).await?;
         let mut quotas = vec![Quota::new("user", policy)];
-        let mut limits = vec![Store::user_limit(user.id, &policy)];
-        if let Some(ip_policy) = state.ip_limit {
+        let ip = state.ip_limit.map(|ip_policy| {
             quotas.push(Quota::new("ip", ip_policy));
-            limits.push(Store::user_ip_limit(user.id, &subject, &ip_policy));
-        }
-        match state.store.check(&limits).await {
+            (subject.as_str(), ip_policy)
+        });
+        match state.store.check_limits(user.id, policy, ip).await {
             Ok(decisions) => (quotas, Some(decisions)),
             Err(e) if e.is_unavailable() && state.on_failure == Fail::Open => {
                 tracing::warn!(error = %e, "limit check skipped: redis unavailable, failing open");
@@ -607,11 +606,23 @@ async fn get_history(
         .store
         .history(id, paging.before.as_deref(), limit)
         .await?;
+    let next_before = (requests.len() as u64 == limit)
+        .then(|| requests.last().map(|last| last.request_id.clone()))
+        .flatten();
+    let requests: Vec<Value> = requests
+        .into_iter()
+        .map(|r| {
+            json!({
+                "request_id": r.request_id,
+                "timestamp": rfc3339(r.at_ms),
+                "request_type": r.request_type,
+                "allowed": r.allowed,
+            })
+        })
+        .collect();
     let mut body = json!({"user_id": id, "requests": requests});
-    if requests.len() as u64 == limit
-        && let (Some(last), Some(map)) = (requests.last(), body.as_object_mut())
-    {
-        map.insert("next_before".into(), json!(last.request_id));
+    if let (Some(next_before), Some(map)) = (next_before, body.as_object_mut()) {
+        map.insert("next_before".into(), json!(next_before));
     }
     Ok(ok_json(StatusCode::OK, body))
 }
@@ -639,7 +650,7 @@ async fn put_block(
     if duration > Duration::from_secs(3650 * 86_400) {
         return Err(AppError::bad_request("duration must be at most 3650d"));
     }
-    state.store.block(&ip, &state.denials, duration).await?;
+    state.store.block(&ip, state.denials, duration).await?;
     metrics::counter!("gateway_blocks_total", "reason" => "manual").increment(1);
     tracing::info!(ip, by = admin.username, ?duration, "blocked");
     let block = Block {
@@ -656,7 +667,7 @@ async fn delete_block(
     Path(ip): Path<String>,
 ) -> Result<Response, AppError> {
     let ip = ip_param(&ip)?;
-    if !state.store.unblock(&ip, &state.denials).await? {
+    if !state.store.unblock(&ip, state.denials).await? {
         return Err(AppError::not_found(format!("{ip} is not blocked")));
     }
     Ok(ok_json(
@@ -669,17 +680,7 @@ async fn list_blocks(
     State(state): State<AppStateRef>,
     Admin(_): Admin,
 ) -> Result<Response, AppError> {
-    let blocks: Vec<Block> = state
-        .store
-        .blocks()
-        .await?
-        .into_iter()
-        .map(|(ip, reason, left)| Block {
-            ip,
-            reason,
-            expires_in_ms: left.as_millis() as u64,
-        })
-        .collect();
+    let blocks = state.store.blocks().await?;
     Ok(ok_json(StatusCode::OK, json!({"blocks": blocks})))
 }
 

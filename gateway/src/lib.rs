@@ -5,8 +5,8 @@
 //! only store, so any number of instances share every limit, block and history.
 //!
 //! Layers, one file each: [`http`] (routes, extractors), [`error`] (the one error type),
-//! [`domain`] (users, keys, policies, history, blocks), [`store`] (the only code that speaks
-//! Redis), [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
+//! [`domain`] (users, keys, policies, history, blocks), [`store`] (the [`Store`] trait and
+//! its error, and [`RedisStore`], the only code that speaks Redis), [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
 
 pub mod config;
 pub mod domain;
@@ -20,14 +20,14 @@ use std::sync::Arc;
 pub use config::Config;
 pub use error::AppError;
 pub use http::{AppState, app};
-pub use store::Store;
+pub use store::{RedisStore, Store, StoreError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connects to Redis and builds the app of this configuration.
 pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
-    let store = Store::connect(config).await?;
-    Ok(app(Arc::new(AppState::new(config, store))))
+    let store = RedisStore::connect(&config.redis_options()).await?;
+    Ok(app(Arc::new(AppState::new(config, Arc::new(store)))))
 }
 
 /// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) within its
