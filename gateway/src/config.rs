@@ -1,7 +1,7 @@
 //! The gateway's configuration: command-line flags, each with an environment variable, read
 //! once at start into values that cannot be invalid (policies checked by the module's rules,
-//! durations, networks, the tower layer's failure mode), and what the store takes of it
-//! ([`RedisOptions`]).
+//! durations, networks, the tower layer's failure mode), and what each layer takes of it
+//! (the service's [`Rules`], the store's [`RedisOptions`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use ratelimit_client::Policy;
 use ratelimit_tower::{Fail, ProxyHeader};
 
 use crate::domain::{parse_admin_key, parse_duration, parse_policy};
+use crate::service::Rules;
 use crate::store::RedisOptions;
 
 /// What a request gets when Redis does not answer in time: the tower layer's [`Fail`], as
@@ -187,6 +188,20 @@ fn optional_policy(text: &str) -> Result<OptionalPolicy, String> {
 }
 
 impl Config {
+    /// What the service decides by.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            admin_key: self.admin_key.clone(),
+            default_limit: self.default_limit,
+            ip_limit: self.ip_limit.0,
+            block_after: self.block_after,
+            block_window: self.block_window,
+            block_for: self.block_for,
+            on_failure: self.on_redis_failure,
+            no_limit: self.no_limit,
+        }
+    }
+
     /// Where the store is and what it keeps.
     pub fn redis_options(&self) -> RedisOptions {
         RedisOptions {

@@ -1,12 +1,13 @@
 //! The one error of every route, [`AppError`]: a status, a stable problem type
 //! (`urn:ratelimit-gateway:problem:<kind>`), a detail and maybe headers, answered as
-//! `application/problem+json`; and how the store's errors become one.
+//! `application/problem+json`; and how the service's and the store's errors become one.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ratelimit_tower::Problem;
 use serde_json::{Value, json};
 
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// An answer that is a problem.
@@ -90,6 +91,22 @@ impl From<StoreError> for AppError {
                 tracing::error!(error = %e, "store error");
                 AppError::internal("the store answered unexpectedly")
             }
+        }
+    }
+}
+
+impl From<ServiceError> for AppError {
+    fn from(e: ServiceError) -> AppError {
+        match e {
+            ServiceError::Store(e) => e.into(),
+            ServiceError::NoSuchUser(id) => AppError::not_found(format!("no user {id}")),
+            ServiceError::UsernameTaken(name) => AppError::new(
+                StatusCode::CONFLICT,
+                "username-taken",
+                format!("the username {name:?} is taken"),
+            ),
+            ServiceError::NotBlocked(ip) => AppError::not_found(format!("{ip} is not blocked")),
+            ServiceError::NoRandomness => AppError::internal("no randomness for a key"),
         }
     }
 }
