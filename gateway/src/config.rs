@@ -1,27 +1,38 @@
 //! The gateway's configuration: command-line flags, each with an environment variable, read
 //! once at start into values that cannot be invalid (policies checked by the module's rules,
-//! durations, networks).
+//! durations, networks, the tower layer's failure mode), and what each layer takes of it
+//! (the service's [`Rules`], the store's [`RedisOptions`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use ipnet::IpNet;
 use ratelimit_client::Policy;
 
-use ratelimit_tower::ProxyHeader;
+use ratelimit_tower::{Fail, ProxyHeader};
 
 use crate::domain::{parse_admin_key, parse_duration, parse_policy};
+use crate::service::Rules;
+use crate::store::RedisOptions;
 
-/// What a request gets when Redis does not answer in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum OnFailure {
-    /// `503 Service Unavailable` with `Retry-After: 1`.
-    Closed,
-    /// The block and limit checks pass; what needs Redis itself (authentication, recording)
-    /// still answers 503.
-    Open,
+/// What a request gets when Redis does not answer in time: the tower layer's [`Fail`], as
+/// the gateway's flag writes and explains it.
+fn on_failure() -> impl TypedValueParser<Value = Fail> {
+    PossibleValuesParser::new([
+        PossibleValue::new("closed").help("`503 Service Unavailable` with `Retry-After: 1`"),
+        PossibleValue::new("open").help(
+            "The block and limit checks pass; what needs Redis itself (authentication, \
+             recording) still answers 503",
+        ),
+    ])
+    .map(|value| match value.as_str() {
+        "open" => Fail::Open,
+        // The parser lets through the values above only.
+        _ => Fail::Closed,
+    })
 }
 
 /// An API gateway on Redis with the redis-ratelimit module.
@@ -130,8 +141,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    #[arg(long, env = "GATEWAY_ON_REDIS_FAILURE", value_enum, default_value_t = OnFailure::Closed)]
-    pub on_redis_failure: OnFailure,
+    #[arg(long, env = "GATEWAY_ON_REDIS_FAILURE", default_value = "closed", value_parser = on_failure())]
+    pub on_redis_failure: Fail,
 
     /// A proxy (address or network) whose --client-ip-header is believed; repeat it.
     #[arg(
@@ -177,6 +188,34 @@ fn optional_policy(text: &str) -> Result<OptionalPolicy, String> {
 }
 
 impl Config {
+    /// What the service decides by.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            admin_key: self.admin_key.clone(),
+            default_limit: self.default_limit,
+            ip_limit: self.ip_limit.0,
+            block_after: self.block_after,
+            block_window: self.block_window,
+            block_for: self.block_for,
+            on_failure: self.on_redis_failure,
+            no_limit: self.no_limit,
+        }
+    }
+
+    /// Where the store is and what it keeps.
+    pub fn redis_options(&self) -> RedisOptions {
+        RedisOptions {
+            urls: self.redis.clone(),
+            cluster: self.cluster,
+            ca: self.redis_ca.clone(),
+            cert: self.redis_cert.clone(),
+            key: self.redis_key.clone(),
+            timeout: self.redis_timeout,
+            history_max: self.history_max,
+            history_ttl: self.history_ttl,
+        }
+    }
+
     /// The defaults, with this Redis: what tests start from.
     pub fn for_redis(urls: &[String]) -> Config {
         let mut config = Config::parse_from(["ratelimit-gateway"]);

@@ -310,12 +310,12 @@ pub fn algorithm(policy: &Policy) -> &'static str {
 }
 
 /// One recorded request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HistoryEntry {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
     /// The stream entry id: `<ms>-<seq>`, unique per user, increasing.
     pub request_id: String,
-    /// RFC 3339, UTC, milliseconds: when Redis recorded it.
-    pub timestamp: String,
+    /// When Redis recorded it, Unix ms (shown with [`rfc3339`]).
+    pub at_ms: u64,
     pub request_type: String,
     pub allowed: bool,
 }

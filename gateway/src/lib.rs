@@ -4,28 +4,39 @@
 //! Prometheus metrics, served over HTTP or HTTPS, with Redis (one server or a cluster) as its
 //! only store, so any number of instances share every limit, block and history.
 //!
-//! Layers, one file each: [`http`] (routes, extractors, the one error type), [`domain`]
-//! (users, keys, policies, history, blocks), [`store`] (the only code that speaks Redis),
-//! [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
+//! Layers, as axum's own examples draw them: routes → service → store.
+//! - HTTP: [`routes`] (the state, the `Router`, the guard, the handlers), [`extract`] (client
+//!   IP, API keys, users, bodies) and [`error`] (the one error type, as problem+json).
+//! - [`service`]: what the gateway does (admitting a request, users, policies, blocks,
+//!   analytics), over any [`Store`].
+//! - [`store`]: the [`Store`] trait and its error, and [`RedisStore`], the only code that
+//!   speaks Redis.
+//! - [`domain`]: users, keys, policies, history entries and blocks, free of HTTP and Redis.
+//! - [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
 
 pub mod config;
 pub mod domain;
-pub mod http;
+pub mod error;
+pub mod extract;
+pub mod routes;
 pub mod server;
+pub mod service;
 pub mod store;
 
 use std::sync::Arc;
 
 pub use config::Config;
-pub use http::{AppState, app};
-pub use store::Store;
+pub use error::AppError;
+pub use routes::{AppState, app};
+pub use service::Service;
+pub use store::{RedisStore, Store, StoreError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connects to Redis and builds the app of this configuration.
 pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
-    let store = Store::connect(config).await?;
-    Ok(app(Arc::new(AppState::new(config, store))))
+    let store = RedisStore::connect(&config.redis_options()).await?;
+    Ok(app(Arc::new(AppState::new(config, Arc::new(store)))))
 }
 
 /// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) within its

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper::rt::{Sleep, Timer};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,6 +29,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
+
+use crate::error::AppError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -223,22 +225,13 @@ where
 /// `408 Request Timeout` as a problem like the gateway's others, closing the connection (the
 /// rest of the request may still be on its way).
 fn request_timeout(limit: Duration) -> Response {
-    let status = StatusCode::REQUEST_TIMEOUT;
-    let problem = serde_json::json!({
-        "type": crate::http::problem_type("request-timeout"),
-        "title": status.canonical_reason().unwrap_or_default(),
-        "status": status.as_u16(),
-        "detail": format!("the request was not received and answered within {limit:?}"),
-    });
-    let mut response = Response::new(Body::from(problem.to_string()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+    AppError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request-timeout",
+        format!("the request was not received and answered within {limit:?}"),
+    )
+    .header(header::CONNECTION, HeaderValue::from_static("close"))
+    .into_response()
 }
 
 /// What a connection's stream and its head timer share.

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use common::{ADMIN, Body, Gateway, Reply, config, policy};
-use ratelimit_gateway::Config;
 use ratelimit_gateway::config::OptionalPolicy;
+use ratelimit_gateway::{Config, RedisStore, Store};
 use ratelimit_testkit::{Clock, Server, call, int};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -446,7 +446,7 @@ async fn stored_state_stays_bounded() {
     );
     assert_eq!(server.command_calls("evalsha") - scripts, 1);
 
-    let store = ratelimit_gateway::Store::connect(&cfg).await.unwrap();
+    let store = RedisStore::connect(&cfg.redis_options()).await.unwrap();
     for _ in 0..2 {
         store.count(7, 1, "192.0.2.1", false).await.unwrap();
     }

@@ -1,6 +1,6 @@
-//! What a limited response says: the `RateLimit-Policy` and `RateLimit` fields of
-//! draft-ietf-httpapi-ratelimit-headers-11 (one list member per quota), `Retry-After`, and the
-//! `application/problem+json` bodies of a `429` and of a `503`.
+//! What a limited response says in its headers: the `RateLimit-Policy` and `RateLimit` fields
+//! of draft-ietf-httpapi-ratelimit-headers-11 (one list member per quota) and the whole seconds
+//! of `Retry-After`. The answers themselves (`429`, `503`) are [`crate::response`]'s.
 
 use std::time::Duration;
 
@@ -92,19 +92,10 @@ pub fn insert(headers: &mut HeaderMap, quotas: &[Quota], decisions: &[Decision])
     }
 }
 
-/// A problem detail (RFC 9457) of the generic type: the status says what happened.
-pub fn problem(status: http::StatusCode, detail: &str) -> String {
-    format!(
-        r#"{{"type":"about:blank","title":"{}","status":{},"detail":"{}"}}"#,
-        status.canonical_reason().unwrap_or_default(),
-        status.as_u16(),
-        detail.replace('\\', "\\\\").replace('"', "\\\"")
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::response::problem;
     use ratelimit_client::Retry;
 
     #[test]

@@ -34,6 +34,7 @@
 mod cache;
 pub mod headers;
 mod key;
+pub mod response;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use ratelimit_client::{Decision, Decisions, Error, Limit, RateLimiter, Retry};
 use redis::aio::ConnectionLike;
@@ -50,6 +51,7 @@ use redis::aio::ConnectionLike;
 use crate::cache::{Denial, Denials};
 pub use crate::headers::Quota;
 pub use crate::key::{ClientIp, Key, KeyError, ProxyHeader, UNKNOWN_CLIENT, ip_key, peer};
+pub use crate::response::Problem;
 
 /// What to do when Redis cannot decide in time: down, slow, or unable to answer for now
 /// (see [`Error::is_unavailable`]). Any other error (a key of another type, a refused command)
@@ -245,7 +247,7 @@ where
                     headers::insert(response.headers_mut(), &quotas, &decisions);
                     Ok(response)
                 }
-                Verdict::Respond(response) => Ok(response.map(Either::Right)),
+                Verdict::Respond(problem) => Ok(problem.into_response().map(Either::Right)),
             }
         })
     }
@@ -257,8 +259,8 @@ enum Verdict {
     Pass,
     /// Allowed: on to the inner service; its response gets the headers.
     Allowed(Arc<[Quota]>, Vec<Decision>),
-    /// Answered here: `429` or `503`.
-    Respond(Response<Full<Bytes>>),
+    /// Answered here: `429`, `503` or `500`.
+    Respond(Problem),
 }
 
 impl<C> RateLimitLayer<C>
@@ -301,7 +303,7 @@ where
             metrics::counter!("ratelimit_requests_total", "outcome" => "cached").increment(1);
             let decisions = denial.decisions_at(started);
             let retry = Retry::After(denial.until.saturating_duration_since(started));
-            return Verdict::Respond(denied(&quotas, &decisions, retry));
+            return Verdict::Respond(Problem::too_many_requests(&quotas, &decisions, retry));
         }
         let tag = hash_tag(&key);
         let limits: Vec<Limit> = quotas
@@ -332,7 +334,11 @@ where
             };
             denials.put(cached, denial);
         }
-        Verdict::Respond(denied(&quotas, &decisions.each, decisions.retry))
+        Verdict::Respond(Problem::too_many_requests(
+            &quotas,
+            &decisions.each,
+            decisions.retry,
+        ))
     }
 
     async fn check(&self, limits: &[Limit]) -> Result<Decisions, Error> {
@@ -363,12 +369,7 @@ where
         match self.fail {
             Fail::Open => Verdict::Pass,
             Fail::Closed => {
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                let mut response = problem(status, "the rate limiter is unavailable");
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                Verdict::Respond(response)
+                Verdict::Respond(Problem::unavailable("the rate limiter is unavailable"))
             }
         }
     }
@@ -379,8 +380,10 @@ where
 fn fault(error: &dyn std::error::Error) -> Verdict {
     metrics::counter!("ratelimit_requests_total", "outcome" => "error").increment(1);
     tracing::error!(%error, "rate limiting failed");
-    let status = StatusCode::INTERNAL_SERVER_ERROR;
-    Verdict::Respond(problem(status, "the rate limiter failed"))
+    Verdict::Respond(Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the rate limiter failed",
+    ))
 }
 
 /// The key as a hash tag's content: never empty, never holding the `}` that would end the
@@ -403,50 +406,6 @@ fn hash_tag(key: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
-}
-
-/// The `429` of a denied request.
-fn denied(quotas: &[Quota], decisions: &[Decision], retry: Retry) -> Response<Full<Bytes>> {
-    let status = StatusCode::TOO_MANY_REQUESTS;
-    let names = || {
-        let denying: Vec<&str> = quotas
-            .iter()
-            .zip(decisions)
-            .filter(|(_, d)| !d.allowed)
-            .map(|(q, _)| q.name.as_str())
-            .collect();
-        denying.join(", ")
-    };
-    let mut response = match retry {
-        Retry::After(wait) => {
-            let seconds = headers::seconds(wait);
-            let detail = format!("rate limit exceeded ({}): retry in {seconds} s", names());
-            let mut response = problem(status, &detail);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            response
-        }
-        Retry::Never | Retry::Now => {
-            let detail = format!(
-                "this request costs more than the limit allows ({})",
-                names()
-            );
-            problem(status, &detail)
-        }
-    };
-    headers::insert(response.headers_mut(), quotas, decisions);
-    response
-}
-
-fn problem(status: StatusCode, detail: &str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(headers::problem(status, detail))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
 }
 
 #[cfg(test)]

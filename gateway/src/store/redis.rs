@@ -1,0 +1,741 @@
+//! The store in Redis, the only code that speaks Redis: the connection (one server, over TLS
+//! or not, or a cluster), every key's name and shape, each [`Store`] call as Redis commands,
+//! and Redis' errors as [`StoreError`]s.
+//!
+//! Keys (all of one user's share the hash tag `{u:<id>}`, one IP's `{ip:<ip>}`, so each
+//! user's or IP's work is one slot in a cluster):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `gw:next_user_id` | string | the last user id given |
+//! | `gw:name:<username>` | string | the user id (`SET NX`: a name is taken once) |
+//! | `gw:key:<sha256 hex>` | hash | `id`, `username`, `role` of the key's user |
+//! | `gw:{u:<id>}:user` | hash | `id`, `username`, `role`, `key_sha256`, `policy` (if set) |
+//! | `gw:{u:<id>}:history` | stream | `type`, `allowed`, `ip`; capped, expiring |
+//! | `gw:{u:<id>}:limit:<algorithm>` | limiter | the user's limit |
+//! | `gw:{u:<id>}:ip:<ip>:<algorithm>` | limiter | the user's limit from one IP |
+//! | `gw:{ip:<ip>}:block` | limiter | denials of the IP, with the module's `BLOCK` |
+//! | `gw:{blocks}:until` | sorted set | IP → when its block ends (ms): the blocks in force |
+//! | `gw:{blocks}:reason` | hash | IP → `manual` or `automatic`, for the same IPs |
+//! | `gw:stats:{m:<minute>}:allowed`, `:denied` | sorted sets | per-minute counts per user |
+//! | `gw:stats:{m:<minute>}:denied_ip` | sorted set | per-minute denials per IP, the top 1,000 |
+//!
+//! An `<ip>` is what [`ratelimit_tower::ip_key`] makes of an address: an IPv4 address, or an
+//! IPv6 /64. Every key an attacker can make more of expires or is bounded: limiters expire
+//! when they are fresh again, the block index drops ended blocks on every write, and a
+//! minute's denied IPs keep their top 1,000.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use super::{MinuteCounts, Store, StoreError, StoreFuture};
+use crate::domain::{Block, BlockReason, RecordedRequest, Role, User, algorithm};
+
+/// A connection to one server or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where Redis is, how to reach it, and how much history it keeps.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` URLs: one server, or the nodes of a cluster.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// PEM files for `rediss://`: the CA to trust, a client certificate and its key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Time each call may take.
+    pub timeout: Duration,
+    /// Requests kept in each user's history, and how long it lives after the last.
+    pub history_max: u64,
+    pub history_ttl: Duration,
+}
+
+/// The store in Redis: a connection and the limiter over it.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: Conn,
+    limiter: RateLimiter<Conn>,
+    history_max: u64,
+    history_ttl: Duration,
+}
+
+impl RedisStore {
+    /// Connects. A single server is connected lazily (the gateway starts, and answers 503,
+    /// while Redis is down); a cluster must answer at start to be discovered.
+    pub async fn connect(options: &RedisOptions) -> Result<RedisStore, BoxError> {
+        let budget = options.timeout;
+        let certs = tls_files(options)?;
+        let con = if options.cluster {
+            let mut builder = redis::cluster::ClusterClient::builder(options.urls.clone())
+                .connection_timeout(budget)
+                .response_timeout(budget);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            Conn::Cluster(builder.build()?.get_async_connection().await?)
+        } else {
+            let [url] = options.urls.as_slice() else {
+                return Err("give one --redis URL, or several with --cluster".into());
+            };
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                None => redis::Client::open(url.as_str())?,
+            };
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(budget))
+                .set_response_timeout(Some(budget))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(ConnectionManager::new_lazy_with_config(client, manager)?)
+        };
+        Ok(RedisStore {
+            limiter: RateLimiter::new(con.clone()).with_timeout(budget),
+            con,
+            history_max: options.history_max,
+            history_ttl: options.history_ttl,
+        })
+    }
+
+    async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        let mut con = self.con.clone();
+        Ok(cmd
+            .query_async::<Value>(&mut con)
+            .await
+            .map_err(Error::from)?)
+    }
+
+    async fn pipe(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut con = self.con.clone();
+        Ok(pipe
+            .query_async::<Vec<Value>>(&mut con)
+            .await
+            .map_err(Error::from)?)
+    }
+
+    async fn index_block(
+        &self,
+        ip: &str,
+        reason: BlockReason,
+        duration: Duration,
+    ) -> Result<(), StoreError> {
+        let reason = match reason {
+            BlockReason::Manual => "manual",
+            BlockReason::Automatic => "automatic",
+        };
+        self.blocks_index("add", ip, reason, duration)
+            .await
+            .map(|_| ())
+    }
+
+    /// One call of the block index's script (it drops ended blocks first, on the server's
+    /// clock, so the index holds the blocks in force and no more).
+    async fn blocks_index(
+        &self,
+        op: &str,
+        ip: &str,
+        reason: &str,
+        duration: Duration,
+    ) -> Result<Value, StoreError> {
+        let mut con = self.con.clone();
+        let reply = BLOCKS_SCRIPT
+            .key(BLOCKS_UNTIL)
+            .key(BLOCKS_REASON)
+            .arg(op)
+            .arg(ip)
+            .arg(reason)
+            .arg(duration.as_millis() as u64)
+            .invoke_async::<Value>(&mut con)
+            .await
+            .map_err(Error::from)?;
+        Ok(reply)
+    }
+}
+
+impl Store for RedisStore {
+    /// Whether Redis answers and knows the module's commands (`RL.PEEK` on a key that is
+    /// never written).
+    fn health(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let probe = Limit::token("gw:health", 1, 1).cost(0);
+            self.limiter.peek(&probe).await?;
+            Ok(())
+        })
+    }
+
+    /// The server's time.
+    fn now_ms(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let reply = self.query(&redis::cmd("TIME")).await?;
+            let Value::Array(items) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let parts: Vec<u64> = items
+                .iter()
+                .filter_map(|v| string(v).ok()?.parse().ok())
+                .collect();
+            match parts.as_slice() {
+                [s, us] => Ok(s * 1000 + us / 1000),
+                _ => Err(unexpected(&reply)),
+            }
+        })
+    }
+
+    // ---- users ----
+
+    /// The name is claimed last: a call cut short (a timeout, a lost connection) before that
+    /// leaves at most an unnamed user whose key nobody was shown, never a name taken by no
+    /// one.
+    fn create_user<'a>(
+        &'a self,
+        username: &'a str,
+        role: Role,
+        key_sha: &'a str,
+    ) -> StoreFuture<'a, Option<User>> {
+        Box::pin(async move {
+            let id = int(&self
+                .query(redis::cmd("INCR").arg("gw:next_user_id"))
+                .await?)?;
+            let id = u64::try_from(id).map_err(|_| unexpected(&Value::Int(id)))?;
+            let fields = [
+                ("id", id.to_string()),
+                ("username", username.to_string()),
+                ("role", role.as_str().to_string()),
+            ];
+            let mut user = redis::cmd("HSET");
+            user.arg(user_key(id, "user")).arg(&fields[..]);
+            user.arg("key_sha256").arg(key_sha);
+            self.query(&user).await?;
+            let index = format!("gw:key:{key_sha}");
+            self.query(redis::cmd("HSET").arg(&index).arg(&fields[..]))
+                .await?;
+            let claimed = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(format!("gw:name:{username}"))
+                        .arg(id)
+                        .arg("NX"),
+                )
+                .await?;
+            if claimed == Value::Nil {
+                self.query(redis::cmd("DEL").arg(&index)).await?;
+                self.query(redis::cmd("DEL").arg(user_key(id, "user")))
+                    .await?;
+                return Ok(None);
+            }
+            Ok(Some(User {
+                id,
+                username: username.to_string(),
+                role,
+            }))
+        })
+    }
+
+    fn user_by_key<'a>(&'a self, key_sha: &'a str) -> StoreFuture<'a, Option<User>> {
+        Box::pin(async move {
+            let reply = self
+                .query(redis::cmd("HGETALL").arg(format!("gw:key:{key_sha}")))
+                .await?;
+            let fields = map(&reply)?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let user = (|| {
+                Some(User {
+                    id: fields.get("id")?.parse().ok()?,
+                    username: fields.get("username")?.clone(),
+                    role: Role::parse(fields.get("role")?)?,
+                })
+            })();
+            user.map(Some).ok_or_else(|| unexpected(&reply))
+        })
+    }
+
+    fn user_exists(&self, id: u64) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let reply = self
+                .query(redis::cmd("EXISTS").arg(user_key(id, "user")))
+                .await?;
+            Ok(int(&reply)? == 1)
+        })
+    }
+
+    // ---- policies ----
+
+    fn policy(&self, id: u64) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let reply = self
+                .query(redis::cmd("HGET").arg(user_key(id, "user")).arg("policy"))
+                .await?;
+            match reply {
+                Value::Nil => Ok(None),
+                other => Ok(Some(string(&other)?)),
+            }
+        })
+    }
+
+    fn set_policy<'a>(&'a self, id: u64, policy: Option<&'a str>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = user_key(id, "user");
+            let cmd = match policy {
+                Some(text) => redis::cmd("HSET").arg(key).arg("policy").arg(text).clone(),
+                None => redis::cmd("HDEL").arg(key).arg("policy").clone(),
+            };
+            self.query(&cmd).await.map(|_| ())
+        })
+    }
+
+    // ---- limits ----
+
+    /// Each limit on the key of its algorithm: figures changed on the same algorithm keep the
+    /// state (the module carries it over); another algorithm starts a fresh limiter. The
+    /// user-from-IP limit is in the user's slot.
+    fn check_limits<'a>(
+        &'a self,
+        id: u64,
+        policy: Policy,
+        ip: Option<(&'a str, Policy)>,
+    ) -> StoreFuture<'a, Decisions> {
+        Box::pin(async move {
+            let mut limits = vec![Limit::new(
+                user_key(id, &format!("limit:{}", algorithm(&policy))),
+                policy,
+            )];
+            if let Some((ip, policy)) = ip {
+                limits.push(Limit::new(
+                    user_key(id, &format!("ip:{ip}:{}", algorithm(&policy))),
+                    policy,
+                ));
+            }
+            Ok(self.limiter.check_all(&limits).await?)
+        })
+    }
+
+    // ---- history and counts ----
+
+    fn record<'a>(
+        &'a self,
+        id: u64,
+        request_type: &'a str,
+        allowed: bool,
+        ip: &'a str,
+    ) -> StoreFuture<'a, (String, u64)> {
+        Box::pin(async move {
+            let key = user_key(id, "history");
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg(self.history_max.max(1))
+                .arg("*")
+                .arg("type")
+                .arg(request_type)
+                .arg("allowed")
+                .arg(if allowed { "1" } else { "0" })
+                .arg("ip")
+                .arg(ip)
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.history_ttl.as_millis() as u64)
+                .ignore();
+            let replies = self.pipe(&pipe).await?;
+            let request_id = replies
+                .first()
+                .map(string)
+                .transpose()?
+                .ok_or_else(|| unexpected(&Value::Array(replies.clone())))?;
+            let ms = id_millis(&request_id).ok_or_else(|| unexpected(&Value::Nil))?;
+            Ok((request_id, ms))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        id: u64,
+        before: Option<&'a str>,
+        limit: u64,
+    ) -> StoreFuture<'a, Vec<RecordedRequest>> {
+        Box::pin(async move {
+            let end = before.map_or_else(|| "+".to_string(), |b| format!("({b}"));
+            let reply = self
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(user_key(id, "history"))
+                        .arg(end)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(limit),
+                )
+                .await?;
+            let Value::Array(entries) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Value::Array(pair) = entry else {
+                    return Err(unexpected(entry));
+                };
+                let [request_id, fields] = pair.as_slice() else {
+                    return Err(unexpected(entry));
+                };
+                let request_id = string(request_id)?;
+                let fields = map(fields)?;
+                let at_ms = id_millis(&request_id).ok_or_else(|| unexpected(entry))?;
+                out.push(RecordedRequest {
+                    at_ms,
+                    request_type: fields.get("type").cloned().unwrap_or_default(),
+                    allowed: fields.get("allowed").map(String::as_str) == Some("1"),
+                    request_id,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn count<'a>(
+        &'a self,
+        minute: u64,
+        id: u64,
+        ip: &'a str,
+        allowed: bool,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let outcome = if allowed { "allowed" } else { "denied" };
+            let key = stats_key(minute, outcome);
+            pipe.cmd("ZINCRBY").arg(&key).arg(1).arg(id).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(STATS_TTL_S).ignore();
+            if !allowed {
+                let key = stats_key(minute, "denied_ip");
+                pipe.cmd("ZINCRBY").arg(&key).arg(1).arg(ip).ignore();
+                // The most denied stay; an IP seen once among many is dropped.
+                pipe.cmd("ZREMRANGEBYRANK")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-(MAX_DENIED_IPS as i64) - 1)
+                    .ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(STATS_TTL_S).ignore();
+            }
+            self.pipe(&pipe).await.map(|_| ())
+        })
+    }
+
+    fn minute(&self, minute: u64) -> StoreFuture<'_, MinuteCounts> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for what in ["allowed", "denied", "denied_ip"] {
+                pipe.cmd("ZRANGE")
+                    .arg(stats_key(minute, what))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES");
+            }
+            let replies = self.pipe(&pipe).await?;
+            let [allowed, denied, denied_ip] = replies.as_slice() else {
+                return Err(unexpected(&Value::Array(replies.clone())));
+            };
+            Ok(MinuteCounts {
+                allowed: scores(allowed)?,
+                denied: scores(denied)?,
+                denied_ip: scores(denied_ip)?,
+            })
+        })
+    }
+
+    // ---- blocks ----
+
+    /// By the module's `BLOCK` on the IP's denial limiter: a `COST 0` peek is denied exactly
+    /// while a block lasts, and says for how long.
+    fn block_left<'a>(&'a self, ip: &'a str, denials: Policy) -> StoreFuture<'a, Option<Duration>> {
+        Box::pin(async move {
+            let decision = self.limiter.peek(&block_limit(ip, denials).cost(0)).await?;
+            Ok(if decision.allowed {
+                None
+            } else {
+                // A block always has a time: `Never` cannot come from a cost of 0.
+                Some(decision.retry_after().unwrap_or_default())
+            })
+        })
+    }
+
+    fn note_denial<'a>(
+        &'a self,
+        ip: &'a str,
+        denials: Policy,
+        block_for: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let limit = block_limit(ip, denials).block(block_for);
+            let decision: Decision = self.limiter.check(&limit).await?;
+            if !decision.allowed {
+                self.index_block(ip, BlockReason::Automatic, block_for)
+                    .await?;
+            }
+            Ok(!decision.allowed)
+        })
+    }
+
+    /// The limiter is reset, then charged more than it can ever hold, with `BLOCK`.
+    fn block<'a>(
+        &'a self,
+        ip: &'a str,
+        denials: Policy,
+        duration: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let limit = block_limit(ip, denials);
+            self.limiter.reset([limit.key()]).await?;
+            let over = limit
+                .cost(denials.quota().saturating_add(1))
+                .block(duration);
+            self.limiter.check(&over).await?;
+            self.index_block(ip, BlockReason::Manual, duration).await
+        })
+    }
+
+    fn unblock<'a>(&'a self, ip: &'a str, denials: Policy) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let was = self.block_left(ip, denials).await?.is_some();
+            self.limiter.reset([block_key(ip)]).await?;
+            self.blocks_index("del", ip, "", Duration::ZERO).await?;
+            Ok(was)
+        })
+    }
+
+    /// In one round trip, from the index.
+    fn blocks(&self) -> StoreFuture<'_, Vec<Block>> {
+        Box::pin(async move {
+            let reply = self.blocks_index("list", "", "", Duration::ZERO).await?;
+            let Value::Array(items) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let mut out = Vec::with_capacity(items.len() / 3);
+            for triple in items.chunks(3) {
+                let [ip, left, reason] = triple else {
+                    return Err(unexpected(&reply));
+                };
+                let left = u64::try_from(int(left)?).map_err(|_| unexpected(&reply))?;
+                let reason = match string(reason)?.as_str() {
+                    "manual" => BlockReason::Manual,
+                    _ => BlockReason::Automatic,
+                };
+                out.push(Block {
+                    ip: string(ip)?,
+                    reason,
+                    expires_in_ms: left,
+                });
+            }
+            out.sort_by(|a, b| a.ip.cmp(&b.ip));
+            Ok(out)
+        })
+    }
+}
+
+/// Redis' errors, told apart as the gateway acts on them: the limiter's own view of what is
+/// unavailable (connection, time budget, a server failing over), the module missing, the rest.
+impl From<Error> for StoreError {
+    fn from(e: Error) -> StoreError {
+        if e.is_unavailable() {
+            StoreError::Unavailable(e.into())
+        } else if matches!(e, Error::ModuleNotLoaded { .. }) {
+            StoreError::NoLimiter(e.into())
+        } else {
+            StoreError::Failed(e.into())
+        }
+    }
+}
+
+/// The block index: `add` an IP's block (reason, duration in ms), `del` it, or `list` them
+/// (IP, ms left, reason, flat); every call first drops the blocks that have ended.
+static BLOCKS_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ended = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 1, #ended, 500 do
+  redis.call('HDEL', KEYS[2], unpack(ended, i, math.min(i + 499, #ended)))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local op = ARGV[1]
+if op == 'add' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+elseif op == 'del' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return redis.call('HDEL', KEYS[2], ARGV[2])
+end
+local blocks = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #blocks, 2 do
+  out[#out + 1] = blocks[i]
+  out[#out + 1] = tonumber(blocks[i + 1]) - now
+  out[#out + 1] = redis.call('HGET', KEYS[2], blocks[i]) or 'automatic'
+end
+return out
+"#,
+    )
+});
+
+const BLOCKS_UNTIL: &str = "gw:{blocks}:until";
+const BLOCKS_REASON: &str = "gw:{blocks}:reason";
+/// The IPs each minute's denial counts keep: the most denied.
+const MAX_DENIED_IPS: usize = 1000;
+/// Minute counts live two hours: the hour window reads the last 60.
+const STATS_TTL_S: u64 = 7200;
+
+fn user_key(id: u64, what: &str) -> String {
+    format!("gw:{{u:{id}}}:{what}")
+}
+
+fn block_key(ip: &str) -> String {
+    format!("gw:{{ip:{ip}}}:block")
+}
+
+fn block_limit(ip: &str, denials: Policy) -> Limit {
+    Limit::new(block_key(ip), denials)
+}
+
+fn stats_key(minute: u64, what: &str) -> String {
+    format!("gw:stats:{{m:{minute}}}:{what}")
+}
+
+/// The ms of a stream id `<ms>-<seq>`.
+fn id_millis(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// Reads the TLS files for `rediss://`, if any are given.
+fn tls_files(options: &RedisOptions) -> Result<Option<redis::TlsCertificates>, BoxError> {
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let root_cert = options.ca.as_ref().map(read).transpose()?;
+    let client_tls = match (&options.cert, &options.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+fn unexpected(value: &Value) -> StoreError {
+    Error::UnexpectedReply(format!("{value:?}")).into()
+}
+
+fn int(value: &Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn string(value: &Value) -> Result<String, StoreError> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| unexpected(value)),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::VerbatimString { text, .. } => Ok(text.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A flat array of field, value pairs (RESP2) or a map (RESP3).
+fn map(value: &Value) -> Result<HashMap<String, String>, StoreError> {
+    match value {
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|pair| match pair {
+                [k, v] => Ok((string(k)?, string(v)?)),
+                _ => Err(unexpected(value)),
+            })
+            .collect(),
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| Ok((string(k)?, string(v)?)))
+            .collect(),
+        Value::Nil => Ok(HashMap::new()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `ZRANGE … WITHSCORES`: members and whole scores (RESP2: flat; RESP3: pairs).
+fn scores(value: &Value) -> Result<Vec<(String, u64)>, StoreError> {
+    let Value::Array(items) = value else {
+        return Err(unexpected(value));
+    };
+    let score = |v: &Value| match v {
+        Value::Double(d) => Ok(*d as u64),
+        other => string(other)?
+            .parse::<f64>()
+            .map(|f| f as u64)
+            .map_err(|_| unexpected(other)),
+    };
+    let pairs: Vec<&[Value]> = if items.iter().all(|i| matches!(i, Value::Array(_))) {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Value::Array(pair) => Some(pair.as_slice()),
+                _ => None,
+            })
+            .collect()
+    } else {
+        items.chunks(2).collect()
+    };
+    pairs
+        .into_iter()
+        .map(|pair| match pair {
+            [member, s] => Ok((string(member)?, score(s)?)),
+            _ => Err(unexpected(value)),
+        })
+        .collect()
+}
