@@ -11,14 +11,21 @@
 //! versioned binary encoding ([`codec`]); each knows the moment it is back to fresh
 //! ([`State::reset_at`]), which is when its key can expire.
 
+pub mod args;
 pub mod codec;
+pub mod describe;
 pub mod fixed;
+pub mod param;
+pub mod policy;
 pub mod record;
 pub mod sliding;
 pub mod time;
 pub mod token;
 
+pub use args::ArgError;
+pub use describe::Describe;
 pub use fixed::{FixedState, FixedWindow};
+pub use policy::{Algorithm, Policy, PolicyError};
 pub use record::{Call, Op, Record};
 pub use sliding::{SlidingState, SlidingWindow};
 pub use token::{TokenBucket, TokenState};
