@@ -140,6 +140,7 @@ impl Policy {
 }
 
 /// One figure of a policy as written.
+#[cfg_attr(not(feature = "serde"), allow(dead_code))]
 enum Figure<'a> {
     Text(&'a str),
     /// A JSON number: a count, or a duration in seconds.
