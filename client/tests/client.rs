@@ -331,7 +331,8 @@ async fn a_cluster_connection_routes_every_call() {
 
 #[tokio::test]
 async fn a_waiting_call_is_allowed_once_its_units_refill() {
-    let server = Server::start();
+    // The real clock: the wait ends on the server's clock.
+    let server = Server::start_with(Clock::offset(0), &[]);
     // The client's budget of 100 ms is extended by the wait.
     let limiter = connect(&server.url("")).await.with_timeout(MS(100));
     let bucket = Limit::token("w", 1, 1).per(MS(200));
