@@ -39,9 +39,9 @@ pub trait Describe: Sized {
 }
 
 /// The spellings of an algorithm's name, computed once at compile time.
-struct Labels<A: ?Sized>(std::marker::PhantomData<A>);
+struct Labels<A>(std::marker::PhantomData<A>);
 
-impl<A: Describe + ?Sized> Labels<A> {
+impl<A: Describe> Labels<A> {
     const ID: Label = Label::new("", A::NAME, Case::Lower);
     const COMMAND: Label = Label::new("RL.", A::NAME, Case::Upper);
 }
