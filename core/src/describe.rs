@@ -38,6 +38,40 @@ pub trait Describe: Sized {
     fn quota_window(&self) -> Millis;
 }
 
+/// Describes a limit of `limit` units per `window` (the fixed and the sliding window):
+/// `RL.<name> key limit window`, built by the limiter's `new(limit, window)`, which refuses
+/// no figures in range.
+macro_rules! describe_window {
+    ($limiter:ty, $name:literal, $summary:literal) => {
+        impl $crate::Describe for $limiter {
+            const NAME: &'static std::ffi::CStr = $name;
+            const SUMMARY: &'static std::ffi::CStr = $summary;
+            const PARAMS: &'static [$crate::param::Param] =
+                &[$crate::param::LIMIT, $crate::param::WINDOW];
+
+            fn build(values: &$crate::args::Values) -> Result<Self, $crate::ArgError> {
+                let [limit, window, ..] = *values;
+                <$limiter>::new(limit, window)
+                    .ok_or($crate::ArgError::TooLarge(&$crate::param::LIMIT))
+            }
+
+            fn figures(&self) -> $crate::args::Values {
+                [self.limit(), self.window(), 0, 0]
+            }
+
+            fn quota(&self) -> u64 {
+                self.limit()
+            }
+
+            fn quota_window(&self) -> $crate::time::Millis {
+                $crate::time::Millis::from_millis(self.window())
+            }
+        }
+    };
+}
+
+pub(crate) use describe_window;
+
 /// The spellings of an algorithm's name, computed once at compile time.
 struct Labels<A>(std::marker::PhantomData<A>);
 

@@ -125,28 +125,11 @@ impl Word for FixedState {
 }
 
 // The description: `RL.FIXED key limit window`.
-impl crate::Describe for FixedWindow {
-    const NAME: &'static std::ffi::CStr = c"FIXED";
-    const SUMMARY: &'static std::ffi::CStr = c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
-    const PARAMS: &'static [crate::param::Param] = &[crate::param::LIMIT, crate::param::WINDOW];
-
-    fn build(values: &crate::args::Values) -> Result<Self, crate::args::ArgError> {
-        let [limit, window, ..] = *values;
-        FixedWindow::new(limit, window).ok_or(crate::args::ArgError::TooLarge(&crate::param::LIMIT))
-    }
-
-    fn figures(&self) -> crate::args::Values {
-        [self.limit, self.window, 0, 0]
-    }
-
-    fn quota(&self) -> u64 {
-        self.limit
-    }
-
-    fn quota_window(&self) -> crate::time::Millis {
-        crate::time::Millis::from_millis(self.window)
-    }
-}
+crate::describe::describe_window!(
+    FixedWindow,
+    c"FIXED",
+    c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms]."
+);
 
 #[cfg(test)]
 mod tests {

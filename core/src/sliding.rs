@@ -440,29 +440,11 @@ impl Codec for SlidingState {
 impl Word for SlidingState {}
 
 // The description: `RL.SLIDING key limit window`.
-impl crate::Describe for SlidingWindow {
-    const NAME: &'static std::ffi::CStr = c"SLIDING";
-    const SUMMARY: &'static std::ffi::CStr = c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
-    const PARAMS: &'static [crate::param::Param] = &[crate::param::LIMIT, crate::param::WINDOW];
-
-    fn build(values: &crate::args::Values) -> Result<Self, crate::args::ArgError> {
-        let [limit, window, ..] = *values;
-        SlidingWindow::new(limit, window)
-            .ok_or(crate::args::ArgError::TooLarge(&crate::param::LIMIT))
-    }
-
-    fn figures(&self) -> crate::args::Values {
-        [self.limit, self.window, 0, 0]
-    }
-
-    fn quota(&self) -> u64 {
-        self.limit
-    }
-
-    fn quota_window(&self) -> crate::time::Millis {
-        crate::time::Millis::from_millis(self.window)
-    }
-}
+crate::describe::describe_window!(
+    SlidingWindow,
+    c"SLIDING",
+    c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms]."
+);
 
 #[cfg(test)]
 mod tests {
