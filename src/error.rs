@@ -11,6 +11,7 @@ use std::ffi::CStr;
 
 use ratelimit_core::ArgError;
 use ratelimit_core::args::one_of;
+use ratelimit_core::time::Millis;
 
 use crate::algorithms::NAMES;
 
@@ -54,8 +55,10 @@ impl fmt::Display for Error {
             NotALimiter => f.write_str(
                 "WRONGTYPE RL.RESET deletes rate limiters only: a key holds another type, nothing was deleted",
             ),
-            ThrottleTooSlow => f.write_str(
-                "ERR (max_burst + 1) / count_per_period * period must be at most 3650d: the bucket would refill too slowly",
+            ThrottleTooSlow => write!(
+                f,
+                "ERR (max_burst + 1) / count_per_period * period must be at most {}: the bucket would refill too slowly",
+                Millis::MAX
             ),
             WrongType => f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value"),
             StateNotAllowed => {

@@ -287,8 +287,10 @@ impl fmt::Display for ArgError {
                 let names = names.iter().map(|n| n.to_str().unwrap_or("?"));
                 write!(f, "unknown algorithm, expected {}", one_of(names))
             }
-            RefillTooSlow => f.write_str(
-                "capacity / rate * PER must be at most 3650d: the bucket would refill too slowly",
+            RefillTooSlow => write!(
+                f,
+                "capacity / rate * PER must be at most {}: the bucket would refill too slowly",
+                Millis::MAX
             ),
         }
     }

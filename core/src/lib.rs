@@ -37,8 +37,8 @@ pub type Millis = u64;
 pub const MAX_UNITS: u64 = i64::MAX as u64;
 
 /// The longest window or period accepted, and the longest a token bucket may take to refill:
-/// 3650 days. Keeping every duration this short keeps every time sum far from overflowing.
-pub const MAX_DURATION_MS: Millis = 3650 * DAY_MS;
+/// [`time::Millis::MAX`] (3650 days), in ms.
+pub const MAX_DURATION_MS: Millis = time::Millis::MAX.as_u64();
 
 /// One day in milliseconds.
 pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;

@@ -34,8 +34,6 @@ macro_rules! algorithms {
         impl Algorithm {
             /// Every algorithm, in the order of the list.
             pub const ALL: &[Algorithm] = &[$(Algorithm::$variant),+];
-            /// Their names (`FIXED`, ...), for messages.
-            pub const NAMES: &[&CStr] = &[$(<$limiter as Describe>::NAME),+];
 
             /// The name (`FIXED`).
             pub fn name(self) -> &'static str {
