@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets (fuzz/, see README "Fuzzing") for a bounded time each, one after
+# Runs the fuzz targets (fuzz/, see CONTRIBUTING.md "Fuzzing") for a bounded time each, one after
 # another, and fails if any of them finds a crash:
 #
 #   scripts/fuzz.sh [seconds_per_target] [target ...]     # default: 20 s, every target

@@ -2,7 +2,7 @@
 //!
 //! Each message starts with its Redis error code (`ERR`, `WRONGTYPE`). An argument's error is
 //! the core's ([`ArgError`], which names exactly the argument that was wrong), behind `ERR`.
-//! The README lists the messages.
+//! docs/commands.md lists the messages.
 
 use std::ffi::CString;
 use std::fmt;

@@ -8,7 +8,7 @@
 //! never), reset_after_s]`, seconds rounded up as redis-cell does since its fix for issue #56.
 //! The key is an `RL.TOKEN` bucket: both commands can share it.
 //!
-//! Where this differs from redis-cell, deliberately (the README lists each with an example):
+//! Where this differs from redis-cell, deliberately (docs/commands.md lists each with an example):
 //! effects are replicated, not the command; a key of another type is `WRONGTYPE` (redis-cell
 //! aborts the server); a negative quantity refunds, never fuller than fresh, keeping the
 //! key's expiry right; quantity 0 reports and creates nothing; errors start with `ERR`. A key

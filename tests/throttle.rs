@@ -1,7 +1,7 @@
 //! `CL.THROTTLE` against redis-cell's published figures: its README, its unit test
 //! `it_rate_limits`, its end-to-end test, and replies recorded from redis-cell 0.5 (HEAD
 //! 4d42338) under the same pinned clock. Where exact integer arithmetic replies otherwise,
-//! the row says so and why; the README lists these differences.
+//! the row says so and why; docs/commands.md lists these differences.
 
 use ratelimit_testkit as support;
 

@@ -4,7 +4,7 @@
 //!
 //! Input: a selector byte (which command, and how to re-render a parse), then the
 //! arguments after the key, separated by spaces (consecutive spaces give empty arguments).
-//! Beyond "no panic", it checks what the README promises:
+//! Beyond "no panic", it checks what the command manual (docs/commands.md) promises:
 //! - a parse that succeeds holds values in their documented ranges (units 1 to i64::MAX,
 //!   costs 0 to i64::MAX, durations 1 ms to 3650 d), gives `COST` or `REFUND` but not
 //!   both, and builds exactly the limiter the core's constructor builds from those values;
@@ -45,7 +45,7 @@ fuzz_target!(
     }
 });
 
-/// With `RL_FUZZ_SEED_DIR` set, writes one seed per command there: calls from the README.
+/// With `RL_FUZZ_SEED_DIR` set, writes one seed per command there: calls from the manual.
 fn write_seeds() {
     let Some(dir) = std::env::var_os("RL_FUZZ_SEED_DIR") else {
         return;
