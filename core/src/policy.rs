@@ -122,8 +122,8 @@ impl Algorithm {
         for (value, (param, figure)) in values.iter_mut().zip(figures) {
             *value = figure.value(param)?;
         }
-        let checked = (self.params().iter().zip(&mut values))
-            .try_for_each(|(param, value)| args::check(param, *value).map(|v| *value = v));
+        let checked = (self.params().iter().zip(values))
+            .try_for_each(|(param, value)| args::check(param, value).map(drop));
         checked
             .and_then(|()| self.build(&values))
             .map_err(PolicyError::Invalid)
