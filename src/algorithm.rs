@@ -10,39 +10,28 @@
 
 use std::ffi::{CStr, c_int};
 
+use ratelimit_core::args;
 use ratelimit_core::codec::{Codec, Encoded};
-use ratelimit_core::{Call, Decision, Limiter, Op, Record, State, Write, record};
+use ratelimit_core::param::{BLOCK, COST, Param, SHARED};
+use ratelimit_core::{
+    ArgError, Call, Decision, Describe, Limiter, Op, Record, State, Write, record,
+};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
-use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{BLOCK, COST, Param, SHARED};
 use crate::redis::{Args, Ctx, Holds, Key, KeyEvent, RString};
 use crate::stats::Stats;
 use crate::storage::{Stored, Value};
 use crate::wait::{self, Work};
 
 /// An algorithm of the core with its command:
-/// `RL.<NAME> key <PARAMS> [COST n | REFUND n] [BLOCK duration] [DRYRUN]`.
-/// Its state says how it is stored ([`Stored`]).
-pub trait Algorithm: Limiter<State: Stored> + Copy + Sized + 'static {
-    /// The algorithm's name (`FIXED`), as `RL.PEEK` takes it.
-    const NAME: &'static CStr;
-    /// The command's name, `RL.` and the algorithm's name.
-    const COMMAND: &'static CStr;
-    /// One line for `COMMAND DOCS`.
-    const SUMMARY: &'static CStr;
-    /// The arguments after the key: positional ones, then the algorithm's own options.
-    const PARAMS: &'static [Param];
-
+/// `RL.<NAME> key <PARAMS> [COST n | REFUND n] [BLOCK duration] [DRYRUN]`, all read from its
+/// description ([`Describe`]). Its state says how it is stored ([`Stored`]).
+pub trait Algorithm: Describe + Limiter<State: Stored> + Copy + Sized + 'static {
     /// The command's counters for `INFO ratelimit`.
     fn stats() -> &'static Stats;
-
-    /// The limiter these values describe, one per entry of `PARAMS`, in its order (an absent
-    /// option has its default); each value is already in its kind's range.
-    fn build(values: &[u64]) -> Result<Self, Error>;
 
     /// Parses the arguments after the key: the limiter, then the `shared` options given
     /// (`COST`, `REFUND`, `BLOCK`, `DRYRUN`).
@@ -50,14 +39,25 @@ pub trait Algorithm: Limiter<State: Stored> + Copy + Sized + 'static {
         shared: &'static [Param],
         args: impl Iterator<Item = &'a [u8]>,
     ) -> Result<Request<Self>, Error> {
-        let parsed = args::parse(Self::PARAMS, shared, args)?;
-        Ok(Request {
-            limiter: Self::build(&parsed.own[..Self::PARAMS.len()])?,
-            call: parsed.call,
-            dry_run: parsed.dry_run,
-            wait: parsed.wait,
-        })
+        request(Self::PARAMS, Self::build, shared, args)
     }
+}
+
+/// Parses the arguments after the key against `params`, and builds their limiter.
+#[inline(always)]
+pub fn request<'a, L>(
+    params: &'static [Param],
+    build: impl FnOnce(&args::Values) -> Result<L, ArgError>,
+    shared: &'static [Param],
+    args: impl Iterator<Item = &'a [u8]>,
+) -> Result<Request<L>, Error> {
+    let parsed = args::parse(params, shared, args)?;
+    Ok(Request {
+        limiter: build(&parsed.own)?,
+        call: parsed.call,
+        dry_run: parsed.dry_run,
+        wait: parsed.wait,
+    })
 }
 
 /// A parsed call: the limiter with this call's parameters, what the call does, whether to

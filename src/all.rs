@@ -23,15 +23,17 @@ use std::ffi::{CStr, c_int};
 use ratelimit_core::{Decision, Retry};
 use redis_module::raw;
 
+use ratelimit_core::ArgError;
+use ratelimit_core::args;
+
 use crate::algorithm::{self, Held, Planned};
 use crate::algorithms::{ALGORITHMS, NAMES};
-use crate::args;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{DRYRUN, Kind, Param, WAIT};
 use crate::redis::{Ctx, RString, bytes};
 use crate::stats::Stats;
 use crate::wait::{self, Work};
+use ratelimit_core::param::{DRYRUN, Kind, Param, WAIT};
 
 /// The most keys one call takes.
 pub const MAX_KEYS: usize = 32;
@@ -41,7 +43,7 @@ pub const COMMAND: Command = Command {
     handler,
     flags: c"write deny-oom getkeys-api blocking",
     keys: Keys::Counted(DECIDE_KEY),
-    summary: c"Checks several limits at once, all or nothing: one spec per key, each FIXED, SLIDING or TOKEN with that algorithm's arguments, COST and BLOCK. Replies [allowed, retry_after_ms, d1, ..., dN], each di a limit's five fields.",
+    summary: c"Checks several limits at once, all or nothing: one spec per key, each an algorithm's name (as RL.PEEK takes it) with that algorithm's arguments, COST and BLOCK. Replies [allowed, retry_after_ms, d1, ..., dN], each di a limit's five fields.",
     params: &[Param::required(c"spec", Kind::Bytes)],
     shared: &[DRYRUN, WAIT],
 };
@@ -234,7 +236,11 @@ fn parse<'a>(numkeys: &[u8], rest: &'a [RString]) -> Result<(&'a [RString], Call
         .map(|(i, spec)| {
             let entry = (ALGORITHMS.iter()).find(|e| is_name(spec[0], e.name));
             let entry = entry.ok_or_else(|| {
-                Error::InSpec(i + 1, None, Box::new(Error::UnknownAlgorithm(&NAMES)))
+                Error::InSpec(
+                    i + 1,
+                    None,
+                    Box::new(ArgError::UnknownAlgorithm(&NAMES).into()),
+                )
             })?;
             (entry.plan)(&spec[1..])
                 .map_err(|e| Error::InSpec(i + 1, Some(entry.name), Box::new(e)))
@@ -261,7 +267,7 @@ fn tail(words: &[&[u8]]) -> Result<Tail, Error> {
     };
     Ok(match words {
         [.., wait, _, last] | [.., last, wait, _] if is(last, &DRYRUN) && is(wait, &WAIT) => {
-            return Err(Error::Exclusive(&DRYRUN, &WAIT));
+            return Err(ArgError::Exclusive(&DRYRUN, &WAIT).into());
         }
         [.., last] if is(last, &DRYRUN) => Tail::DryRun,
         [.., wait, timeout] if is(wait, &WAIT) => {

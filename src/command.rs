@@ -15,8 +15,8 @@ use redis_module::raw;
 use crate::api::api;
 use crate::error::Error;
 use crate::guard;
-use crate::param::{Kind, Param};
 use crate::redis::{Ctx, RString};
+use ratelimit_core::param::{Kind, Param};
 
 /// A command handler as Redis calls it.
 pub type Handler = extern "C" fn(*mut raw::RedisModuleCtx, *mut RString, c_int) -> c_int;

@@ -3,41 +3,35 @@
 //! workspace's copy of this crate: never into the module. Everything here is the code the
 //! command handlers run; nothing of it touches Redis.
 
-use ratelimit_core::codec::Codec;
-use ratelimit_core::{
-    FixedState, FixedWindow, SlidingState, SlidingWindow, TokenBucket, TokenState,
-};
+use ratelimit_core::TokenBucket;
 
 pub use crate::algorithm::{Algorithm, PEEK_SHARED, Request};
-pub use crate::args::{MAX_OWN, Parsed, parse};
 pub use crate::error::Error;
-pub use crate::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, SHARED, WAIT};
+pub use ratelimit_core::args::{MAX_OWN, Parsed, parse};
+pub use ratelimit_core::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, SHARED, WAIT};
+pub use ratelimit_core::{ArgError, Policy};
 
 /// `CL.THROTTLE key <args>`: the arguments after the key, as its handler parses them.
 pub fn throttle<'a>(args: impl Iterator<Item = &'a [u8]>) -> Result<Request<TokenBucket>, Error> {
     crate::throttle::parse(args)
 }
 
-/// A parsed `RL.PEEK`: the request of the algorithm it names.
-#[derive(Debug)]
-pub enum Peek {
-    Fixed(Request<FixedWindow>),
-    Sliding(Request<SlidingWindow>),
-    Token(Request<TokenBucket>),
-}
-
 /// `RL.PEEK key <algorithm> <args>`: the arguments after the key, parsed as its handler does:
-/// the algorithm by name (`peek::entry`), then that algorithm's arguments.
-pub fn peek(args: &[&[u8]]) -> Result<Peek, Error> {
-    let [algorithm, rest @ ..] = args else {
+/// the algorithm by name (`peek::entry`), then that algorithm's arguments, as the policy
+/// they describe.
+pub fn peek(args: &[&[u8]]) -> Result<Request<Policy>, Error> {
+    let [name, rest @ ..] = args else {
         return Err(Error::WrongArity);
     };
-    let rest = rest.iter().copied();
-    let request = match crate::peek::entry(algorithm)?.tag {
-        FixedState::TAG => Peek::Fixed(crate::algorithm::peek_request(rest)?),
-        SlidingState::TAG => Peek::Sliding(crate::algorithm::peek_request(rest)?),
-        TokenState::TAG => Peek::Token(crate::algorithm::peek_request(rest)?),
-        tag => unreachable!("no algorithm has tag {tag}"),
-    };
-    Ok(request)
+    let entry = crate::peek::entry(name)?;
+    let algorithm = (ratelimit_core::Algorithm::ALL.iter())
+        .find(|a| entry.name.to_bytes() == a.name().as_bytes())
+        .ok_or(Error::Internal)?;
+    let build = |values: &_| algorithm.build(values);
+    let request =
+        crate::algorithm::request(algorithm.params(), build, PEEK_SHARED, rest.iter().copied())?;
+    Ok(Request {
+        dry_run: true,
+        ..request
+    })
 }

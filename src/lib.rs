@@ -4,8 +4,9 @@
 //! Load with `redis-server --loadmodule libredis_ratelimit.so`. The algorithms live in the
 //! `ratelimit-core` crate (pure, time as an argument); this crate is the Redis layer:
 //!
-//! - `algorithms`: one definition per algorithm (command, parameters, data type), and the
-//!   list everything registered at load is derived from;
+//! - `algorithms`: one definition per algorithm (data type, counters, event; its command and
+//!   parameters are described in `ratelimit_core`), and the list everything registered at
+//!   load is derived from;
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
 //! - `all`: `RL.ALL`, several limits in one call, all or nothing;
 //! - `wait`: `WAIT timeout`, a denied call waiting for its units, first come first served;
@@ -13,7 +14,7 @@
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
 //! - `stats`: the counters `INFO ratelimit` reports;
-//! - `param`, `args`: what the arguments are, and their parser;
+//! - what the arguments are, and their parser: `ratelimit_core::{param, args}`;
 //! - `error`: every error reply and its text;
 //! - `command`: registration (flags, key specs, docs) and the guarded handler runner;
 //! - `storage`: how a state lives in a key, and its RDB / AOF / digest / copy callbacks;
@@ -29,11 +30,9 @@ mod algorithm;
 mod algorithms;
 mod all;
 mod api;
-mod args;
 mod command;
 mod error;
 mod guard;
-mod param;
 mod peek;
 mod redis;
 mod reset;

@@ -17,8 +17,8 @@ use redis_module::raw;
 use crate::algorithms::ALGORITHMS;
 use crate::command::{self, Command, Keys};
 use crate::error::Error;
-use crate::param::{Kind, Param};
 use crate::redis::{Ctx, RString, bytes};
+use ratelimit_core::param::{Kind, Param};
 
 pub const COMMAND: Command = Command {
     name: c"RL.STATE",

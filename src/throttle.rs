@@ -18,15 +18,16 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::Encoded;
-use ratelimit_core::{Call, DAY_MS, MAX_UNITS, Op, Record, Retry, TokenBucket};
+use ratelimit_core::time::Millis;
+use ratelimit_core::{ArgError, Call, MAX_UNITS, Op, Record, Retry, TokenBucket};
 use redis_module::raw;
 
 use crate::algorithm::{self, Apply, Request};
 use crate::command::{self, Command, DECIDE_KEY, Keys};
 use crate::error::Error;
-use crate::param::{Kind, Param};
 use crate::redis::{Args, Ctx, Key, RString};
 use crate::stats::Stats;
+use ratelimit_core::param::{Kind, Param};
 
 const MAX_BURST: Param = Param::required(c"max_burst", Kind::Amount);
 const COUNT: Param = Param::required(c"count_per_period", Kind::Units);
@@ -34,7 +35,7 @@ const PERIOD: Param = Param::required(c"period", Kind::Units);
 const QUANTITY: Param = Param::optional(c"quantity", Kind::Amount, 1);
 
 /// The longest period, in seconds: 3650 days, as for every duration of this module.
-const MAX_PERIOD_S: i64 = (3650 * DAY_MS / 1000) as i64;
+const MAX_PERIOD_S: i64 = (Millis::MAX.as_u64() / 1000) as i64;
 
 /// `CL.THROTTLE`'s counters for `INFO ratelimit`.
 pub static STATS: Stats = Stats::new(c"throttle");
@@ -88,7 +89,9 @@ fn seconds(ms: u64) -> i64 {
 pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<TokenBucket>, Error> {
     let mut next = |param: &'static Param| -> Result<Option<i64>, Error> {
         match args.next() {
-            Some(bytes) => integer(bytes).map(Some).ok_or(Error::NotInteger(param)),
+            Some(bytes) => integer(bytes)
+                .map(Some)
+                .ok_or(Error::Arg(ArgError::NotInteger(param))),
             None if param.optional => Ok(None),
             None => Err(Error::WrongArity),
         }
@@ -101,18 +104,18 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
         return Err(Error::WrongArity);
     }
     let capacity = match u64::try_from(max_burst) {
-        Err(_) => return Err(Error::Negative(&MAX_BURST)),
-        Ok(burst) if burst >= MAX_UNITS => return Err(Error::TooLarge(&MAX_BURST)),
+        Err(_) => return Err(Error::Arg(ArgError::Negative(&MAX_BURST))),
+        Ok(burst) if burst >= MAX_UNITS => return Err(Error::Arg(ArgError::TooLarge(&MAX_BURST))),
         Ok(burst) => burst + 1,
     };
     if count < 1 {
-        return Err(Error::NotPositive(&COUNT));
+        return Err(Error::Arg(ArgError::NotPositive(&COUNT)));
     }
     if period < 1 {
-        return Err(Error::NotPositive(&PERIOD));
+        return Err(Error::Arg(ArgError::NotPositive(&PERIOD)));
     }
     if period > MAX_PERIOD_S {
-        return Err(Error::DurationTooLong(&PERIOD));
+        return Err(Error::Arg(ArgError::DurationTooLong(&PERIOD)));
     }
     let limiter = TokenBucket::new(capacity, count as u64, period as u64 * 1000)
         .ok_or(Error::ThrottleTooSlow)?;

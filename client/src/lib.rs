@@ -38,7 +38,8 @@ use redis::{Cmd, Script, Value};
 
 pub use decision::{Decision, Decisions, Retry};
 pub use error::Error;
-pub use limit::{Action, InvalidLimit, Limit, Policy};
+pub use limit::{Action, Figure, InvalidLimit, Limit, Policy};
+pub use ratelimit_core::Algorithm;
 
 /// Calls the module over a connection of the `redis` crate.
 ///
@@ -71,8 +72,15 @@ where
 
     /// Decides one call (`RL.FIXED`, `RL.SLIDING` or `RL.TOKEN`) and takes its cost if it is
     /// allowed.
+    ///
+    /// A limit that [waits](Limit::wait) may take up to its wait longer: the time budget is
+    /// extended by it.
     pub async fn check(&self, limit: &Limit) -> Result<Decision, Error> {
-        let reply = self.query(&limit.command()?).await?;
+        let cmd = limit.command()?;
+        let mut con = self.con.clone();
+        let reply = cmd.query_async::<Value>(&mut con);
+        let budget = (self.timeout).map(|budget| budget + limit.waits().unwrap_or_default());
+        let reply = Self::within(budget, reply).await?;
         Decision::from_reply(&reply)
     }
 
@@ -130,23 +138,21 @@ where
             });
         }
         let mut con = self.con.clone();
-        let reply = self
-            .within(invocation.invoke_async::<Value>(&mut con))
-            .await?;
+        let reply = Self::within(self.timeout, invocation.invoke_async::<Value>(&mut con)).await?;
         Decisions::from_reply(&reply, limits.len())
     }
 
     async fn query(&self, cmd: &Cmd) -> Result<Value, Error> {
         let mut con = self.con.clone();
-        self.within(cmd.query_async::<Value>(&mut con)).await
+        Self::within(self.timeout, cmd.query_async::<Value>(&mut con)).await
     }
 
-    /// Awaits a reply within the time budget.
+    /// Awaits a reply within the time budget, if there is one.
     async fn within(
-        &self,
+        budget: Option<Duration>,
         reply: impl Future<Output = redis::RedisResult<Value>>,
     ) -> Result<Value, Error> {
-        let reply = match self.timeout {
+        let reply = match budget {
             Some(budget) => tokio::time::timeout(budget, reply)
                 .await
                 .map_err(|_| Error::Timeout(budget))?,

@@ -5,65 +5,106 @@
 use std::fmt;
 use std::time::Duration;
 
-use ratelimit_core::{FixedWindow, MAX_DURATION_MS, MAX_UNITS, SlidingWindow, TokenBucket};
+use ratelimit_core::args::{self, ArgError, MAX_OWN, Values};
+use ratelimit_core::param::{BLOCK, COST, Kind, Param, REFUND, WAIT};
+use ratelimit_core::time::Millis;
+use ratelimit_core::{Algorithm, Call, Op};
 use redis::Cmd;
 
-/// A rate limit without a key: an algorithm and its figures.
+/// A rate limit without a key: an algorithm and its figures, one per argument of its command.
 ///
 /// The constructors take any figures; [`Policy::check`] (run before every call) rejects those
-/// the module would reject, with the module's message.
+/// the module would reject, with the module's message. What each algorithm takes is read from
+/// its description in `ratelimit_core`: [`Policy::of`] builds any of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Policy {
-    /// At most `limit` units per window; windows are aligned to multiples of `window` since
-    /// the Unix epoch (`RL.FIXED`).
-    Fixed { limit: u64, window: Duration },
-    /// At most `limit` units in any interval of length `window` (`RL.SLIDING`).
-    Sliding { limit: u64, window: Duration },
-    /// A bucket of `capacity` tokens refilling at `rate` tokens per `period` (`RL.TOKEN`).
-    Token {
-        capacity: u64,
-        rate: u64,
-        period: Duration,
-    },
+pub struct Policy {
+    algorithm: Algorithm,
+    /// One per argument of the algorithm, in order; the rest unused.
+    figures: [Figure; MAX_OWN],
+}
+
+/// A figure as given: a count, or a length of time (checked to be whole milliseconds later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Figure {
+    Count(u64),
+    Time(Duration),
+}
+
+impl Figure {
+    /// The argument's value, if the module accepts it.
+    fn value(self, param: &'static Param) -> Result<u64, ArgError> {
+        match self {
+            Figure::Count(n) => args::check(param, n),
+            Figure::Time(d) => Millis::try_from(d)
+                .map(Millis::as_u64)
+                .map_err(|e| ArgError::duration(param, e)),
+        }
+    }
+
+    /// The value as written, whether or not the module accepts it.
+    fn raw(self) -> u64 {
+        match self {
+            Figure::Count(n) => n,
+            Figure::Time(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// An argument's value as a figure of its kind.
+    fn of(param: &Param, value: u64) -> Figure {
+        match param.kind {
+            Kind::Duration => Figure::Time(Duration::from_millis(value)),
+            Kind::Units | Kind::Amount | Kind::Flag | Kind::Bytes => Figure::Count(value),
+        }
+    }
 }
 
 impl Policy {
-    /// `limit` units per `window`, windows aligned to the epoch.
-    pub const fn fixed(limit: u64, window: Duration) -> Policy {
-        Policy::Fixed { limit, window }
-    }
-
-    /// `limit` units in any `window`.
-    pub const fn sliding(limit: u64, window: Duration) -> Policy {
-        Policy::Sliding { limit, window }
-    }
-
-    /// A bucket of `capacity` tokens refilling at `rate` tokens per second (see [`per`](Self::per)).
-    pub const fn token(capacity: u64, rate: u64) -> Policy {
-        Policy::Token {
-            capacity,
-            rate,
-            period: Duration::from_secs(1),
+    /// `algorithm` with these figures, in the order of its arguments; the arguments left out
+    /// take their defaults.
+    pub fn of(algorithm: Algorithm, given: &[Figure]) -> Policy {
+        let mut figures = [Figure::Count(0); MAX_OWN];
+        for (i, (figure, param)) in figures.iter_mut().zip(algorithm.params()).enumerate() {
+            *figure = given
+                .get(i)
+                .copied()
+                .unwrap_or(Figure::of(param, param.default));
         }
+        Policy { algorithm, figures }
     }
 
-    /// The same policy over another period: a token bucket's refill period, a window's length.
-    pub const fn per(self, period: Duration) -> Policy {
-        match self {
-            Policy::Fixed { limit, .. } => Policy::Fixed {
-                limit,
-                window: period,
-            },
-            Policy::Sliding { limit, .. } => Policy::Sliding {
-                limit,
-                window: period,
-            },
-            Policy::Token { capacity, rate, .. } => Policy::Token {
-                capacity,
-                rate,
-                period,
-            },
+    /// `limit` units per `window`, windows aligned to the epoch (`RL.FIXED`).
+    pub fn fixed(limit: u64, window: Duration) -> Policy {
+        Policy::of(
+            Algorithm::Fixed,
+            &[Figure::Count(limit), Figure::Time(window)],
+        )
+    }
+
+    /// `limit` units in any `window` (`RL.SLIDING`).
+    pub fn sliding(limit: u64, window: Duration) -> Policy {
+        Policy::of(
+            Algorithm::Sliding,
+            &[Figure::Count(limit), Figure::Time(window)],
+        )
+    }
+
+    /// A bucket of `capacity` tokens refilling at `rate` tokens per second (see
+    /// [`per`](Self::per)) (`RL.TOKEN`).
+    pub fn token(capacity: u64, rate: u64) -> Policy {
+        Policy::of(
+            Algorithm::Token,
+            &[Figure::Count(capacity), Figure::Count(rate)],
+        )
+    }
+
+    /// The same policy over another period: its last length of time (a token bucket's refill
+    /// period, a window's length).
+    pub fn per(mut self, period: Duration) -> Policy {
+        let params = self.algorithm.params();
+        if let Some(i) = params.iter().rposition(|p| p.kind == Kind::Duration) {
+            self.figures[i] = Figure::Time(period);
         }
+        self
     }
 
     /// This policy applied to `key`.
@@ -71,97 +112,59 @@ impl Policy {
         Limit::new(key, self)
     }
 
-    /// The most units a fresh limiter admits at once: the limit, or the bucket's capacity.
-    pub const fn quota(&self) -> u64 {
-        match *self {
-            Policy::Fixed { limit, .. } | Policy::Sliding { limit, .. } => limit,
-            Policy::Token { capacity, .. } => capacity,
-        }
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The figures, one per argument of the algorithm.
+    pub fn figures(&self) -> &[Figure] {
+        &self.figures[..self.algorithm.params().len()]
+    }
+
+    /// The most units a fresh limiter admits at once: the limit, or the bucket's capacity
+    /// (0 for figures the module refuses).
+    pub fn quota(&self) -> u64 {
+        self.checked().map_or(0, |p| p.quota())
     }
 
     /// The time the quota applies to: the window, or the time an empty bucket takes to fill
-    /// (rounded up to the millisecond). This is the `w` of a `RateLimit-Policy` header.
+    /// (rounded up to the millisecond; zero for figures the module refuses). This is the `w`
+    /// of a `RateLimit-Policy` header.
     pub fn window(&self) -> Duration {
-        match *self {
-            Policy::Fixed { window, .. } | Policy::Sliding { window, .. } => window,
-            Policy::Token {
-                capacity,
-                rate,
-                period,
-            } => {
-                let ms = u128::from(capacity) * period.as_millis();
-                let ms = ms.div_ceil(u128::from(rate.max(1)));
-                Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-            }
-        }
-    }
-
-    /// The module's name of the algorithm, as `RL.PEEK` takes it.
-    const fn algorithm(&self) -> &'static str {
-        match self {
-            Policy::Fixed { .. } => "FIXED",
-            Policy::Sliding { .. } => "SLIDING",
-            Policy::Token { .. } => "TOKEN",
-        }
-    }
-
-    /// The limiting command of this algorithm.
-    const fn command(&self) -> &'static str {
-        match self {
-            Policy::Fixed { .. } => "RL.FIXED",
-            Policy::Sliding { .. } => "RL.SLIDING",
-            Policy::Token { .. } => "RL.TOKEN",
-        }
+        self.checked().map_or(Duration::ZERO, |p| p.window().into())
     }
 
     /// Whether the module accepts these figures; if not, its error message.
     pub fn check(&self) -> Result<(), InvalidLimit> {
-        match *self {
-            Policy::Fixed { limit, window } | Policy::Sliding { limit, window } => {
-                units("limit", limit)?;
-                let window = millis("window", window)?;
-                let ok = match self {
-                    Policy::Fixed { .. } => FixedWindow::new(limit, window).is_some(),
-                    _ => SlidingWindow::new(limit, window).is_some(),
-                };
-                debug_assert!(ok, "the client's rules and the core's agree");
-            }
-            Policy::Token {
-                capacity,
-                rate,
-                period,
-            } => {
-                units("capacity", capacity)?;
-                units("rate", rate)?;
-                let period = millis("PER", period)?;
-                if TokenBucket::new(capacity, rate, period).is_none() {
-                    return Err(InvalidLimit(
-                        "capacity / rate * PER must be at most 3650d: the bucket would refill too slowly"
-                            .into(),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.checked().map(drop)
     }
 
-    /// The figures after the key, as the limiting command takes them.
-    fn figures(&self) -> Vec<String> {
-        match *self {
-            Policy::Fixed { limit, window } | Policy::Sliding { limit, window } => {
-                vec![limit.to_string(), ms_arg(window)]
-            }
-            Policy::Token {
-                capacity,
-                rate,
-                period,
-            } => vec![
-                capacity.to_string(),
-                rate.to_string(),
-                "PER".into(),
-                ms_arg(period),
-            ],
+    /// The policy the module would apply, or its error message.
+    pub fn checked(&self) -> Result<ratelimit_core::Policy, InvalidLimit> {
+        let mut values: Values = [0; MAX_OWN];
+        let params = self.algorithm.params();
+        for ((value, param), figure) in values.iter_mut().zip(params).zip(self.figures) {
+            *value = figure.value(param)?;
         }
+        Ok(self.algorithm.build(&values)?)
+    }
+
+    /// The figures after the key, as the limiting command takes them (whether or not the
+    /// module accepts them).
+    fn args(&self) -> Vec<String> {
+        let values = self.figures.map(Figure::raw);
+        args::words(self.algorithm.params(), &values)
+    }
+}
+
+impl From<ratelimit_core::Policy> for Policy {
+    fn from(policy: ratelimit_core::Policy) -> Policy {
+        let algorithm = policy.algorithm();
+        let values = policy.figures();
+        let figures: Vec<Figure> = (algorithm.params().iter().zip(values))
+            .map(|(param, value)| Figure::of(param, value))
+            .collect();
+        Policy::of(algorithm, &figures)
     }
 }
 
@@ -196,6 +199,7 @@ pub struct Limit {
     action: Action,
     block: Option<Duration>,
     dry_run: bool,
+    wait: Option<Duration>,
 }
 
 impl Limit {
@@ -207,6 +211,7 @@ impl Limit {
             action: Action::Take(1),
             block: None,
             dry_run: false,
+            wait: None,
         }
     }
 
@@ -255,6 +260,15 @@ impl Limit {
         self
     }
 
+    /// A denied call that would be allowed within `timeout` waits for its units, the server
+    /// holding the reply until then (`WAIT`): the call takes up to that much longer, and the
+    /// client's time budget is extended by it. The connection's own response timeout (a
+    /// `ConnectionManager`'s, for one) must allow for it too.
+    pub fn wait(mut self, timeout: Duration) -> Limit {
+        self.wait = Some(timeout);
+        self
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -275,16 +289,25 @@ impl Limit {
         self.dry_run
     }
 
+    /// How long a denied call may wait for its units (`WAIT`).
+    pub fn waits(&self) -> Option<Duration> {
+        self.wait
+    }
+
     /// Whether the module accepts this call; if not, its error message.
     pub fn check(&self) -> Result<(), InvalidLimit> {
         self.policy.check()?;
-        match self.action {
-            Action::Take(n) => amount("COST", n)?,
-            Action::Refund(n) => amount("REFUND", n)?,
-        }
-        if let Some(block) = self.block {
-            millis("BLOCK", block)?;
-        }
+        let op = match self.action {
+            Action::Take(n) => Op::Take(args::check(&COST, n)?),
+            Action::Refund(n) => Op::Refund(args::check(&REFUND, n)?),
+        };
+        let duration = |param, d: Option<Duration>| match d {
+            Some(d) => Figure::Time(d).value(param),
+            None => Ok(0),
+        };
+        let block = duration(&BLOCK, self.block)?;
+        let wait = duration(&WAIT, self.wait)?;
+        args::check_wait(Call { op, block }, self.dry_run, wait)?;
         Ok(())
     }
 
@@ -296,9 +319,9 @@ impl Limit {
 
     /// The limiting command's words, whether or not the module would accept them.
     fn words(&self) -> Cmd {
-        let mut cmd = redis::cmd(self.policy.command());
+        let mut cmd = redis::cmd(self.policy.algorithm.command());
         cmd.arg(&self.key);
-        cmd.arg(self.policy.figures());
+        cmd.arg(self.policy.args());
         match self.action {
             Action::Take(1) => {}
             Action::Take(n) => {
@@ -314,6 +337,9 @@ impl Limit {
         if self.dry_run {
             cmd.arg("DRYRUN");
         }
+        if let Some(wait) = self.wait {
+            cmd.arg("WAIT").arg(ms_arg(wait));
+        }
         cmd
     }
 
@@ -323,9 +349,12 @@ impl Limit {
         let Action::Take(cost) = self.action else {
             return Err(InvalidLimit("a peek takes a cost, not a refund".into()));
         };
+        if self.wait.is_some() {
+            return Err(InvalidLimit("a peek decides now, it does not wait".into()));
+        }
         let mut cmd = redis::cmd("RL.PEEK");
-        cmd.arg(&self.key).arg(self.policy.algorithm());
-        cmd.arg(self.policy.figures());
+        cmd.arg(&self.key).arg(self.policy.algorithm.name());
+        cmd.arg(self.policy.args());
         if cost != 1 {
             cmd.arg("COST").arg(cost);
         }
@@ -346,8 +375,16 @@ impl Limit {
                 "a check of several limits is a dry run as a whole, not limit by limit".into(),
             ));
         }
-        let figures = self.policy.figures();
-        let mut out = vec![self.policy.command().to_string(), figures.len().to_string()];
+        if self.wait.is_some() {
+            return Err(InvalidLimit(
+                "a check of several limits does not wait, limit by limit".into(),
+            ));
+        }
+        let figures = self.policy.args();
+        let mut out = vec![
+            self.policy.algorithm.command().to_string(),
+            figures.len().to_string(),
+        ];
         out.extend(figures);
         out.push(cost.to_string());
         out.push(self.block.map(ms_arg).unwrap_or_default());
@@ -368,33 +405,9 @@ fn arg_bytes(arg: redis::Arg<&[u8]>) -> Vec<u8> {
 #[error("{0}")]
 pub struct InvalidLimit(pub String);
 
-/// A limit, capacity or rate: 1 to `i64::MAX`.
-fn units(name: &str, value: u64) -> Result<(), InvalidLimit> {
-    if value == 0 {
-        return Err(InvalidLimit(format!("{name} must be at least 1")));
-    }
-    amount(name, value)
-}
-
-/// A cost or refund: 0 to `i64::MAX`.
-fn amount(name: &str, value: u64) -> Result<(), InvalidLimit> {
-    if value > MAX_UNITS {
-        return Err(InvalidLimit(format!("{name} must be at most {MAX_UNITS}")));
-    }
-    Ok(())
-}
-
-/// A duration in whole milliseconds, 1 ms to 3650 days.
-fn millis(name: &str, value: Duration) -> Result<u64, InvalidLimit> {
-    if !value.subsec_nanos().is_multiple_of(1_000_000) {
-        return Err(InvalidLimit(format!(
-            "{name} must be a whole number of milliseconds"
-        )));
-    }
-    match u64::try_from(value.as_millis()) {
-        Ok(0) => Err(InvalidLimit(format!("{name} must be at least 1ms"))),
-        Ok(ms) if ms <= MAX_DURATION_MS => Ok(ms),
-        _ => Err(InvalidLimit(format!("{name} must be at most 3650d"))),
+impl From<ArgError> for InvalidLimit {
+    fn from(error: ArgError) -> InvalidLimit {
+        InvalidLimit(error.to_string())
     }
 }
 

@@ -328,3 +328,32 @@ async fn a_cluster_connection_routes_every_call() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_waiting_call_is_allowed_once_its_units_refill() {
+    // The real clock: the wait ends on the server's clock.
+    let server = Server::start_with(Clock::offset(0), &[]);
+    // The client's budget of 100 ms is extended by the wait.
+    let limiter = connect(&server.url("")).await.with_timeout(MS(100));
+    let bucket = Limit::token("w", 1, 1).per(MS(200));
+    let start = std::time::Instant::now();
+    assert!(limiter.check(&bucket).await.unwrap().allowed);
+    let denied = limiter.check(&bucket).await.unwrap();
+    assert!(!denied.allowed);
+    // The one token comes back 200 ms after it was taken: the call waits for it.
+    let waited = limiter.check(&bucket.clone().wait(S(1))).await.unwrap();
+    assert!(waited.allowed, "{waited:?}");
+    assert!(start.elapsed() >= MS(200), "{:?}", start.elapsed());
+    assert_eq!(
+        bucket.clone().wait(S(1)).to_string(),
+        "RL.TOKEN w 1 1 PER 200ms WAIT 1000ms"
+    );
+    assert_eq!(
+        limiter
+            .check(&bucket.refund(1).wait(S(1)))
+            .await
+            .unwrap_err()
+            .to_string(),
+        "invalid limit: REFUND and WAIT exclude each other"
+    );
+}

@@ -124,6 +124,13 @@ impl Word for FixedState {
     }
 }
 
+// The description: `RL.FIXED key limit window`.
+crate::describe::describe_window!(
+    FixedWindow,
+    c"FIXED",
+    c"Takes COST units (default 1) from a fixed-window limit of `limit` units per `window`, windows aligned to the epoch. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms]."
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

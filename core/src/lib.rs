@@ -11,14 +11,21 @@
 //! versioned binary encoding ([`codec`]); each knows the moment it is back to fresh
 //! ([`State::reset_at`]), which is when its key can expire.
 
+pub mod args;
 pub mod codec;
+pub mod describe;
 pub mod fixed;
+pub mod param;
+pub mod policy;
 pub mod record;
 pub mod sliding;
 pub mod time;
 pub mod token;
 
+pub use args::ArgError;
+pub use describe::Describe;
 pub use fixed::{FixedState, FixedWindow};
+pub use policy::{Algorithm, Policy, PolicyError};
 pub use record::{Call, Op, Record};
 pub use sliding::{SlidingState, SlidingWindow};
 pub use token::{TokenBucket, TokenState};
@@ -30,8 +37,8 @@ pub type Millis = u64;
 pub const MAX_UNITS: u64 = i64::MAX as u64;
 
 /// The longest window or period accepted, and the longest a token bucket may take to refill:
-/// 3650 days. Keeping every duration this short keeps every time sum far from overflowing.
-pub const MAX_DURATION_MS: Millis = 3650 * DAY_MS;
+/// [`time::Millis::MAX`] (3650 days), in ms.
+pub const MAX_DURATION_MS: Millis = time::Millis::MAX.as_u64();
 
 /// One day in milliseconds.
 pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;

@@ -439,6 +439,13 @@ impl Codec for SlidingState {
 /// Sliding windows hold up to 65 counters: always allocated.
 impl Word for SlidingState {}
 
+// The description: `RL.SLIDING key limit window`.
+crate::describe::describe_window!(
+    SlidingWindow,
+    c"SLIDING",
+    c"Takes COST units (default 1) from a strict sliding-window limit: never more than `limit` units in any `window`. Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms]."
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,6 +230,45 @@ impl Word for TokenState {
     }
 }
 
+// The description: `RL.TOKEN key capacity rate [PER period]`.
+mod describe {
+    use std::ffi::CStr;
+
+    use super::TokenBucket;
+    use crate::args::{ArgError, Values};
+    use crate::param::{Kind, Param};
+
+    const CAPACITY: Param = Param::required(c"capacity", Kind::Units);
+    const RATE: Param = Param::required(c"rate", Kind::Units);
+    /// The refill period: `rate` tokens per `PER`, one second unless given.
+    const PER: Param = Param::option(c"PER", c"period", Kind::Duration, 1000);
+
+    impl crate::Describe for TokenBucket {
+        const NAME: &'static CStr = c"TOKEN";
+        const SUMMARY: &'static CStr = c"Takes COST tokens (default 1) from a token bucket of `capacity` tokens refilled at `rate` tokens per PER (default 1s). Replies [allowed, limit, remaining, retry_after_ms, reset_after_ms].";
+        const PARAMS: &'static [Param] = &[CAPACITY, RATE, PER];
+
+        fn build(values: &Values) -> Result<Self, ArgError> {
+            let [capacity, rate, period, ..] = *values;
+            TokenBucket::new(capacity, rate, period).ok_or(ArgError::RefillTooSlow)
+        }
+
+        fn figures(&self) -> Values {
+            [self.capacity, self.rate, self.period, 0]
+        }
+
+        fn quota(&self) -> u64 {
+            self.capacity
+        }
+
+        /// The time an empty bucket takes to fill, rounded up to the millisecond.
+        fn quota_window(&self) -> crate::time::Millis {
+            let ms = crate::div_ceil_u128(self.full(), self.rate);
+            crate::time::Millis::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

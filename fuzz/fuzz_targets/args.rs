@@ -22,8 +22,8 @@ use ratelimit_core::{
     Call, DAY_MS, FixedWindow, MAX_DURATION_MS, MAX_UNITS, Op, SlidingWindow, TokenBucket,
 };
 use redis_ratelimit::fuzzing::{
-    self, Algorithm, BLOCK, COST, DRYRUN, Error, Kind, PEEK_SHARED, Param, Parsed, Peek, REFUND,
-    Request, SHARED, WAIT,
+    self, Algorithm, ArgError, BLOCK, COST, DRYRUN, Error, Kind, PEEK_SHARED, Param, Parsed,
+    Policy, REFUND, Request, SHARED, WAIT,
 };
 
 fuzz_target!(
@@ -95,7 +95,7 @@ impl Core for TokenBucket {
     fn core(v: &[u64]) -> Option<Self> {
         TokenBucket::new(v[0], v[1], v[2])
     }
-    const REFUSED: Option<Error> = Some(Error::RefillTooSlow);
+    const REFUSED: Option<Error> = Some(Error::Arg(ArgError::RefillTooSlow));
 }
 
 /// `RL.<A> key <words>`, with the options `shared`: the parse, checked.
@@ -112,7 +112,7 @@ fn limiting<A: Core>(
         Err(error) => {
             assert_eq!(
                 request,
-                Err(error.clone()),
+                Err(Error::Arg(error)),
                 "the request fails as its parse does"
             );
             check_error(&error, own, shared);
@@ -173,26 +173,26 @@ fn check_values(parsed: &Parsed, own: &[Param], shared: &[Param]) {
 
 /// An error names one of this command's arguments, fails in a way its kind can, and
 /// renders as an `ERR` message.
-fn check_error(error: &Error, own: &'static [Param], shared: &'static [Param]) {
+fn check_error(error: &ArgError, own: &'static [Param], shared: &'static [Param]) {
     let ours = |p: &Param| own.iter().chain(shared).any(|q| q == p);
-    let ok = match error.clone() {
-        Error::NotInteger(p) | Error::Negative(p) | Error::TooLarge(p) => {
+    let ok = match *error {
+        ArgError::NotInteger(p) | ArgError::Negative(p) | ArgError::TooLarge(p) => {
             ours(p) && matches!(p.kind, Kind::Units | Kind::Amount)
         }
-        Error::NotPositive(p) => ours(p) && p.kind == Kind::Units,
-        Error::NotDuration(p) | Error::DurationTooShort(p) | Error::DurationTooLong(p) => {
+        ArgError::NotPositive(p) => ours(p) && p.kind == Kind::Units,
+        ArgError::NotDuration(p) | ArgError::DurationTooShort(p) | ArgError::DurationTooLong(p) => {
             ours(p) && p.kind == Kind::Duration
         }
-        Error::MissingValue(p) => ours(p) && p.token.is_some() && p.kind != Kind::Flag,
-        Error::Repeated(p) => ours(p) && p.token.is_some(),
-        Error::Exclusive(a, b) => {
+        ArgError::MissingValue(p) => ours(p) && p.token.is_some() && p.kind != Kind::Flag,
+        ArgError::Repeated(p) => ours(p) && p.token.is_some(),
+        ArgError::Exclusive(a, b) => {
             (*a == COST && *b == REFUND) || (*b == WAIT && [REFUND, BLOCK, DRYRUN].contains(a))
         }
-        Error::UnknownOption(o, s) => o == own && s == shared,
+        ArgError::UnknownOption(o, s) => o == own && s == shared,
         _ => false,
     };
     assert!(ok, "{error:?} from a command taking {own:?} and {shared:?}");
-    check_message(error);
+    check_message(&Error::Arg(*error));
 }
 
 fn check_message(error: &Error) {
@@ -278,37 +278,33 @@ fn peek(words: &[&[u8]], selector: u8) {
     };
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     let expected = if is("fixed") {
-        limiting::<FixedWindow>(rest, PEEK_SHARED, selector).map(|r| Peek::Fixed(dry(r)))
+        limiting::<FixedWindow>(rest, PEEK_SHARED, selector).map(dry)
     } else if is("sliding") {
-        limiting::<SlidingWindow>(rest, PEEK_SHARED, selector).map(|r| Peek::Sliding(dry(r)))
+        limiting::<SlidingWindow>(rest, PEEK_SHARED, selector).map(dry)
     } else if is("token") {
-        limiting::<TokenBucket>(rest, PEEK_SHARED, selector).map(|r| Peek::Token(dry(r)))
+        limiting::<TokenBucket>(rest, PEEK_SHARED, selector).map(dry)
     } else {
         let error = result.expect_err("an unknown algorithm");
-        assert!(matches!(error, Error::UnknownAlgorithm(_)), "{error:?}");
+        assert!(
+            matches!(error, Error::Arg(ArgError::UnknownAlgorithm(_))),
+            "{error:?}"
+        );
         check_message(&error);
         return;
     };
-    match (&result, &expected) {
-        (Ok(Peek::Fixed(a)), Ok(Peek::Fixed(b))) => assert_eq!(a, b),
-        (Ok(Peek::Sliding(a)), Ok(Peek::Sliding(b))) => assert_eq!(a, b),
-        (Ok(Peek::Token(a)), Ok(Peek::Token(b))) => assert_eq!(a, b),
-        (Err(a), Err(b)) => assert_eq!(a, b),
-        _ => panic!("RL.PEEK {result:?}, the command {expected:?}"),
-    }
-    if let Ok(Peek::Fixed(r)) = &result {
-        assert_peek_call(r.call);
-    } else if let Ok(Peek::Sliding(r)) = &result {
-        assert_peek_call(r.call);
-    } else if let Ok(Peek::Token(r)) = &result {
+    assert_eq!(result, expected, "RL.PEEK and the command it names");
+    if let Ok(r) = &result {
         assert_peek_call(r.call);
     }
 }
 
-fn dry<A>(request: Request<A>) -> Request<A> {
+/// The request with `DRYRUN`, as the policy it limits by.
+fn dry<A: Into<Policy>>(request: Request<A>) -> Request<Policy> {
     Request {
+        limiter: request.limiter.into(),
+        call: request.call,
         dry_run: true,
-        ..request
+        wait: request.wait,
     }
 }
 
@@ -336,21 +332,26 @@ fn throttle(words: &[&[u8]], selector: u8) {
             let arity = !(3..=4).contains(&words.len());
             match &error {
                 Error::WrongArity => assert!(arity, "{words:?}"),
-                Error::NotInteger(p) => {
+                Error::Arg(ArgError::NotInteger(p)) => {
                     let i = labels.iter().position(|l| *l == p.label());
                     assert_eq!(integers.get(i.expect("a throttle argument")), Some(&None));
                 }
-                Error::Negative(p) | Error::TooLarge(p) => assert_eq!(p.label(), "max_burst"),
-                Error::NotPositive(p) => {
+                Error::Arg(ArgError::Negative(p)) | Error::Arg(ArgError::TooLarge(p)) => {
+                    assert_eq!(p.label(), "max_burst")
+                }
+                Error::Arg(ArgError::NotPositive(p)) => {
                     assert!(matches!(p.label(), "count_per_period" | "period"), "{p:?}")
                 }
-                Error::DurationTooLong(p) => assert_eq!(p.label(), "period"),
+                Error::Arg(ArgError::DurationTooLong(p)) => assert_eq!(p.label(), "period"),
                 Error::ThrottleTooSlow => {}
                 other => panic!("CL.THROTTLE cannot fail with {other:?}"),
             }
             // Integers, as many as it takes: only the values can be refused.
             if !arity && integers.iter().all(Option::is_some) {
-                assert!(!matches!(error, Error::NotInteger(_) | Error::WrongArity));
+                assert!(!matches!(
+                    error,
+                    Error::Arg(ArgError::NotInteger(_)) | Error::WrongArity
+                ));
             }
             return;
         }

@@ -1,12 +1,15 @@
 //! The gateway's domain, free of HTTP and of Redis: users and roles, API keys (random, shown
-//! once, kept as a SHA-256), per-user policies (their JSON and text forms, checked by the
-//! module's own rules), request types, history entries, blocks, durations and timestamps.
+//! once, kept as a SHA-256), per-user policies (their JSON and text forms are the core's
+//! `Policy`, checked by the module's own rules), request types, history entries, blocks,
+//! durations and timestamps.
 
 use std::time::Duration;
 
 use ratelimit_client::Policy;
+use ratelimit_core::PolicyError;
+use ratelimit_core::time::Millis;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// What a user may do: `admin` manages users, limits and blocks and reads everyone's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,181 +135,56 @@ pub mod api_key {
     }
 }
 
-/// A duration as the module writes it: a positive integer and an optional unit `ms`, `s`, `m`,
-/// `h` or `d` (any case); a bare number is seconds.
+/// A duration as the module writes it ([`Millis`]): a positive integer and an optional unit
+/// `ms`, `s`, `m`, `h` or `d` (any case); a bare number is seconds; 1 ms to 3650 days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as 60, 1500ms, 10m, 2h or 1d");
     let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "s" => 1000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let ms = n.checked_mul(scale).ok_or_else(bad)?;
-    if ms == 0 {
-        return Err(format!("{text:?}: a duration must be at least 1ms"));
-    }
-    Ok(Duration::from_millis(ms))
+    (text.parse::<Millis>())
+        .map(Duration::from)
+        .map_err(|e| PolicyError::Duration(text.to_string(), e).to_string())
 }
 
 /// The shortest exact form: `60000 ms` is `1m`, `1500 ms` is `1500ms`.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, scale) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
-        if ms >= scale && ms.is_multiple_of(scale) {
-            return format!("{}{unit}", ms / scale);
-        }
-    }
-    format!("{ms}ms")
-}
-
-/// A policy as the API takes and shows it.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "algorithm", rename_all = "lowercase")]
-enum PolicyJson {
-    Fixed {
-        limit: u64,
-        window: DurationJson,
-    },
-    Sliding {
-        limit: u64,
-        window: DurationJson,
-    },
-    Token {
-        capacity: u64,
-        rate: u64,
-        period: Option<DurationJson>,
-    },
-}
-
-/// `"1m"`, or a number of seconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum DurationJson {
-    Text(String),
-    Seconds(u64),
-}
-
-impl DurationJson {
-    fn parse(self) -> Result<Duration, String> {
-        match self {
-            DurationJson::Text(text) => parse_duration(&text),
-            DurationJson::Seconds(n) => parse_duration(&n.to_string()),
-        }
-    }
+    Millis::try_from(d).map_or_else(|_| format!("{}ms", d.as_millis()), |ms| ms.to_string())
 }
 
 /// Reads `{"algorithm": "sliding", "limit": 100, "window": "1m"}` or `{"algorithm": "token",
-/// "capacity": 100, "rate": 10, "period": "1s"}` and checks it by the module's rules.
+/// "capacity": 100, "rate": 10, "period": "1s"}` (the core's JSON form) and checks it by the
+/// module's rules.
 pub fn policy_from_json(value: Value) -> Result<Policy, String> {
-    let parsed: PolicyJson = serde_json::from_value(value).map_err(|e| {
-        format!(
-            "a policy is {{\"algorithm\": \"fixed\"|\"sliding\", \"limit\", \"window\"}} or \
-             {{\"algorithm\": \"token\", \"capacity\", \"rate\", \"period\"}}: {e}"
-        )
-    })?;
-    let policy = match parsed {
-        PolicyJson::Fixed { limit, window } => Policy::fixed(limit, window.parse()?),
-        PolicyJson::Sliding { limit, window } => Policy::sliding(limit, window.parse()?),
-        PolicyJson::Token {
-            capacity,
-            rate,
-            period,
-        } => {
-            let period = period.map_or(Ok(Duration::from_secs(1)), DurationJson::parse)?;
-            Policy::token(capacity, rate).per(period)
-        }
-    };
-    policy.check().map_err(|e| e.to_string())?;
-    Ok(policy)
+    (serde_json::from_value::<ratelimit_core::Policy>(value))
+        .map(Policy::from)
+        .map_err(|e| e.to_string())
 }
 
-/// The API's form of a policy.
+/// The API's form of a policy (`null` for figures the module refuses: the gateway holds none,
+/// each was checked when read).
 pub fn policy_to_json(policy: &Policy) -> Value {
-    match *policy {
-        Policy::Fixed { limit, window } => {
-            json!({"algorithm": "fixed", "limit": limit, "window": format_duration(window)})
-        }
-        Policy::Sliding { limit, window } => {
-            json!({"algorithm": "sliding", "limit": limit, "window": format_duration(window)})
-        }
-        Policy::Token {
-            capacity,
-            rate,
-            period,
-        } => json!({
-            "algorithm": "token",
-            "capacity": capacity,
-            "rate": rate,
-            "period": format_duration(period),
-        }),
-    }
+    (policy.checked().ok())
+        .and_then(|policy| serde_json::to_value(policy).ok())
+        .unwrap_or_default()
 }
 
-/// The text form of flags and of the store: `sliding:100:1m`, `fixed:10:1s`,
+/// The text form of flags and of the store (the core's): `sliding:100:1m`, `fixed:10:1s`,
 /// `token:100:10:1s` (capacity, rate, period).
 pub fn parse_policy(text: &str) -> Result<Policy, String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let number = |s: &str| {
-        s.parse::<u64>()
-            .map_err(|_| format!("{s:?} is not a whole number"))
-    };
-    let policy = match parts.as_slice() {
-        ["fixed", limit, window] => Policy::fixed(number(limit)?, parse_duration(window)?),
-        ["sliding", limit, window] => Policy::sliding(number(limit)?, parse_duration(window)?),
-        ["token", capacity, rate, period] => {
-            Policy::token(number(capacity)?, number(rate)?).per(parse_duration(period)?)
-        }
-        _ => {
-            return Err(format!(
-                "{text:?}: a policy is fixed:LIMIT:WINDOW, sliding:LIMIT:WINDOW or \
-                 token:CAPACITY:RATE:PERIOD (such as sliding:100:1m)"
-            ));
-        }
-    };
-    policy.check().map_err(|e| format!("{text:?}: {e}"))?;
-    Ok(policy)
+    (text.parse::<ratelimit_core::Policy>())
+        .map(Policy::from)
+        .map_err(|e| e.to_string())
 }
 
-/// The text form [`parse_policy`] reads back.
+/// The text form [`parse_policy`] reads back (for figures the module refuses, its message).
 pub fn policy_to_text(policy: &Policy) -> String {
-    match *policy {
-        Policy::Fixed { limit, window } => format!("fixed:{limit}:{}", format_duration(window)),
-        Policy::Sliding { limit, window } => {
-            format!("sliding:{limit}:{}", format_duration(window))
-        }
-        Policy::Token {
-            capacity,
-            rate,
-            period,
-        } => format!("token:{capacity}:{rate}:{}", format_duration(period)),
-    }
+    policy
+        .checked()
+        .map_or_else(|e| e.to_string(), |policy| policy.to_string())
 }
 
 /// The name of a policy's algorithm; a user's limiter key carries it, so a change of
 /// algorithm starts a limiter of the new kind while a change of figures keeps the state.
 pub fn algorithm(policy: &Policy) -> &'static str {
-    match policy {
-        Policy::Fixed { .. } => "fixed",
-        Policy::Sliding { .. } => "sliding",
-        Policy::Token { .. } => "token",
-    }
+    policy.algorithm().id()
 }
 
 /// One recorded request.
@@ -414,6 +292,7 @@ pub fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn durations_read_as_the_module_reads_them() {

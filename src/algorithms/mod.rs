@@ -1,13 +1,16 @@
-//! The algorithms this module offers, each defined in its own file: the one list the
-//! command table, the data types and `RL.STATE`'s dispatch are all derived from.
+//! The algorithms this module offers, each described in its core file and given its data
+//! type, counters and keyspace event in its own file here: the one list the command table,
+//! the data types, `RL.STATE`'s dispatch and the names in messages are all derived from.
 
 mod fixed;
 mod sliding;
 mod token;
 
 use std::ffi::CStr;
+use std::marker::PhantomData;
 
-use ratelimit_core::{FixedWindow, SlidingWindow, TokenBucket};
+use ratelimit_core::describe::{Case, Label};
+use ratelimit_core::{Describe, FixedWindow, SlidingWindow, TokenBucket};
 
 use crate::algorithm::Entry;
 
@@ -29,3 +32,11 @@ pub static NAMES: [&CStr; ENTRIES.len()] = {
     }
     names
 };
+
+/// The keyspace event of an algorithm's change: `rl.` and its name in lower case (`rl.fixed`).
+pub struct Event<A>(PhantomData<A>);
+
+impl<A: Describe> Event<A> {
+    const LABEL: Label = Label::new("rl.", A::NAME, Case::Lower);
+    pub const NAME: &'static CStr = Self::LABEL.as_cstr();
+}
