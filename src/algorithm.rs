@@ -11,7 +11,9 @@
 use std::ffi::{CStr, c_int};
 
 use ratelimit_core::codec::{Codec, Encoded};
-use ratelimit_core::{Call, Decision, Limiter, Op, Record, State, Write, record};
+use ratelimit_core::{
+    Call, Decision, Limiter, Millis, Op, Record, State, Timestamp, Write, record,
+};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
@@ -61,13 +63,13 @@ pub trait Algorithm: Limiter<State: Stored> + Copy + Sized + 'static {
 }
 
 /// A parsed call: the limiter with this call's parameters, what the call does, whether to
-/// change anything, and how long it may wait for its units (ms; 0: it does not wait).
+/// change anything, and how long it may wait for its units (zero: it does not wait).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request<L> {
     pub limiter: L,
     pub call: Call,
     pub dry_run: bool,
-    pub wait: u64,
+    pub wait: Millis,
 }
 
 /// Parses the arguments of one `RL.ALL` spec into a call of an algorithm.
@@ -131,8 +133,11 @@ fn limit<A: Algorithm>(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         return Err(Error::WrongArity);
     };
     let request = A::request(SHARED, Args(rest.iter()))?;
-    if request.wait > 0 {
-        let work = Work::One(Box::new(Request { wait: 0, ..request }));
+    if !request.wait.is_zero() {
+        let work = Work::One(Box::new(Request {
+            wait: Millis::ZERO,
+            ..request
+        }));
         return wait::start(ctx, &[*name], work, request.wait, A::stats());
     }
     decide(ctx, *name, request, A::stats())
@@ -194,7 +199,7 @@ fn decide<A: Algorithm>(
 }
 
 /// Turns a key of another Redis type into a record (see [`Apply::adopt`]).
-pub type Adopt<A> = fn(&mut Key, &A, u64) -> Result<(), Error>;
+pub type Adopt<A> = fn(&mut Key, &A, Timestamp) -> Result<(), Error>;
 
 /// How a command applies a call ([`apply`]).
 pub struct Apply<A: 'static> {
@@ -283,7 +288,7 @@ pub trait Planned {
         &self,
         ctx: Ctx,
         name: RString,
-        now: u64,
+        now: Timestamp,
         dry_run: bool,
     ) -> Result<Box<dyn Held>, Error>;
     /// Whether a denial starts a block.
@@ -297,7 +302,7 @@ pub fn look(
     call: &dyn Planned,
     ctx: Ctx,
     name: RString,
-    now: u64,
+    now: Timestamp,
 ) -> Result<(Decision, bool), Error> {
     let mut held = call.hold(ctx, name, now, true)?;
     let decision = match held.decision() {
@@ -327,12 +332,12 @@ struct Hold<A: Algorithm> {
     key: Option<Key>,
     name: RString,
     limiter: A,
-    now: u64,
+    now: Timestamp,
     call: Call,
     decision: Decision,
     change: Option<Record<A::State>>,
     delete: bool,
-    expiry: Option<u64>,
+    expiry: Option<Timestamp>,
     was_blocked: bool,
 }
 
@@ -385,12 +390,12 @@ impl<A: Algorithm> Planned for Request<A> {
         &self,
         ctx: Ctx,
         name: RString,
-        now: u64,
+        now: Timestamp,
         dry_run: bool,
     ) -> Result<Box<dyn Held>, Error> {
         let call = if dry_run {
             Call {
-                block: 0,
+                block: Millis::ZERO,
                 ..self.call
             }
         } else {
@@ -428,7 +433,7 @@ impl<A: Algorithm> Planned for Request<A> {
     }
 
     fn blocks(&self) -> bool {
-        self.call.block > 0
+        !self.call.block.is_zero()
     }
 }
 
@@ -451,7 +456,7 @@ fn event<S: Stored>(
 ) -> &'static CStr {
     match call.op {
         Op::Refund(_) => c"rl.refund",
-        Op::Take(_) if call.block > 0 && !was_blocked && !allowed => c"rl.block",
+        Op::Take(_) if !call.block.is_zero() && !was_blocked && !allowed => c"rl.block",
         Op::Take(_) => own.unwrap_or(S::EVENT),
     }
 }
@@ -461,7 +466,7 @@ enum Change<'a, S> {
     /// Store this new record.
     Store(Record<S>),
     /// The stored record was updated in place: it expires at this time and encodes so.
-    Updated(u64, &'a Encoded),
+    Updated(Timestamp, &'a Encoded),
     Delete,
 }
 
@@ -472,7 +477,7 @@ fn commit<S: Stored>(
     key: &mut Key,
     name: RString,
     change: Change<S>,
-    expiry: Option<u64>,
+    expiry: Option<Timestamp>,
     event: &'static CStr,
 ) {
     let stored;
@@ -501,7 +506,7 @@ pub fn reply(ctx: Ctx, d: &Decision) {
         (c"limit", d.limit as i64),
         (c"remaining", d.remaining as i64),
         (c"retry_after_ms", d.retry.as_millis()),
-        (c"reset_after_ms", d.reset_after as i64),
+        (c"reset_after_ms", d.reset_after.as_u64() as i64),
     ]);
 }
 
@@ -524,7 +529,7 @@ fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Err
 
 #[cfg(test)]
 mod tests {
-    use ratelimit_core::{FixedWindow, MAX_DURATION_MS, SlidingWindow, TokenBucket};
+    use ratelimit_core::{FixedWindow, SlidingWindow, TokenBucket};
 
     use super::*;
 
@@ -545,19 +550,19 @@ mod tests {
         assert_eq!(
             FixedWindow::request(SHARED, words("10 60")),
             Ok(Request {
-                limiter: FixedWindow::new(10, 60_000).unwrap(),
+                limiter: FixedWindow::new(10, Millis::from_millis(60_000)).unwrap(),
                 call: Call::take(1),
                 dry_run: false,
-                wait: 0,
+                wait: Millis::ZERO,
             })
         );
         assert_eq!(
             SlidingWindow::request(SHARED, words("5 1500ms dryrun CoSt 0")),
             Ok(Request {
-                limiter: SlidingWindow::new(5, 1500).unwrap(),
+                limiter: SlidingWindow::new(5, Millis::from_millis(1500)).unwrap(),
                 call: Call::take(0),
                 dry_run: true,
-                wait: 0,
+                wait: Millis::ZERO,
             })
         );
     }
@@ -567,13 +572,13 @@ mod tests {
         let r = FixedWindow::request(SHARED, words("10 60 refund 3 BLOCK 10m")).unwrap();
         let call = Call {
             op: Op::Refund(3),
-            block: 600_000,
+            block: Millis::from_millis(600_000),
         };
         assert_eq!((r.call, r.dry_run), (call, false));
         let r = FixedWindow::request(SHARED, words("10 60 BLOCK 1500ms COST 2 DRYRUN")).unwrap();
         let call = Call {
             op: Op::Take(2),
-            block: 1_500,
+            block: Millis::from_millis(1_500),
         };
         assert_eq!((r.call, r.dry_run), (call, true));
         // A peek takes COST only.
@@ -584,14 +589,17 @@ mod tests {
     #[test]
     fn parses_token() {
         let r = TokenBucket::request(SHARED, words("100 10")).unwrap();
-        assert_eq!(r.limiter, TokenBucket::new(100, 10, 1000).unwrap());
+        assert_eq!(
+            r.limiter,
+            TokenBucket::new(100, 10, Millis::from_millis(1000)).unwrap()
+        );
         let r = TokenBucket::request(SHARED, words("100 10 COST 3 PER 1m DRYRUN")).unwrap();
         assert_eq!(
             (r.limiter.period(), r.call, r.dry_run),
-            (60_000, Call::take(3), true)
+            (Millis::MINUTE, Call::take(3), true)
         );
         let r = TokenBucket::request(SHARED, words("1 1 PER 3650d")).unwrap();
-        assert_eq!(r.limiter.period(), MAX_DURATION_MS);
+        assert_eq!(r.limiter.period(), Millis::MAX);
     }
 
     #[rustfmt::skip]

@@ -20,7 +20,7 @@
 
 use std::ffi::{CStr, c_int};
 
-use ratelimit_core::{Decision, Retry};
+use ratelimit_core::{Decision, Millis, Retry, Timestamp};
 use redis_module::raw;
 
 use crate::algorithm::{self, Held, Planned};
@@ -53,12 +53,12 @@ extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c
     command::run(ctx, argv, argc, all)
 }
 
-/// How a call ends: `DRYRUN`, `WAIT timeout` (ms), or neither.
+/// How a call ends: `DRYRUN`, `WAIT timeout`, or neither.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tail {
     None,
     DryRun,
-    Wait(u64),
+    Wait(Millis),
 }
 
 fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
@@ -111,7 +111,7 @@ pub fn decide(
     ctx: Ctx,
     keys: &[RString],
     calls: &[Box<dyn Planned>],
-    now: u64,
+    now: Timestamp,
     dry_run: bool,
 ) -> Result<Verdict, Error> {
     let held = hold(ctx, keys, calls, now, dry_run)?;
@@ -148,7 +148,7 @@ fn hold(
     ctx: Ctx,
     keys: &[RString],
     calls: &[Box<dyn Planned>],
-    now: u64,
+    now: Timestamp,
     dry_run: bool,
 ) -> Result<Vec<Box<dyn Held>>, Error> {
     (keys.iter().zip(calls))
@@ -162,7 +162,7 @@ pub fn look(
     ctx: Ctx,
     keys: &[RString],
     calls: &[Box<dyn Planned>],
-    now: u64,
+    now: Timestamp,
 ) -> Result<Verdict, Error> {
     let mut blocked = false;
     let decisions = (keys.iter().zip(calls))
@@ -306,18 +306,18 @@ mod tests {
             limit: 10,
             remaining,
             retry,
-            reset_after: 0,
+            reset_after: Millis::ZERO,
         }
     }
 
     #[test]
     fn the_verdict_waits_for_the_latest_denial() {
         let ok = decision(true, 3, Retry::Now);
-        let wait = |ms| decision(false, 0, Retry::After(ms));
+        let wait = |ms| decision(false, 0, Retry::After(Millis::from_millis(ms)));
         assert_eq!(verdict(&[ok, ok]), Retry::Now);
         assert_eq!(
             verdict(&[ok, wait(5), wait(900), wait(30)]),
-            Retry::After(900)
+            Retry::After(Millis::from_millis(900))
         );
         let never = decision(false, 3, Retry::Never);
         assert_eq!(verdict(&[wait(5), never, wait(30)]), Retry::Never);

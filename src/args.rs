@@ -7,7 +7,8 @@
 //! case; none means seconds). Options are case-insensitive, in any order, each at most once.
 //! Nothing here touches Redis.
 
-use ratelimit_core::{Call, MAX_DURATION_MS, MAX_UNITS, Millis, Op};
+use ratelimit_core::time::DurationError;
+use ratelimit_core::{Call, MAX_UNITS, Millis, Op};
 
 use crate::error::Error;
 use crate::param::{BLOCK, COST, DRYRUN, Kind, Param, REFUND, WAIT};
@@ -23,7 +24,7 @@ pub struct Parsed {
     /// What the call does: take `COST` units (by default 1) or `REFUND` some, and `BLOCK`.
     pub call: Call,
     pub dry_run: bool,
-    /// How long a denied call may wait for its units (`WAIT`, ms); 0: it does not wait.
+    /// How long a denied call may wait for its units (`WAIT`); zero: it does not wait.
     pub wait: Millis,
 }
 
@@ -41,7 +42,7 @@ pub fn parse<'a>(
         own: [0; MAX_OWN],
         call: Call::take(COST.default),
         dry_run: false,
-        wait: WAIT.default,
+        wait: Millis::from_millis(WAIT.default),
     };
     let own = &own[..own.len().min(MAX_OWN)];
     // Positional arguments come first, in order; an option not given has its default.
@@ -76,11 +77,11 @@ pub fn parse<'a>(
             p if *p == COST => Op::Take(value),
             p if *p == REFUND => Op::Refund(value),
             p if *p == BLOCK => {
-                parsed.call.block = value;
+                parsed.call.block = Millis::from_millis(value);
                 continue;
             }
             p if *p == WAIT => {
-                parsed.wait = value;
+                parsed.wait = Millis::from_millis(value);
                 continue;
             }
             _ => {
@@ -96,10 +97,10 @@ pub fn parse<'a>(
     }
     // A waiting call takes: it neither refunds nor only looks, and its denial while it waits
     // is no offence to block for.
-    if parsed.wait > 0 {
+    if !parsed.wait.is_zero() {
         let other = [
             (matches!(parsed.call.op, Op::Refund(_)), &REFUND),
-            (parsed.call.block > 0, &BLOCK),
+            (!parsed.call.block.is_zero(), &BLOCK),
             (parsed.dry_run, &DRYRUN),
         ];
         if let Some((_, other)) = other.into_iter().find(|(given, _)| *given) {
@@ -164,37 +165,13 @@ fn amount(param: &'static Param, bytes: &[u8]) -> Result<u64, Error> {
     }
 }
 
-/// A duration in ms: digits and an optional unit, 1 ms to `MAX_DURATION_MS`.
-fn duration(param: &'static Param, bytes: &[u8]) -> Result<Millis, Error> {
-    let split = bytes
-        .iter()
-        .position(|b| b.is_ascii_alphabetic())
-        .unwrap_or(bytes.len());
-    let (number, unit) = bytes.split_at(split);
-    // Units are at most two letters: lower-cased on the stack, as this runs on every call.
-    let mut lower = [0u8; 2];
-    let unit = match lower.get_mut(..unit.len()) {
-        Some(lower) => {
-            lower.copy_from_slice(unit);
-            lower.make_ascii_lowercase();
-            &*lower
-        }
-        None => return Err(Error::NotDuration(param)),
-    };
-    let scale: Millis = match unit {
-        b"" | b"s" => 1000,
-        b"ms" => 1,
-        b"m" => 60 * 1000,
-        b"h" => 60 * 60 * 1000,
-        b"d" => ratelimit_core::DAY_MS,
-        _ => return Err(Error::NotDuration(param)),
-    };
-    match integer(number).ok_or(Error::NotDuration(param))? {
-        Integer::Negative | Integer::NonNegative(Some(0)) => Err(Error::DurationTooShort(param)),
-        Integer::NonNegative(n) => match n.and_then(|n| n.checked_mul(scale)) {
-            Some(ms) if ms <= MAX_DURATION_MS => Ok(ms),
-            _ => Err(Error::DurationTooLong(param)),
-        },
+/// A duration in ms: digits and an optional unit, 1 ms to `Millis::MAX`.
+fn duration(param: &'static Param, bytes: &[u8]) -> Result<u64, Error> {
+    match Millis::parse(bytes) {
+        Ok(length) => Ok(length.as_u64()),
+        Err(DurationError::TooShort) => Err(Error::DurationTooShort(param)),
+        Err(DurationError::TooLong) => Err(Error::DurationTooLong(param)),
+        Err(_) => Err(Error::NotDuration(param)),
     }
 }
 
@@ -213,7 +190,7 @@ mod tests {
             ("10m", 600_000),
             ("2h", 7_200_000),
             ("1d", 86_400_000),
-            ("3650d", MAX_DURATION_MS),
+            ("3650d", Millis::MAX.as_u64()),
         ] {
             assert_eq!(duration(&WINDOW, text.as_bytes()), Ok(ms), "{text}");
         }

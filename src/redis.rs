@@ -8,7 +8,7 @@ use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 
 use ratelimit_core::codec::{Encoded, Word};
-use ratelimit_core::{Record, State};
+use ratelimit_core::{Record, State, Timestamp};
 use redis_module::raw;
 
 use crate::api::api;
@@ -48,11 +48,11 @@ impl<'a> Iterator for Args<'a> {
 }
 
 impl Ctx {
-    /// The server clock in ms since the epoch, read once per command.
-    pub fn now(self) -> u64 {
+    /// The server clock, read once per command.
+    pub fn now(self) -> Timestamp {
         // SAFETY: no arguments; returns the server's cached wall clock.
         let ms = unsafe { api!(RedisModule_Milliseconds)() };
-        u64::try_from(ms).unwrap_or(0)
+        Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 
     /// Whether Redis calls the command only to learn where its keys are (`getkeys-api`).
@@ -369,7 +369,7 @@ impl Key {
     /// fresh again. A boxed record of the same type is overwritten in place, a packed one
     /// replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
     /// caller knows it (the previous state's reset time): an unchanged one is not set again.
-    pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<u64>) {
+    pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<Timestamp>) {
         let reset_at = record.reset_at();
         // What `value` already found, else a fresh look (RL.STATE comes straight here).
         if !matches!(self.found, Some((found_type, _)) if found_type == S::redis_type()) {
@@ -413,11 +413,11 @@ impl Key {
 
     /// Records that the key's value changed (stored, or updated in place through what `value`
     /// returned): the key now expires at `reset_at`, which is set unless it is `expiry`.
-    pub fn updated(&mut self, reset_at: u64, expiry: Option<u64>) {
+    pub fn updated(&mut self, reset_at: Timestamp, expiry: Option<Timestamp>) {
         // SAFETY: the key is open for writing and holds a value.
         unsafe {
             if expiry != Some(reset_at) {
-                let at = i64::try_from(reset_at).unwrap_or(i64::MAX);
+                let at = i64::try_from(reset_at.as_millis()).unwrap_or(i64::MAX);
                 api!(RedisModule_SetAbsExpire)(self.raw(), at);
             }
             api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);

@@ -18,7 +18,7 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::Encoded;
-use ratelimit_core::{Call, DAY_MS, MAX_UNITS, Op, Record, Retry, TokenBucket};
+use ratelimit_core::{Call, MAX_UNITS, Millis, Op, Record, Retry, Timestamp, TokenBucket};
 use redis_module::raw;
 
 use crate::algorithm::{self, Apply, Request};
@@ -34,7 +34,7 @@ const PERIOD: Param = Param::required(c"period", Kind::Units);
 const QUANTITY: Param = Param::optional(c"quantity", Kind::Amount, 1);
 
 /// The longest period, in seconds: 3650 days, as for every duration of this module.
-const MAX_PERIOD_S: i64 = (3650 * DAY_MS / 1000) as i64;
+const MAX_PERIOD_S: i64 = (Millis::MAX.as_u64() / 1000) as i64;
 
 /// `CL.THROTTLE`'s counters for `INFO ratelimit`.
 pub static STATS: Stats = Stats::new(c"throttle");
@@ -65,7 +65,7 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     };
     let d = algorithm::apply(ctx, *name, request, &how)?;
     let retry = match d.retry {
-        Retry::After(ms) => seconds(ms),
+        Retry::After(after) => seconds(after),
         Retry::Now | Retry::Never => -1,
     };
     ctx.reply_integers(&[
@@ -78,10 +78,10 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Milliseconds in whole seconds, rounded up (redis-cell rounds its nanoseconds up to the
-/// next second when a millisecond or more is left over; these are whole milliseconds).
-fn seconds(ms: u64) -> i64 {
-    ms.div_ceil(1000) as i64
+/// A length in whole seconds, rounded up (redis-cell rounds its nanoseconds up to the next
+/// second when a millisecond or more is left over; these are whole milliseconds).
+fn seconds(length: Millis) -> i64 {
+    length.as_u64().div_ceil(1000) as i64
 }
 
 /// `max_burst count_per_period period [quantity]`: the bucket, and what to do with it.
@@ -114,8 +114,8 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
     if period > MAX_PERIOD_S {
         return Err(Error::DurationTooLong(&PERIOD));
     }
-    let limiter = TokenBucket::new(capacity, count as u64, period as u64 * 1000)
-        .ok_or(Error::ThrottleTooSlow)?;
+    let period = Millis::from_millis(period as u64 * 1000);
+    let limiter = TokenBucket::new(capacity, count as u64, period).ok_or(Error::ThrottleTooSlow)?;
     let units = quantity.unsigned_abs().min(MAX_UNITS);
     let op = if quantity < 0 {
         Op::Refund(units)
@@ -124,9 +124,12 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
     };
     Ok(Request {
         limiter,
-        call: Call { op, block: 0 },
+        call: Call {
+            op,
+            block: Millis::ZERO,
+        },
         dry_run: false,
-        wait: 0,
+        wait: Millis::ZERO,
     })
 }
 
@@ -138,7 +141,7 @@ fn integer(bytes: &[u8]) -> Option<i64> {
 /// A string key redis-cell left behind: its theoretical arrival time in nanoseconds, turned
 /// into this bucket's state (or deleted, if the bucket is full by now), and the change
 /// replicated. Any other key of another type is `WRONGTYPE`.
-fn adopt(key: &mut Key, bucket: &TokenBucket, now: u64) -> Result<(), Error> {
+fn adopt(key: &mut Key, bucket: &TokenBucket, now: Timestamp) -> Result<(), Error> {
     let tat = key
         .string()
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
@@ -177,7 +180,7 @@ mod tests {
     #[test]
     fn parses_redis_cell_arguments() {
         let r = parse(words("15 30 60")).unwrap();
-        assert_eq!(r.limiter, TokenBucket::new(16, 30, 60_000).unwrap());
+        assert_eq!(r.limiter, TokenBucket::new(16, 30, Millis::MINUTE).unwrap());
         assert_eq!(r.call, Call::take(1));
         let r = parse(words("0 1 1 +3")).unwrap();
         assert_eq!((r.limiter.capacity(), r.call), (1, Call::take(3)));

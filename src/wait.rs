@@ -22,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_void};
 use std::ptr;
 
-use ratelimit_core::{Decision, Retry};
+use ratelimit_core::{Decision, Millis, Retry, Timestamp};
 use redis_module::raw;
 
 use crate::algorithm::{self, Planned};
@@ -51,7 +51,7 @@ enum Answer {
 impl Work {
     /// Decides the call on `keys` at `now`: takes its cost if allowed, or, if it only looks,
     /// whether it would be allowed, with each limit's state as it stands.
-    fn attempt(&self, ctx: Ctx, keys: &[RString], now: u64, look: bool) -> Answer {
+    fn attempt(&self, ctx: Ctx, keys: &[RString], now: Timestamp, look: bool) -> Answer {
         let answer = match self {
             // One limit decides as `RL.ALL` with one key does, and replies its own five fields.
             Work::One(call) => {
@@ -101,7 +101,7 @@ impl Answer {
 
     /// The answer of a call that looked while others waited before it: denied, to retry when
     /// what it found and the first waiter allow.
-    fn behind(self, wait: u64) -> Answer {
+    fn behind(self, wait: Millis) -> Answer {
         match self {
             Answer::One(decision, blocked) => Answer::One(behind(decision, wait), blocked),
             Answer::All(verdict) => Answer::All(behind_all(verdict, wait)),
@@ -124,18 +124,18 @@ impl Answer {
     }
 }
 
-/// A retry no earlier than `wait` ms (and never sooner than 1 ms: denied means not now).
-fn later(retry: Retry, wait: u64) -> Retry {
+/// A retry no earlier than `wait` (and never sooner than 1 ms: denied means not now).
+fn later(retry: Retry, wait: Millis) -> Retry {
+    const SOON: Millis = Millis::from_millis(1);
     match retry {
         Retry::Never => Retry::Never,
-        Retry::Now => Retry::After(wait.max(1)),
-        Retry::After(ms) => Retry::After(ms.max(wait).max(1)),
+        Retry::Now => Retry::After(wait.max(SOON)),
+        Retry::After(after) => Retry::After(after.max(wait).max(SOON)),
     }
 }
 
-/// A decision denied because callers wait before it, to retry after `wait` ms at the
-/// earliest.
-fn behind(decision: Decision, wait: u64) -> Decision {
+/// A decision denied because callers wait before it, to retry after `wait` at the earliest.
+fn behind(decision: Decision, wait: Millis) -> Decision {
     Decision {
         allowed: false,
         retry: later(decision.retry, wait),
@@ -144,7 +144,7 @@ fn behind(decision: Decision, wait: u64) -> Decision {
 }
 
 /// The same for several limits.
-fn behind_all(verdict: Verdict, wait: u64) -> Verdict {
+fn behind_all(verdict: Verdict, wait: Millis) -> Verdict {
     Verdict {
         allowed: false,
         retry: later(verdict.retry, wait),
@@ -160,20 +160,24 @@ struct Waiter {
     slots: Vec<Vec<u8>>,
     names: Vec<Vec<u8>>,
     work: Work,
-    /// When its timeout passes (server clock, ms).
-    deadline: u64,
+    /// When its timeout passes.
+    deadline: Timestamp,
     stats: &'static Stats,
-    /// The timer that tries it again, and when that is due (server clock, ms).
-    timer: Option<(raw::RedisModuleTimerID, u64)>,
+    /// The timer that tries it again, and when that is due.
+    timer: Option<(raw::RedisModuleTimerID, Timestamp)>,
 }
+
+/// A waiter's number in the room, also the data its timer carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct WaiterId(u64);
 
 /// Every waiter, and the queue of each key that has some.
 #[derive(Default)]
 struct Room {
     next_id: u64,
-    waiters: HashMap<u64, Waiter>,
-    queues: HashMap<Vec<u8>, VecDeque<u64>>,
-    clients: HashMap<usize, u64>,
+    waiters: HashMap<WaiterId, Waiter>,
+    queues: HashMap<Vec<u8>, VecDeque<WaiterId>>,
+    clients: HashMap<usize, WaiterId>,
 }
 
 thread_local! {
@@ -194,9 +198,9 @@ fn slot(db: c_int, name: &[u8]) -> Vec<u8> {
 }
 
 impl Room {
-    fn add(&mut self, waiter: Waiter) -> u64 {
+    fn add(&mut self, waiter: Waiter) -> WaiterId {
         self.next_id += 1;
-        let id = self.next_id;
+        let id = WaiterId(self.next_id);
         for slot in &waiter.slots {
             self.queues.entry(slot.clone()).or_default().push_back(id);
         }
@@ -206,14 +210,14 @@ impl Room {
     }
 
     /// Whether the waiter `id` is first on every key it names.
-    fn is_first(&self, id: u64, waiter: &Waiter) -> bool {
+    fn is_first(&self, id: WaiterId, waiter: &Waiter) -> bool {
         (waiter.slots.iter())
             .all(|slot| (self.queues.get(slot)).and_then(VecDeque::front) == Some(&id))
     }
 
     /// Takes the waiter `id` out of the room (it keeps its places in the queues) if it is
     /// first on every key it names.
-    fn take_if_first(&mut self, id: u64) -> Option<Waiter> {
+    fn take_if_first(&mut self, id: WaiterId) -> Option<Waiter> {
         let waiter = self.waiters.get(&id)?;
         if !self.is_first(id, waiter) {
             return None;
@@ -223,7 +227,7 @@ impl Room {
 
     /// Removes the waiter `id` from its queues (`waiter`: taken out already, or still in
     /// the room); returns it and the waiters that became first on one of its keys.
-    fn leave(&mut self, id: u64, waiter: Option<Waiter>) -> Option<(Waiter, Vec<u64>)> {
+    fn leave(&mut self, id: WaiterId, waiter: Option<Waiter>) -> Option<(Waiter, Vec<WaiterId>)> {
         let waiter = waiter.or_else(|| self.waiters.remove(&id))?;
         self.clients.remove(&(waiter.client as usize));
         let mut next = Vec::new();
@@ -244,7 +248,7 @@ impl Room {
     }
 
     /// When the first waiter of one of these keys is due to be tried, at the earliest.
-    fn due(&self, slots: &[Vec<u8>]) -> Option<u64> {
+    fn due(&self, slots: &[Vec<u8>]) -> Option<Timestamp> {
         (slots.iter())
             .filter_map(|slot| self.queues.get(slot)?.front())
             .filter_map(|id| Some(self.waiters.get(id)?.timer?.1))
@@ -274,10 +278,10 @@ pub fn has_waiters(ctx: Ctx, names: &[RString]) -> bool {
 
 /// How long a call on these keys waits behind their waiters: until the first of them is due
 /// (1 ms if none is due yet: it is being tried).
-fn wait_behind(ctx: Ctx, names: &[RString], now: u64) -> u64 {
+fn wait_behind(ctx: Ctx, names: &[RString], now: Timestamp) -> Millis {
     let slots = slots(ctx, names);
     let due = room(|room| room.due(&slots));
-    due.map_or(1, |due| due.saturating_sub(now))
+    due.map_or(Millis::from_millis(1), |due| due - now)
 }
 
 /// The decision of a call that does not wait, on a key with waiters: denied (`decision` is
@@ -294,23 +298,23 @@ pub fn behind_waiters_all(ctx: Ctx, names: &[RString], verdict: Verdict) -> Verd
 /// Lets the first waiters on these keys try again now (units came back: a refund, a reset).
 pub fn wake(ctx: Ctx, names: &[RString]) {
     let slots = slots(ctx, names);
-    let first: Vec<u64> = room(|room| {
+    let first: Vec<WaiterId> = room(|room| {
         (slots.iter())
             .filter_map(|slot| room.queues.get(slot)?.front().copied())
             .collect()
     });
     for id in first {
-        arm(ctx, id, 0);
+        arm(ctx, id, Millis::ZERO);
     }
 }
 
-/// Runs a call with `WAIT timeout` (ms): answered now if allowed, if it can never be allowed
+/// Runs a call with `WAIT timeout`: answered now if allowed, if it can never be allowed
 /// or not within `timeout`, or if its client may not block; else its client waits.
 pub fn start(
     ctx: Ctx,
     names: &[RString],
     work: Work,
-    timeout: u64,
+    timeout: Millis,
     stats: &'static Stats,
 ) -> Result<(), Error> {
     let now = ctx.now();
@@ -322,7 +326,7 @@ pub fn start(
     let fits = match answer.retry() {
         _ if !queued && answer.allowed() => false,
         Some(Retry::Now) => true,
-        Some(Retry::After(ms)) => ms <= timeout,
+        Some(Retry::After(after)) => after <= timeout,
         Some(Retry::Never) | None => false,
     };
     if !fits || !ctx.may_block() {
@@ -341,7 +345,7 @@ pub fn start(
             Some(on_reply),
             Some(on_timeout),
             Some(free_answer),
-            timeout as i64,
+            timeout.as_u64() as i64,
         );
         if !client.is_null() {
             api!(RedisModule_SetDisconnectCallback)(client, Some(on_disconnect));
@@ -357,13 +361,13 @@ pub fn start(
         slots: slots(ctx, names),
         names: names.iter().map(|name| bytes(*name).to_vec()).collect(),
         work,
-        deadline: now.saturating_add(timeout),
+        deadline: now + timeout,
         stats,
         timer: None,
     };
     let id = room(|room| room.add(waiter));
-    if let (false, Some(Retry::After(ms))) = (queued, answer.retry()) {
-        arm(ctx, id, ms);
+    if let (false, Some(Retry::After(after))) = (queued, answer.retry()) {
+        arm(ctx, id, after);
     }
     Ok(())
 }
@@ -371,15 +375,15 @@ pub fn start(
 /// The time now, outside a command (a timer, a timeout): Valkey's module clock is the time
 /// its last command started, which a timer must not take for now. The process' wall clock
 /// is the one Redis reads; never earlier than the module clock.
-fn fresh_now(ctx: Ctx) -> u64 {
+fn fresh_now(ctx: Ctx) -> Timestamp {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    wall.max(ctx.now())
+    Timestamp::from_millis(wall).max(ctx.now())
 }
 
-/// Sets the timer that tries the waiter `id` after `ms` (replacing the one it had).
-fn arm(ctx: Ctx, id: u64, ms: u64) {
+/// Sets the timer that tries the waiter `id` after `after` (replacing the one it had).
+fn arm(ctx: Ctx, id: WaiterId, after: Millis) {
     let now = fresh_now(ctx);
     let old = room(|room| room.waiters.get_mut(&id).and_then(|w| w.timer.take()));
     if let Some((timer, _)) = old {
@@ -387,11 +391,12 @@ fn arm(ctx: Ctx, id: u64, ms: u64) {
     }
     // SAFETY: a valid context; the data is the waiter's id, not a pointer.
     let timer = unsafe {
-        api!(RedisModule_CreateTimer)(ctx.0, ms as i64, Some(on_timer), id as usize as *mut c_void)
+        let data = id.0 as usize as *mut c_void;
+        api!(RedisModule_CreateTimer)(ctx.0, after.as_u64() as i64, Some(on_timer), data)
     };
     room(|room| {
         if let Some(waiter) = room.waiters.get_mut(&id) {
-            waiter.timer = Some((timer, now.saturating_add(ms)));
+            waiter.timer = Some((timer, now + after));
         }
     });
 }
@@ -402,7 +407,7 @@ fn stop(ctx: Ctx, timer: raw::RedisModuleTimerID) {
 }
 
 /// Tries the waiter `first`, and whoever comes first after each waiter that leaves.
-fn serve(ctx: Ctx, first: u64) {
+fn serve(ctx: Ctx, first: WaiterId) {
     let mut pending = vec![first];
     while let Some(id) = pending.pop() {
         let Some(mut waiter) = room(|room| room.take_if_first(id)) else {
@@ -425,13 +430,13 @@ fn serve(ctx: Ctx, first: u64) {
         };
         let again = match answer.retry() {
             _ if answer.allowed() => None,
-            Some(Retry::After(ms)) if now.saturating_add(ms) <= waiter.deadline => Some(ms),
+            Some(Retry::After(after)) if now + after <= waiter.deadline => Some(after),
             _ => None,
         };
         match again {
-            Some(ms) => {
+            Some(after) => {
                 room(|room| room.waiters.insert(id, waiter));
-                arm(ctx, id, ms);
+                arm(ctx, id, after);
             }
             None => {
                 if let Some((waiter, next)) = room(|room| room.leave(id, Some(waiter))) {
@@ -457,19 +462,19 @@ fn unblock(client: *mut raw::RedisModuleBlockedClient, answer: Option<Answer>) {
 }
 
 /// A waiter leaves without an answer from the timer: lets the next ones try at once.
-fn left(ctx: Ctx, id: u64) -> Option<Waiter> {
+fn left(ctx: Ctx, id: WaiterId) -> Option<Waiter> {
     let (waiter, next) = room(|room| room.leave(id, None))?;
     if let Some((timer, _)) = waiter.timer {
         stop(ctx, timer);
     }
     for next in next {
-        arm(ctx, next, 0);
+        arm(ctx, next, Millis::ZERO);
     }
     Some(waiter)
 }
 
 extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
-    let id = data as usize as u64;
+    let id = WaiterId(data as usize as u64);
     guard::catch(|| {
         room(|room| room.waiters.get_mut(&id).map(|w| w.timer = None));
         serve(Ctx(ctx), id);

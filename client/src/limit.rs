@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ratelimit_core::{FixedWindow, MAX_DURATION_MS, MAX_UNITS, SlidingWindow, TokenBucket};
+use ratelimit_core::{FixedWindow, MAX_UNITS, Millis, SlidingWindow, TokenBucket};
 use redis::Cmd;
 
 /// A rate limit without a key: an algorithm and its figures.
@@ -385,17 +385,8 @@ fn amount(name: &str, value: u64) -> Result<(), InvalidLimit> {
 }
 
 /// A duration in whole milliseconds, 1 ms to 3650 days.
-fn millis(name: &str, value: Duration) -> Result<u64, InvalidLimit> {
-    if !value.subsec_nanos().is_multiple_of(1_000_000) {
-        return Err(InvalidLimit(format!(
-            "{name} must be a whole number of milliseconds"
-        )));
-    }
-    match u64::try_from(value.as_millis()) {
-        Ok(0) => Err(InvalidLimit(format!("{name} must be at least 1ms"))),
-        Ok(ms) if ms <= MAX_DURATION_MS => Ok(ms),
-        _ => Err(InvalidLimit(format!("{name} must be at most 3650d"))),
-    }
+fn millis(name: &str, value: Duration) -> Result<Millis, InvalidLimit> {
+    Millis::try_from(value).map_err(|e| InvalidLimit(format!("{name} must be {e}")))
 }
 
 /// A duration as the module reads it: `1500ms`.

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 
-use ratelimit_core::{FixedState, FixedWindow};
+use ratelimit_core::{FixedState, FixedWindow, Millis};
 use redis_module::native_types::RedisType;
 
 use crate::algorithm::Algorithm;
@@ -37,6 +37,6 @@ impl Algorithm for FixedWindow {
         let &[limit, window] = values else {
             return Err(Error::WrongArity);
         };
-        FixedWindow::new(limit, window).ok_or(Error::TooLarge(&LIMIT))
+        FixedWindow::new(limit, Millis::from_millis(window)).ok_or(Error::TooLarge(&LIMIT))
     }
 }

@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::mem::size_of;
 
-use ratelimit_core::{SlidingState, SlidingWindow};
+use ratelimit_core::{Millis, SlidingState, SlidingWindow};
 use redis_module::native_types::RedisType;
 
 use crate::algorithm::Algorithm;
@@ -47,6 +47,6 @@ impl Algorithm for SlidingWindow {
         let &[limit, window] = values else {
             return Err(Error::WrongArity);
         };
-        SlidingWindow::new(limit, window).ok_or(Error::TooLarge(&LIMIT))
+        SlidingWindow::new(limit, Millis::from_millis(window)).ok_or(Error::TooLarge(&LIMIT))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 
-use ratelimit_core::{TokenBucket, TokenState};
+use ratelimit_core::{Millis, TokenBucket, TokenState};
 use redis_module::native_types::RedisType;
 
 use crate::algorithm::Algorithm;
@@ -42,6 +42,6 @@ impl Algorithm for TokenBucket {
         let &[capacity, rate, period] = values else {
             return Err(Error::WrongArity);
         };
-        TokenBucket::new(capacity, rate, period).ok_or(Error::RefillTooSlow)
+        TokenBucket::new(capacity, rate, Millis::from_millis(period)).ok_or(Error::RefillTooSlow)
     }
 }
