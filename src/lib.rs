@@ -9,6 +9,7 @@
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
 //! - `all`: `RL.ALL`, several limits in one call, all or nothing;
 //! - `wait`: `WAIT timeout`, a denied call waiting for its units, first come first served;
+//!   `queue`: the waiting room's order (pure, unit-tested);
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
@@ -35,6 +36,7 @@ mod error;
 mod guard;
 mod param;
 mod peek;
+mod queue;
 mod redis;
 mod reset;
 mod state;

@@ -18,7 +18,7 @@
 //! Everything here runs on Redis' main thread, so the waiting room is a thread-local.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::ptr;
 
@@ -30,6 +30,7 @@ use crate::all::{self, Verdict};
 use crate::api::api;
 use crate::error::Error;
 use crate::guard;
+use crate::queue::{Queued, Room, WaiterId, slot};
 use crate::redis::{Ctx, OwnedString, RString, bytes};
 use crate::stats::Stats;
 
@@ -167,93 +168,56 @@ struct Waiter {
     timer: Option<(raw::RedisModuleTimerID, Timestamp)>,
 }
 
-/// A waiter's number in the room, also the data its timer carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct WaiterId(u64);
+impl Queued for Waiter {
+    fn slots(&self) -> &[Vec<u8>] {
+        &self.slots
+    }
 
-/// Every waiter, and the queue of each key that has some.
+    fn due(&self) -> Option<Timestamp> {
+        self.timer.map(|(_, due)| due)
+    }
+}
+
+/// The waiters in their queues, and which blocked client is which waiter.
 #[derive(Default)]
-struct Room {
-    next_id: u64,
-    waiters: HashMap<WaiterId, Waiter>,
-    queues: HashMap<Vec<u8>, VecDeque<WaiterId>>,
+struct Waiting {
+    room: Room<Waiter>,
     clients: HashMap<usize, WaiterId>,
 }
 
 thread_local! {
-    static ROOM: RefCell<Room> = RefCell::new(Room::default());
+    static WAITING: RefCell<Waiting> = RefCell::new(Waiting::default());
 }
 
 /// Runs `f` on the waiting room. Never called while it runs (nothing in `f` calls Redis).
-fn room<R>(f: impl FnOnce(&mut Room) -> R) -> R {
-    ROOM.with(|room| f(&mut room.borrow_mut()))
+fn room<R>(f: impl FnOnce(&mut Room<Waiter>) -> R) -> R {
+    WAITING.with(|w| f(&mut w.borrow_mut().room))
 }
 
-/// A key's place in the room: its database and its name.
-fn slot(db: c_int, name: &[u8]) -> Vec<u8> {
-    let mut slot = Vec::with_capacity(4 + name.len());
-    slot.extend_from_slice(&db.to_le_bytes());
-    slot.extend_from_slice(name);
-    slot
+/// The waiter a blocked client is.
+fn waiter_of(client: *mut raw::RedisModuleBlockedClient) -> Option<WaiterId> {
+    WAITING.with(|w| w.borrow().clients.get(&(client as usize)).copied())
 }
 
-impl Room {
-    fn add(&mut self, waiter: Waiter) -> WaiterId {
-        self.next_id += 1;
-        let id = WaiterId(self.next_id);
-        for slot in &waiter.slots {
-            self.queues.entry(slot.clone()).or_default().push_back(id);
-        }
-        self.clients.insert(waiter.client as usize, id);
-        self.waiters.insert(id, waiter);
+/// Queues a waiter.
+fn add(waiter: Waiter) -> WaiterId {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let client = waiter.client as usize;
+        let id = w.room.add(waiter);
+        w.clients.insert(client, id);
         id
-    }
+    })
+}
 
-    /// Whether the waiter `id` is first on every key it names.
-    fn is_first(&self, id: WaiterId, waiter: &Waiter) -> bool {
-        (waiter.slots.iter())
-            .all(|slot| (self.queues.get(slot)).and_then(VecDeque::front) == Some(&id))
-    }
-
-    /// Takes the waiter `id` out of the room (it keeps its places in the queues) if it is
-    /// first on every key it names.
-    fn take_if_first(&mut self, id: WaiterId) -> Option<Waiter> {
-        let waiter = self.waiters.get(&id)?;
-        if !self.is_first(id, waiter) {
-            return None;
-        }
-        self.waiters.remove(&id)
-    }
-
-    /// Removes the waiter `id` from its queues (`waiter`: taken out already, or still in
-    /// the room); returns it and the waiters that became first on one of its keys.
-    fn leave(&mut self, id: WaiterId, waiter: Option<Waiter>) -> Option<(Waiter, Vec<WaiterId>)> {
-        let waiter = waiter.or_else(|| self.waiters.remove(&id))?;
-        self.clients.remove(&(waiter.client as usize));
-        let mut next = Vec::new();
-        for slot in &waiter.slots {
-            if let Some(queue) = self.queues.get_mut(slot) {
-                let was_first = queue.front() == Some(&id);
-                queue.retain(|&other| other != id);
-                match queue.front() {
-                    Some(&first) if was_first => next.push(first),
-                    Some(_) => {}
-                    None => {
-                        self.queues.remove(slot);
-                    }
-                }
-            }
-        }
+/// Takes a waiter out of its queues; returns it and the waiters that became first.
+fn leave(id: WaiterId, waiter: Option<Waiter>) -> Option<(Waiter, Vec<WaiterId>)> {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let (waiter, next) = w.room.leave(id, waiter)?;
+        w.clients.remove(&(waiter.client as usize));
         Some((waiter, next))
-    }
-
-    /// When the first waiter of one of these keys is due to be tried, at the earliest.
-    fn due(&self, slots: &[Vec<u8>]) -> Option<Timestamp> {
-        (slots.iter())
-            .filter_map(|slot| self.queues.get(slot)?.front())
-            .filter_map(|id| Some(self.waiters.get(id)?.timer?.1))
-            .min()
-    }
+    })
 }
 
 /// The places of `names` in the room, for the context's database.
@@ -264,16 +228,16 @@ fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
 
 /// How many clients wait (`INFO ratelimit`).
 pub fn waiting() -> u64 {
-    room(|room| room.waiters.len() as u64)
+    room(|room| room.len() as u64)
 }
 
 /// Whether callers wait on one of these keys (cheap when nobody waits at all).
 pub fn has_waiters(ctx: Ctx, names: &[RString]) -> bool {
-    if room(|room| room.waiters.is_empty()) {
+    if room(|room| room.is_empty()) {
         return false;
     }
     let slots = slots(ctx, names);
-    room(|room| slots.iter().any(|slot| room.queues.contains_key(slot)))
+    room(|room| room.has_waiters(&slots))
 }
 
 /// How long a call on these keys waits behind their waiters: until the first of them is due
@@ -298,11 +262,7 @@ pub fn behind_waiters_all(ctx: Ctx, names: &[RString], verdict: Verdict) -> Verd
 /// Lets the first waiters on these keys try again now (units came back: a refund, a reset).
 pub fn wake(ctx: Ctx, names: &[RString]) {
     let slots = slots(ctx, names);
-    let first: Vec<WaiterId> = room(|room| {
-        (slots.iter())
-            .filter_map(|slot| room.queues.get(slot)?.front().copied())
-            .collect()
-    });
+    let first = room(|room| room.firsts(&slots));
     for id in first {
         arm(ctx, id, Millis::ZERO);
     }
@@ -365,7 +325,7 @@ pub fn start(
         stats,
         timer: None,
     };
-    let id = room(|room| room.add(waiter));
+    let id = add(waiter);
     if let (false, Some(Retry::After(after))) = (queued, answer.retry()) {
         arm(ctx, id, after);
     }
@@ -385,7 +345,7 @@ fn fresh_now(ctx: Ctx) -> Timestamp {
 /// Sets the timer that tries the waiter `id` after `after` (replacing the one it had).
 fn arm(ctx: Ctx, id: WaiterId, after: Millis) {
     let now = fresh_now(ctx);
-    let old = room(|room| room.waiters.get_mut(&id).and_then(|w| w.timer.take()));
+    let old = room(|room| room.get_mut(id).and_then(|w| w.timer.take()));
     if let Some((timer, _)) = old {
         stop(ctx, timer);
     }
@@ -395,7 +355,7 @@ fn arm(ctx: Ctx, id: WaiterId, after: Millis) {
         api!(RedisModule_CreateTimer)(ctx.0, after.as_u64() as i64, Some(on_timer), data)
     };
     room(|room| {
-        if let Some(waiter) = room.waiters.get_mut(&id) {
+        if let Some(waiter) = room.get_mut(id) {
             waiter.timer = Some((timer, now + after));
         }
     });
@@ -435,11 +395,11 @@ fn serve(ctx: Ctx, first: WaiterId) {
         };
         match again {
             Some(after) => {
-                room(|room| room.waiters.insert(id, waiter));
+                room(|room| room.put_back(id, waiter));
                 arm(ctx, id, after);
             }
             None => {
-                if let Some((waiter, next)) = room(|room| room.leave(id, Some(waiter))) {
+                if let Some((waiter, next)) = leave(id, Some(waiter)) {
                     answer.record(waiter.stats);
                     unblock(waiter.client, Some(answer));
                     pending.extend(next);
@@ -463,7 +423,7 @@ fn unblock(client: *mut raw::RedisModuleBlockedClient, answer: Option<Answer>) {
 
 /// A waiter leaves without an answer from the timer: lets the next ones try at once.
 fn left(ctx: Ctx, id: WaiterId) -> Option<Waiter> {
-    let (waiter, next) = room(|room| room.leave(id, None))?;
+    let (waiter, next) = leave(id, None)?;
     if let Some((timer, _)) = waiter.timer {
         stop(ctx, timer);
     }
@@ -476,7 +436,7 @@ fn left(ctx: Ctx, id: WaiterId) -> Option<Waiter> {
 extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     let id = WaiterId(data as usize as u64);
     guard::catch(|| {
-        room(|room| room.waiters.get_mut(&id).map(|w| w.timer = None));
+        room(|room| room.get_mut(id).map(|w| w.timer = None));
         serve(Ctx(ctx), id);
     });
 }
@@ -512,7 +472,7 @@ unsafe extern "C" fn on_timeout(
     guard::catch(|| {
         // SAFETY: a timeout callback's context.
         let client = unsafe { api!(RedisModule_GetBlockedClientHandle)(ctx.0) };
-        let id = room(|room| room.clients.get(&(client as usize)).copied());
+        let id = waiter_of(client);
         let Some(waiter) = id.and_then(|id| left(ctx, id)) else {
             ctx.reply_error(Error::Internal);
             return;
@@ -540,7 +500,7 @@ unsafe extern "C" fn on_disconnect(
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     guard::catch(|| {
-        let id = room(|room| room.clients.get(&(client as usize)).copied());
+        let id = waiter_of(client);
         if id.and_then(|id| left(Ctx(ctx), id)).is_some() {
             unblock(client, None);
         }
