@@ -5,11 +5,10 @@
 
 use ratelimit_testkit as support;
 
-use std::time::{Duration, Instant};
-
 use redis::Value;
 use support::cluster::Cluster;
-use support::{Clock, Server, T0, call, fingerprint, int, rl};
+use support::replica::{assert_same_keys, wait_acked};
+use support::{Clock, Server, T0, call, int, rl};
 
 /// The reply of `RL.ALL`: allowed, retry_after_ms, and each limit's five figures.
 fn all(con: &mut redis::Connection, line: &str) -> Result<(i64, i64, Vec<[i64; 5]>), String> {
@@ -184,18 +183,8 @@ fn bad_calls_are_refused_naming_what_is_wrong() {
 #[test]
 fn effects_replicate_to_a_replica_an_hour_behind() {
     let master = Server::start();
-    let port = master.port.to_string();
-    let replica = Server::start_with(
-        Clock::pinned(T0 - 3_600_000),
-        &["--replicaof", "127.0.0.1", &port],
-    );
+    let replica = Server::replica_of(&master, Clock::pinned(T0 - 3_600_000), &[]);
     let mut con = master.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(call(&mut replica.conn(), "INFO replication"), Ok(Value::BulkString(b)) if String::from_utf8_lossy(&b).contains("master_link_status:up"))
-    {
-        assert!(Instant::now() < deadline, "the replica did not link");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let keys = ["{u}:token", "{u}:fixed", "{u}:sliding"];
     for step in 0..40 {
         let line = format!(
@@ -205,15 +194,8 @@ fn effects_replicate_to_a_replica_an_hour_behind() {
         all(&mut con, &line).unwrap();
         master.clock.advance(700);
     }
-    assert_eq!(int(&mut con, "WAIT 1 5000"), 1);
-    let mut replica_con = replica.conn();
-    for key in keys {
-        assert_eq!(
-            fingerprint(&mut con, key),
-            fingerprint(&mut replica_con, key),
-            "{key}"
-        );
-    }
+    wait_acked(&mut con);
+    assert_same_keys(&mut con, &mut replica.conn(), &keys);
 }
 
 #[test]

@@ -13,20 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::measure::{env_or, percentile, resp_command};
 use support::{Clock, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 50;
 const USERS: u64 = 10_000;
-
-fn command(words: &[String]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", words.len());
-    for w in words {
-        out += &format!("${}\r\n{w}\r\n", w.len());
-    }
-    out.into_bytes()
-}
 
 fn words(line: &str) -> Vec<String> {
     line.split(' ').map(String::from).collect()
@@ -43,11 +36,11 @@ fn check(u: u64, all: bool) -> (Vec<u8>, usize) {
         let line = format!(
             "RL.ALL 3 {user} {ip} {search} TOKEN 100 10 FIXED 1000 1h SLIDING 20 1m COST 2"
         );
-        (command(&words(&line)), 1)
+        (resp_command(&words(&line)), 1)
     } else {
-        let mut out = command(&words(&format!("RL.TOKEN {user} 100 10")));
-        out.extend(command(&words(&format!("RL.FIXED {ip} 1000 1h"))));
-        out.extend(command(&words(&format!(
+        let mut out = resp_command(&words(&format!("RL.TOKEN {user} 100 10")));
+        out.extend(resp_command(&words(&format!("RL.FIXED {ip} 1000 1h"))));
+        out.extend(resp_command(&words(&format!(
             "RL.SLIDING {search} 20 1m COST 2"
         ))));
         (out, 3)
@@ -125,17 +118,10 @@ async fn round(port: u16, all: bool, seconds: u64) -> (f64, Vec<f64>) {
     (rate, latencies)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 #[test]
 #[ignore = "a measurement: bench/all.sh"]
 fn one_call_of_three_limits_against_three_calls_pipelined() {
-    let seconds = std::env::var("RL_ALL_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let seconds = env_or("RL_ALL_SECONDS", 3);
     let server = Server::start_with(Clock::offset(0), &[]);
     let port = server.port;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,8 +148,8 @@ fn one_call_of_three_limits_against_three_calls_pipelined() {
         };
         println!(
             "{name:<28} {rate:>10.0} {:>9.3} {:>9.3}",
-            pct(latencies, 0.5),
-            pct(latencies, 0.99)
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99)
         );
         best[usize::from(*all)] = best[usize::from(*all)].max(*rate);
     }

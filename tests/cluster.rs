@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::Value;
 use support::cluster::{Cluster, Node};
+use support::replica::wait_aof_rewritten;
 use support::{Clock, Server, call, fingerprint, int, rl};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -493,13 +494,7 @@ fn nodes_restarted_from_rdb_and_aof_rejoin_with_identical_states() {
     let replica = replica.unwrap();
     let mut master_con = cluster.server(master.port).conn();
     call(&mut master_con, "BGREWRITEAOF").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !support::cluster::text(&mut master_con, "INFO persistence")
-        .contains("aof_rewrite_in_progress:0")
-    {
-        assert!(Instant::now() < deadline, "the AOF rewrite did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_aof_rewritten(&mut master_con);
     for _ in 0..2000 {
         rl(&mut client, &random_call(&mut rng, KEYS)).unwrap();
     }

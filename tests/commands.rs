@@ -4,7 +4,8 @@
 use ratelimit_testkit as support;
 
 use redis::Value;
-use support::{Server, T0, call, fingerprint, int, rl};
+use support::dump::crc64;
+use support::{Server, T0, call, fingerprint, info, int, rl};
 
 #[test]
 fn token_burst_of_101_calls() {
@@ -535,16 +536,6 @@ fn scripts_and_transactions_decide_like_plain_calls() {
     );
 }
 
-/// CRC-64/Jones as Redis computes it for DUMP payloads (reflected, initial value 0).
-fn crc64(data: &[u8]) -> u64 {
-    const POLY: u64 = 0x95ac_9329_ac4b_c9b5; // 0xad93d23594c935a9 reflected
-    data.iter().fold(0, |crc, &byte| {
-        (0..8).fold(crc ^ u64::from(byte), |c, _| {
-            if c & 1 == 1 { (c >> 1) ^ POLY } else { c >> 1 }
-        })
-    })
-}
-
 #[test]
 fn a_crafted_restore_payload_is_refused_without_harm() {
     assert_eq!(
@@ -900,14 +891,8 @@ fn info_counts_decisions_per_command() {
     call(&mut con, "RL.ALL 2 a b FIXED 5 1m TOKEN 5 1").unwrap();
     call(&mut con, "RL.ALL 2 a f FIXED 5 1m FIXED 1 1m").unwrap();
     assert!(rl(&mut con, "RL.FIXED f x 1m").is_err()); // not a decision: not counted
-    let Ok(Value::BulkString(info)) = call(&mut con, "INFO ratelimit") else {
-        panic!("INFO ratelimit")
-    };
-    let lines: Vec<&str> = std::str::from_utf8(&info)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .collect();
+    let info = info(&mut con, "ratelimit");
+    let lines: Vec<&str> = info.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(
         lines,
         [
@@ -931,10 +916,7 @@ fn acl_category_where_the_server_has_one() {
         panic!("ACL CAT")
     };
     let has = categories.contains(&Value::BulkString(b"ratelimit".to_vec()));
-    let Ok(Value::BulkString(version)) = call(&mut con, "INFO server") else {
-        panic!()
-    };
-    let version = String::from_utf8(version).unwrap();
+    let version = info(&mut con, "server");
     // Redis 7.0 has no module ACL categories: the module loads without one.
     if version.contains("redis_version:7.0.") && !version.contains("valkey") {
         assert!(!has);

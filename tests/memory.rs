@@ -13,25 +13,12 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, Value};
-use support::{Clock, Server, T0, call, fingerprint, int, rl};
+use support::{Clock, Server, T0, call, fingerprint, info, info_field, int, rl};
 
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
-fn info(con: &mut Connection, section: &str) -> String {
-    match call(con, &format!("INFO {section}")) {
-        Ok(Value::BulkString(info)) => String::from_utf8(info).unwrap(),
-        other => panic!("INFO {section}: {other:?}"),
-    }
-}
-
 fn info_number(con: &mut Connection, section: &str, field: &str) -> u64 {
-    let info = info(con, section);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .parse()
-        .unwrap()
+    info_field(con, section, field).parse().unwrap()
 }
 
 /// The `INFO ratelimit` lines of the commands that decide (`peek` is left out).

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use redis::Connection;
 use support::cluster::Cluster;
+use support::measure::env_or;
 use support::{Clock, Server, call, fingerprint, int, rl};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -47,19 +48,12 @@ fn lines(tag: &str) -> [String; 2] {
     ]
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn node_timeout_ms() -> u64 {
-    env_u64("PARTITION_NODE_TIMEOUT_MS", 5000)
+    env_or::<u64>("PARTITION_NODE_TIMEOUT_MS", 5000)
 }
 
 fn max_lag_s() -> u64 {
-    env_u64("PARTITION_MAX_LAG", 1)
+    env_or::<u64>("PARTITION_MAX_LAG", 1)
 }
 
 /// Loopback addresses of this process: the client's way in, the master's source address.

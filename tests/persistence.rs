@@ -3,9 +3,8 @@
 
 use ratelimit_testkit as support;
 
-use std::time::{Duration, Instant};
-
 use redis::Connection;
+use support::replica::wait_aof_rewritten;
 use support::{Server, T0, call, fingerprint, rl};
 
 const KEYS: [&str; 6] = ["f1", "f2", "s1", "s2", "t1", "t2"];
@@ -84,32 +83,6 @@ fn rdb_restart_keeps_states_and_expiries() {
     );
 }
 
-fn wait_for_rewrite(con: &mut Connection) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let redis::Value::BulkString(info) = call(con, "INFO persistence").unwrap() else {
-            panic!()
-        };
-        let info = String::from_utf8(info).unwrap();
-        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
-            assert!(info.contains("aof_last_bgrewrite_status:ok"), "{info}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "rewrite did not finish: {info}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The text of every AOF file of a server.
-fn aof_text(server: &Server) -> String {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(server.dir().join("appendonlydir")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        text.push_str(&String::from_utf8_lossy(&bytes));
-    }
-    text
-}
-
 #[test]
 fn aof_restart_after_rewrite_keeps_states_and_expiries() {
     for preamble in ["yes", "no"] {
@@ -121,7 +94,7 @@ fn aof_restart_after_rewrite_keeps_states_and_expiries() {
         let mut con = server.conn();
         workload(&server, &mut con, 0);
         call(&mut con, "BGREWRITEAOF").unwrap();
-        wait_for_rewrite(&mut con);
+        wait_aof_rewritten(&mut con);
         workload(&server, &mut con, 1);
         let before = snapshot(&mut con);
         server.restart();
@@ -129,7 +102,7 @@ fn aof_restart_after_rewrite_keeps_states_and_expiries() {
         assert_kept(&before, &snapshot(&mut con));
 
         // The AOF holds effects only: states and deletions, never a decision to re-run.
-        let aof = aof_text(&server);
+        let aof = server.aof_text();
         assert!(aof.contains("RL.STATE"), "preamble {preamble}");
         for command in ["RL.FIXED", "RL.SLIDING", "RL.TOKEN"] {
             assert!(
@@ -168,7 +141,7 @@ fn a_ttl_changed_by_hand_survives_aof_loads_and_rewrites() {
         let loaded: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
         assert_eq!(loaded, expected, "preamble {preamble}: loaded");
         call(&mut con, "BGREWRITEAOF").unwrap();
-        wait_for_rewrite(&mut con);
+        wait_aof_rewritten(&mut con);
         server.restart();
         let mut con = server.conn();
         let rewritten: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();

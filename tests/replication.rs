@@ -3,11 +3,12 @@
 
 use ratelimit_testkit as support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::{Connection, Value};
+use redis::Value;
+use support::replica::{aof_rewriting, assert_same_keys, expire_due, wait_acked, wait_until};
 use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
 
 const HOUR: u64 = 3_600_000;
@@ -20,25 +21,8 @@ fn master_and_replica() -> (Server, Server) {
 /// The same, with extra arguments for the replica.
 fn master_and_replica_with(replica_args: &[&str]) -> (Server, Server) {
     let master = Server::start();
-    let port = master.port.to_string();
-    let mut args = vec!["--replicaof", "127.0.0.1", &port];
-    args.extend(replica_args);
-    let replica = Server::start_with(Clock::pinned(T0 - HOUR), &args);
-    let mut con = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while info_field(&mut con, "replication", "master_link_status") != "up" {
-        assert!(
-            Instant::now() < deadline,
-            "replica did not link:\n{}",
-            replica.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let replica = Server::replica_of(&master, Clock::pinned(T0 - HOUR), replica_args);
     (master, replica)
-}
-
-fn wait_replicated(master: &mut Connection) {
-    assert_eq!(int(master, "WAIT 1 10000"), 1, "the replica acknowledged");
 }
 
 #[test]
@@ -116,17 +100,9 @@ fn replica_states_equal_the_master_after_mixed_calls() {
         }
     }
     // Make the master drop the keys that have expired by its clock (replicated as DEL).
-    for key in 0..KEYS {
-        int(&mut m, &format!("EXISTS k{key}"));
-    }
-    wait_replicated(&mut m);
-    let mut live = 0;
-    for key in 0..KEYS {
-        let key = format!("k{key}");
-        let on_master = fingerprint(&mut m, &key);
-        assert_eq!(fingerprint(&mut r, &key), on_master, "{key}");
-        live += usize::from(on_master.1 > 0);
-    }
+    let keys: Vec<String> = (0..KEYS).map(|key| format!("k{key}")).collect();
+    expire_due(&mut m, &keys);
+    let live = assert_same_keys(&mut m, &mut r, &keys);
     assert!(
         live > KEYS / 3,
         "only {live} keys live: the test compares too little"
@@ -139,7 +115,7 @@ fn only_changes_are_replicated() {
     let (master, _replica) = master_and_replica();
     let mut m = master.conn();
     rl(&mut m, "RL.TOKEN t 2 1 COST 2").unwrap();
-    wait_replicated(&mut m);
+    wait_acked(&mut m);
     let offset = || info_field(&mut master.conn(), "replication", "master_repl_offset");
     let start = offset();
     for line in [
@@ -189,14 +165,9 @@ fn a_replica_restarted_from_its_own_aof_keeps_every_state() {
         master_and_replica_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let mut m = master.conn();
     // After its full sync the replica writes its first AOF; it refuses SHUTDOWN until then.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ["aof_rewrite_in_progress", "aof_rewrite_scheduled"]
-        .iter()
-        .any(|field| info_field(&mut replica.conn(), "persistence", field) != "0")
-    {
-        assert!(Instant::now() < deadline, "the first AOF was not written");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the first AOF", Duration::from_secs(30), || {
+        !aof_rewriting(&mut replica.conn())
+    });
     for line in [
         "RL.FIXED f 10 1m COST 3",
         "RL.SLIDING s 5 10s COST 2",
@@ -211,7 +182,7 @@ fn a_replica_restarted_from_its_own_aof_keeps_every_state() {
     master.clock.advance(900);
     // Fresh again: deleted, and the deletion replicated as DEL.
     rl(&mut m, "RL.TOKEN gone 10 1 COST 0").unwrap();
-    wait_replicated(&mut m);
+    wait_acked(&mut m);
     let keys = ["f", "s", "t", "gone"];
     let expected: Vec<_> = keys.iter().map(|k| fingerprint(&mut m, k)).collect();
     assert_eq!(int(&mut m, "DBSIZE"), 3);
@@ -229,7 +200,7 @@ fn peek_answers_on_the_replica_and_reset_replicates() {
     let (mut m, mut r) = (master.conn(), replica.conn());
     rl(&mut m, "RL.TOKEN t 10 1 COST 4").unwrap();
     rl(&mut m, "RL.FIXED f 10 1m COST 4").unwrap();
-    wait_replicated(&mut m);
+    wait_acked(&mut m);
     // RL.PEEK decides on the replicated state with the replica's own clock, an hour behind:
     // the bucket, full again at T0 + 4 s, reads as empty there.
     let on_master = rl(&mut m, "RL.PEEK t TOKEN 10 1").unwrap();
@@ -240,7 +211,7 @@ fn peek_answers_on_the_replica_and_reset_replicates() {
         rl(&mut m, "RL.PEEK f FIXED 10 1m COST 6").unwrap()
     );
     assert_eq!(int(&mut m, "RL.RESET t f"), 2);
-    wait_replicated(&mut m);
+    wait_acked(&mut m);
     assert_eq!(int(&mut r, "EXISTS t f"), 0);
     assert!(
         rl(&mut r, "RL.RESET t")
@@ -270,7 +241,7 @@ fn a_ttl_changed_by_hand_holds_on_the_replica_as_on_the_master() {
     }
     // A sliding window's reset moment moves with the call: the expiry follows it.
     rl(&mut m, "RL.SLIDING s 10 1m").unwrap();
-    wait_replicated(&mut m);
+    wait_acked(&mut m);
     assert_eq!(int(&mut m, "PEXPIRETIME p"), -1);
     assert_eq!(int(&mut m, "PEXPIRETIME e"), (T0 + HOUR) as i64);
     // Sub-windows of 938 ms from the epoch: T0 + 1000 is in [T0 + 148, T0 + 1086), whose

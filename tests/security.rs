@@ -18,9 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, TlsCertificates, Value};
 use support::cluster::Cluster;
-use support::{
-    Clock, Kind, Server, T0, Tls, call, fingerprint, info_field, int, rl, server_kind, tls_missing,
-};
+use support::replica::{assert_same_keys, expire_due, wait_acked};
+use support::{Clock, Kind, Server, T0, Tls, call, fingerprint, int, rl, server_kind, tls_missing};
 
 const HOUR: u64 = 3_600_000;
 
@@ -35,19 +34,6 @@ fn tls_or_skip(test: &str) -> bool {
             );
             false
         }
-    }
-}
-
-fn wait_linked(replica: &Server) {
-    let mut con = replica.conn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while info_field(&mut con, "replication", "master_link_status") != "up" {
-        assert!(
-            Instant::now() < deadline,
-            "the replica did not link:\n{}",
-            replica.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -167,19 +153,9 @@ fn tls_replica_holds_the_masters_bytes() {
     }
     let tls = Tls::generate();
     let master = Server::start_tls(Clock::pinned(T0), Arc::clone(&tls), &[]);
-    let port = master.port.to_string();
-    let replica = Server::start_tls(
-        Clock::pinned(T0 - HOUR),
-        tls,
-        &[
-            "--replicaof",
-            "127.0.0.1",
-            &port,
-            "--tls-replication",
-            "yes",
-        ],
-    );
-    wait_linked(&replica);
+    // A TLS master's replica serves TLS, with the same certificates, and replicates over it.
+    let replica = Server::replica_of(&master, Clock::pinned(T0 - HOUR), &[]);
+    assert!(replica.tls.is_some());
     let (mut m, mut r) = (master.conn(), replica.conn());
     let mut rng = StdRng::seed_from_u64(8);
     const KEYS: usize = 60;
@@ -195,17 +171,9 @@ fn tls_replica_holds_the_masters_bytes() {
         rl(&mut m, &line).unwrap();
     }
     // Expired keys are deleted on access, and the deletions replicated.
-    for key in 0..KEYS {
-        int(&mut m, &format!("EXISTS k{key}"));
-    }
-    assert_eq!(int(&mut m, "WAIT 1 10000"), 1, "the replica acknowledged");
-    let mut live = 0;
-    for key in 0..KEYS {
-        let key = format!("k{key}");
-        let on_master = fingerprint(&mut m, &key);
-        assert_eq!(fingerprint(&mut r, &key), on_master, "{key}");
-        live += usize::from(on_master.1 > 0);
-    }
+    let keys: Vec<String> = (0..KEYS).map(|key| format!("k{key}")).collect();
+    expire_due(&mut m, &keys);
+    let live = assert_same_keys(&mut m, &mut r, &keys);
     assert!(
         live > KEYS / 2,
         "only {live} keys live: too little compared"
@@ -252,20 +220,11 @@ fn acl_user_with_rl_token_on_user_keys_is_refused_the_rest() {
     ] {
         call(&mut admin, user).unwrap();
     }
-    let port = master.port.to_string();
-    let replica = Server::start_with(
+    let replica = Server::replica_of(
+        &master,
         Clock::pinned(T0 - HOUR),
-        &[
-            "--replicaof",
-            "127.0.0.1",
-            &port,
-            "--masteruser",
-            "replicator",
-            "--masterauth",
-            "pw",
-        ],
+        &["--masteruser", "replicator", "--masterauth", "pw"],
     );
-    wait_linked(&replica);
 
     let mut app = connect_as(&master, "limiter");
     assert_eq!(
@@ -310,11 +269,7 @@ fn acl_user_with_rl_token_on_user_keys_is_refused_the_rest() {
     }
     // Nothing refused was written; the granted calls replicated as usual.
     assert_eq!(int(&mut admin, "DBSIZE"), 1);
-    assert_eq!(
-        int(&mut admin, "WAIT 1 10000"),
-        1,
-        "the replica acknowledged"
-    );
+    wait_acked(&mut admin);
     let mut on_replica = replica.conn();
     assert_eq!(
         fingerprint(&mut on_replica, "user:42"),

@@ -15,7 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
-use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
+use support::replica::wait_acked;
+use support::{Clock, Server, T0, call, fingerprint, info_field, rl};
 
 /// Sends `line` on a connection of its own in a thread; the reply comes through the channel
 /// with the real time it took.
@@ -291,18 +292,9 @@ fn multi_and_scripts_decide_at_once() {
 fn what_a_woken_call_takes_replicates_as_its_effect() {
     let dir = tempfile::tempdir().unwrap();
     let master = Server::start_with(Clock::pinned(T0), &["--appendonly", "yes"]);
-    let port = master.port.to_string();
-    let replica = Server::start_with(
-        Clock::pinned(T0 - 3_600_000),
-        &["--replicaof", "127.0.0.1", &port],
-    );
+    let replica = Server::replica_of(&master, Clock::pinned(T0 - 3_600_000), &[]);
     let _ = dir;
     let (mut m, mut r) = (master.conn(), replica.conn());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while info_field(&mut r, "replication", "master_link_status") != "up" {
-        assert!(Instant::now() < deadline, "replica did not link");
-        thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(
         rl(&mut m, "RL.SLIDING s 3 300ms COST 3"),
         Ok([1, 3, 0, 0, 304])
@@ -312,18 +304,13 @@ fn what_a_woken_call_takes_replicates_as_its_effect() {
     master.clock.advance(400);
     let (reply, _) = woken(&mut m, &waiter, "woken");
     assert_eq!(figures(&reply), [1, 3, 1, 0, 304]);
-    assert_eq!(int(&mut m, "WAIT 1 10000"), 1);
+    wait_acked(&mut m);
     assert_eq!(fingerprint(&mut r, "s"), fingerprint(&mut m, "s"));
     // The replica and the AOF saw effects: no RL.SLIDING ever reached the replica, and the
     // AOF holds no WAIT.
     assert_eq!(replica.command_calls("RL.SLIDING"), 0);
     assert!(replica.command_calls("RL.STATE") >= 2);
-    let aof = std::fs::read_dir(master.dir().join("appendonlydir"))
-        .unwrap()
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect::<Vec<_>>()
-        .concat();
-    let aof = String::from_utf8_lossy(&aof);
+    let aof = master.aof_text();
     assert!(aof.contains("RL.STATE") && !aof.contains("WAIT"), "{aof}");
 }
 

@@ -12,16 +12,10 @@ use ratelimit_testkit as support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use support::measure::{env_or, percentile, resp_command};
 use support::{Clock, Server, rl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn wall_ms() -> f64 {
     SystemTime::now()
@@ -29,19 +23,6 @@ fn wall_ms() -> f64 {
         .unwrap()
         .as_secs_f64()
         * 1000.0
-}
-
-/// The `p`th percentile of sorted values.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn command(words: &[String]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", words.len());
-    for w in words {
-        out += &format!("${}\r\n{w}\r\n", w.len());
-    }
-    out.into_bytes()
 }
 
 /// Reads one RESP reply of five integers (an array) and returns the first.
@@ -71,8 +52,8 @@ async fn read_allowed(stream: &mut TcpStream) -> Result<i64, String> {
 #[test]
 #[ignore = "a measurement: bench/wait.sh"]
 fn ten_thousand_waiters_on_a_thousand_keys() {
-    let keys = env("RL_WAIT_KEYS", 1000);
-    let per_key = env("RL_WAIT_PER_KEY", 10);
+    let keys = env_or::<usize>("RL_WAIT_KEYS", 1000);
+    let per_key = env_or::<usize>("RL_WAIT_PER_KEY", 10);
     let server = Server::start_with(
         Clock::offset(0),
         &["--maxclients", "15000", "--latency-monitor-threshold", "5"],
@@ -135,7 +116,7 @@ fn ten_thousand_waiters_on_a_thousand_keys() {
             words.extend(["WAIT".to_string(), "10s".to_string()]);
             tasks.push(tokio::spawn(async move {
                 let sent_at = wall_ms();
-                stream.write_all(&command(&words)).await.unwrap();
+                stream.write_all(&resp_command(&words)).await.unwrap();
                 let allowed = read_allowed(&mut stream).await;
                 (k, sent_at, wall_ms(), allowed)
             }));
@@ -190,31 +171,31 @@ fn ten_thousand_waiters_on_a_thousand_keys() {
         );
         println!(
             "answered after the unit was due (ms): p50 {:.2}  p99 {:.2}  max {:.2}  (min {:.2})",
-            pct(&late, 0.5),
-            pct(&late, 0.99),
-            pct(&late, 1.0),
-            pct(&late, 0.0)
+            percentile(&late, 0.5),
+            percentile(&late, 0.99),
+            percentile(&late, 1.0),
+            percentile(&late, 0.0)
         );
         println!(
             "the same for units due once all had arrived (400 ms on, {} waiters, ms): p50 {:.2}  p99 {:.2}  max {:.2}",
             steady.len(),
-            pct(&steady, 0.5),
-            pct(&steady, 0.99),
-            pct(&steady, 1.0)
+            percentile(&steady, 0.5),
+            percentile(&steady, 0.99),
+            percentile(&steady, 1.0)
         );
         println!(
             "PING meanwhile ({} pings, ms): p50 {:.2}  p99 {:.2}  max {:.2}",
             rtts.len(),
-            pct(&rtts, 0.5),
-            pct(&rtts, 0.99),
-            pct(&rtts, 1.0)
+            percentile(&rtts, 0.5),
+            percentile(&rtts, 0.99),
+            percentile(&rtts, 1.0)
         );
         println!(
             "PING from 400 ms on ({} pings, ms): p50 {:.2}  p99 {:.2}  max {:.2}",
             steady_rtts.len(),
-            pct(&steady_rtts, 0.5),
-            pct(&steady_rtts, 0.99),
-            pct(&steady_rtts, 1.0)
+            percentile(&steady_rtts, 0.5),
+            percentile(&steady_rtts, 0.99),
+            percentile(&steady_rtts, 1.0)
         );
         // What the server itself saw: the longest stall of each kind over 5 ms.
         let latest = support::call(&mut server.conn(), "LATENCY LATEST");

@@ -18,7 +18,7 @@ use rcgen::{
 };
 use redis::{ClientTlsConfig, TlsCertificates};
 
-use crate::{free_port, program};
+use crate::server::{free_port, program};
 
 /// A CA and two certificates it signed, in PEM: one for the servers (`127.0.0.1` and
 /// `localhost`; replicas and cluster nodes present it as clients too) and one for the tests'

@@ -17,8 +17,9 @@
 //! CRC-64 (checked byte for byte against Redis' own `DUMP` output at start), sends
 //! `RESTORE k 0 <payload> REPLACE`, and asserts:
 //! - the server answers `PING` after every payload;
-//! - `RESTORE` succeeds exactly when the model (`rdb::load` and `ratelimit_core`'s decoder)
-//!   says it must, and a refused payload leaves no key;
+//! - `RESTORE` succeeds exactly when the model (`rdb::load`: the test kit's `dump`, imported
+//!   as `rdb`; and `ratelimit_core`'s decoder) says it must, and a refused payload leaves no
+//!   key;
 //! - a restored key has the right type; `DUMP` writes the record's canonical encoding;
 //!   `DEBUG DIGEST-VALUE`, `MEMORY USAGE` and `COPY` work; `RL.PEEK` with the key's
 //!   algorithm replies sane figures and with another algorithm `WRONGTYPE`; the `DUMP`
@@ -31,7 +32,6 @@
 
 #![no_main]
 
-mod rdb;
 mod resp;
 mod server;
 
@@ -42,6 +42,7 @@ use libfuzzer_sys::fuzz_target;
 use ratelimit_core::codec::Encoded;
 use ratelimit_core::{FixedState, Record, SlidingState, TokenState};
 
+use ratelimit_testkit::dump as rdb;
 use rdb::{Loaded, MODULE_1, MODULE_2, TYPES};
 use resp::{Client, Reply};
 use server::Server;
@@ -219,13 +220,8 @@ impl Harness {
         let Some(dump) = reply.bulk() else {
             self.fail(format_args!("DUMP replied {reply:?}"))
         };
-        let (body, crc) = dump.split_at(dump.len() - 8);
-        assert_eq!(
-            rdb::crc64(body),
-            u64::from_le_bytes(crc.try_into().unwrap())
-        );
-        let version = u16::from_le_bytes(body[body.len() - 2..].try_into().unwrap());
-        assert_eq!(version, self.rdb_version, "DUMP version");
+        let version = rdb::footer(dump);
+        assert_eq!(version, Ok(self.rdb_version), "DUMP version and CRC");
         match rdb::load(dump) {
             Loaded::Value {
                 type_index: t,
@@ -441,13 +437,7 @@ impl Harness {
                 .bulk()
                 .unwrap_or_else(|| panic!("{name}: DUMP {dump:?}"))
                 .to_vec();
-            let (body, crc) = dump.split_at(dump.len() - 8);
-            assert_eq!(
-                rdb::crc64(body),
-                u64::from_le_bytes(crc.try_into().unwrap()),
-                "{name}: CRC"
-            );
-            self.rdb_version = u16::from_le_bytes(body[body.len() - 2..].try_into().unwrap());
+            self.rdb_version = rdb::footer(&dump).unwrap_or_else(|e| panic!("{name}: {e}"));
             let id = rdb::type_id(TYPES[type_index].0, 1);
             let mut head = vec![MODULE_2];
             rdb::put_len(&mut head, id);

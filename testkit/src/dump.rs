@@ -1,7 +1,11 @@
-//! Redis' `DUMP` format for module values, both ways: [`envelope`] builds a payload as Redis
-//! 7.0 writes one, and [`load`] models what Redis 7.0 and this module's `rdb_load` accept
-//! (the reads of `rdb.c`, `module.c` and `lzf_d.c`), so the harness knows, for any payload,
-//! whether `RESTORE` must take it and which record the key then holds.
+//! Redis' `DUMP` format for the module's values, both ways, written once for the whole
+//! workspace (the integration tests and the fuzz target `restore`): [`envelope`] builds a
+//! payload as Redis 7.0 writes one; [`load`] models what Redis 7.0 and this module's
+//! `rdb_load` accept (the reads of `rdb.c`, `module.c` and `lzf_d.c`), so a caller knows, for
+//! any payload, whether `RESTORE` must take it and which record the key then holds; [`read`]
+//! takes a real `DUMP` reply apart (footer checked) into that record, its type and versions.
+//! [`crc64`] and [`lzf_decompress`] are Redis' own. Plain functions over bytes: this module
+//! needs no server and no dependency (the fuzz crate uses it with `default-features = false`).
 //!
 //! ```text
 //! payload  type (7: RDB_TYPE_MODULE_2; 6: the older RDB_TYPE_MODULE)
@@ -191,12 +195,64 @@ impl Reader<'_> {
 /// What `RESTORE key 0 <payload>` does with a payload whose version and CRC are right.
 pub fn load(payload: &[u8]) -> Loaded {
     match load_object(payload) {
-        Ok((type_index, blob)) => Loaded::Value { type_index, blob },
+        Ok(dump) => Loaded::Value {
+            type_index: dump.type_index,
+            blob: dump.blob,
+        },
         Err(why) => Loaded::Refused(why),
     }
 }
 
-fn load_object(payload: &[u8]) -> Read<(usize, Vec<u8>)> {
+/// A module value as a `DUMP` payload holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dump {
+    /// [`MODULE_2`] (what Redis writes) or [`MODULE_1`].
+    pub rdb_type: u8,
+    /// The module type id: 54 bits of name, then 10 of encoding version.
+    pub id: u64,
+    /// The type, an index in [`TYPES`].
+    pub type_index: usize,
+    /// The RDB version of the footer (0 from [`load`], which does not read the footer).
+    pub rdb_version: u16,
+    /// The record the module saved: what `ratelimit_core`'s codec decodes.
+    pub blob: Vec<u8>,
+}
+
+impl Dump {
+    /// The type's name, as `TYPE` replies it (`ratelimFW`).
+    pub fn type_name(&self) -> &'static str {
+        TYPES[self.type_index].0
+    }
+
+    /// The module type's encoding version (the low 10 bits of the id).
+    pub fn encoding_version(&self) -> u64 {
+        self.id & 1023
+    }
+}
+
+/// The RDB version in a payload's footer, if the CRC-64 after it is that of all before it.
+pub fn footer(payload: &[u8]) -> Result<u16, &'static str> {
+    let Some(at) = payload.len().checked_sub(10) else {
+        return Err("shorter than a footer");
+    };
+    let (body, crc) = payload.split_at(at + 2);
+    if crc64(body).to_le_bytes() != crc {
+        return Err("wrong CRC-64");
+    }
+    Ok(u16::from_le_bytes([payload[at], payload[at + 1]]))
+}
+
+/// A `DUMP` reply taken apart: footer checked, then read as `RESTORE` reads it ([`load`]);
+/// `Err` says why Redis would refuse it.
+pub fn read(payload: &[u8]) -> Result<Dump, &'static str> {
+    let rdb_version = footer(payload)?;
+    Ok(Dump {
+        rdb_version,
+        ..load_object(payload)?
+    })
+}
+
+fn load_object(payload: &[u8]) -> Read<Dump> {
     let mut r = Reader { bytes: payload };
     let rdb_type = r.take(1)?[0];
     if rdb_type != MODULE_1 && rdb_type != MODULE_2 {
@@ -217,7 +273,13 @@ fn load_object(payload: &[u8]) -> Read<(usize, Vec<u8>)> {
             return Err("no EOF opcode");
         }
     }
-    Ok((type_index, blob.ok_or("rdb_load refused it")?))
+    Ok(Dump {
+        rdb_type,
+        id,
+        type_index,
+        rdb_version: 0,
+        blob: blob.ok_or("rdb_load refused it")?,
+    })
 }
 
 /// `lzf_decompress(in, in_len, out, len) == len`, as liblzf does it: `None` unless the
@@ -269,4 +331,41 @@ pub fn lzf_decompress(input: &[u8], len: u64) -> Option<Vec<u8>> {
         }
     }
     (out.len() == len).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc64_is_redis_check_value() {
+        assert_eq!(crc64(b"123456789"), 0xe9c6_d914_c4b8_d9ca);
+    }
+
+    #[test]
+    fn a_sealed_envelope_reads_back() {
+        let blob = b"\x03F\x02 a record".to_vec();
+        let id = type_id("ratelimFW", 1);
+        let payload = envelope(MODULE_2, id, &string_section(MODULE_2, &blob), 10);
+        let dump = read(&payload).unwrap();
+        assert_eq!(
+            (dump.type_name(), dump.encoding_version()),
+            ("ratelimFW", 1)
+        );
+        assert_eq!((dump.rdb_version, dump.id, &dump.blob), (10, id, &blob));
+        let mut bad = payload.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(read(&bad), Err("wrong CRC-64"));
+    }
+
+    #[test]
+    fn lzf_back_references_repeat() {
+        // A literal run of 3 ("abc"), then 6 bytes from 3 back.
+        let input = [2, b'a', b'b', b'c', 4 << 5, 2];
+        assert_eq!(
+            lzf_decompress(&input, 9).as_deref(),
+            Some(&b"abcabcabc"[..])
+        );
+        assert_eq!(lzf_decompress(&input, 8), None);
+    }
 }
