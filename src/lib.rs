@@ -32,12 +32,15 @@ mod all;
 mod api;
 mod args;
 mod command;
+mod engine;
 mod error;
 mod guard;
+mod limit;
 mod param;
 mod peek;
 mod queue;
 mod redis;
+mod reply;
 mod reset;
 mod state;
 mod stats;
@@ -129,7 +132,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
 /// Every command's counters, in the order `INFO ratelimit` lists them.
 fn all_stats() -> impl Iterator<Item = &'static Stats> {
     let algorithms = ALGORITHMS.iter().map(|entry| (entry.stats)());
-    algorithms.chain([&all::STATS, &throttle::STATS, &algorithm::PEEK_STATS])
+    algorithms.chain([&all::STATS, &throttle::STATS, &limit::PEEK_STATS])
 }
 
 /// `INFO ratelimit`: one line per command, `ratelimit_<command>:calls=…,allowed=…,denied=…,

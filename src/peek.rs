@@ -7,10 +7,11 @@ use std::ffi::c_int;
 
 use redis_module::raw;
 
-use crate::algorithm::{Entry, PEEK_SHARED};
+use crate::algorithm::PEEK_SHARED;
 use crate::algorithms::{ALGORITHMS, NAMES};
 use crate::command::{self, Command, Keys};
 use crate::error::Error;
+use crate::limit::Entry;
 use crate::param::{Kind, Param};
 use crate::redis::{Ctx, RString, bytes};
 

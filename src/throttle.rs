@@ -18,14 +18,17 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::Encoded;
-use ratelimit_core::{Call, MAX_UNITS, Millis, Op, Record, Retry, Timestamp, TokenBucket};
+use ratelimit_core::{Call, MAX_UNITS, Millis, Op, Record, Timestamp, TokenBucket};
 use redis_module::raw;
 
-use crate::algorithm::{self, Apply, Request};
+use crate::algorithm::Request;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
+use crate::engine::How;
 use crate::error::Error;
+use crate::limit;
 use crate::param::{Kind, Param};
 use crate::redis::{Args, Ctx, Key, RString};
+use crate::reply;
 use crate::stats::Stats;
 
 const MAX_BURST: Param = Param::required(c"max_burst", Kind::Amount);
@@ -58,30 +61,13 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         return Err(Error::WrongArity);
     };
     let request = parse(Args(rest.iter()))?;
-    let how = Apply {
-        stats: Some(&STATS),
+    let how = How {
         event: Some(c"cl.throttle"),
         adopt: Some(adopt),
     };
-    let d = algorithm::apply(ctx, *name, request, &how)?;
-    let retry = match d.retry {
-        Retry::After(after) => seconds(after),
-        Retry::Now | Retry::Never => -1,
-    };
-    ctx.reply_integers(&[
-        i64::from(!d.allowed),
-        d.limit as i64,
-        d.remaining as i64,
-        retry,
-        seconds(d.reset_after),
-    ]);
+    let decision = limit::decide_one(ctx, *name, &request, &how, &STATS)?;
+    reply::throttle(ctx, &decision);
     Ok(())
-}
-
-/// A length in whole seconds, rounded up (redis-cell rounds its nanoseconds up to the next
-/// second when a millisecond or more is left over; these are whole milliseconds).
-fn seconds(length: Millis) -> i64 {
-    length.as_u64().div_ceil(1000) as i64
 }
 
 /// `max_burst count_per_period period [quantity]`: the bucket, and what to do with it.

@@ -25,13 +25,13 @@ use std::ptr;
 use ratelimit_core::{Decision, Millis, Retry, Timestamp};
 use redis_module::raw;
 
-use crate::algorithm::{self, Planned};
-use crate::all::{self, Verdict};
 use crate::api::api;
+use crate::engine::{self, Mode, Planned, Verdict};
 use crate::error::Error;
 use crate::guard;
 use crate::queue::{Queued, Room, WaiterId, slot};
 use crate::redis::{Ctx, OwnedString, RString, bytes};
+use crate::reply;
 use crate::stats::Stats;
 
 /// What a waiting call does when it is tried.
@@ -58,17 +58,19 @@ impl Work {
             Work::One(call) => {
                 let calls = std::slice::from_ref(call);
                 let verdict = if look {
-                    all::look(ctx, keys, calls, now)
+                    engine::look_all(ctx, keys, calls, now)
                 } else {
-                    all::decide(ctx, keys, calls, now, false)
+                    engine::decide_all(ctx, keys, calls, now, Mode::Tentative)
                 };
                 verdict.and_then(|v| match v.decisions.first() {
                     Some(decision) => Ok(Answer::One(*decision, v.blocked)),
                     None => Err(Error::Internal),
                 })
             }
-            Work::All(calls) if look => all::look(ctx, keys, calls, now).map(Answer::All),
-            Work::All(calls) => all::decide(ctx, keys, calls, now, false).map(Answer::All),
+            Work::All(calls) if look => engine::look_all(ctx, keys, calls, now).map(Answer::All),
+            Work::All(calls) => {
+                engine::decide_all(ctx, keys, calls, now, Mode::Tentative).map(Answer::All)
+            }
         };
         answer.unwrap_or_else(Answer::Error)
     }
@@ -118,8 +120,8 @@ impl Answer {
 
     fn reply(self, ctx: Ctx) {
         match self {
-            Answer::One(decision, _) => algorithm::reply(ctx, &decision),
-            Answer::All(verdict) => all::reply(ctx, &verdict),
+            Answer::One(decision, _) => reply::decision(ctx, &decision),
+            Answer::All(verdict) => reply::verdict(ctx, &verdict),
             Answer::Error(error) => ctx.reply_error(error),
         }
     }

@@ -9,7 +9,7 @@ use std::ffi::CStr;
 
 use ratelimit_core::{FixedWindow, SlidingWindow, TokenBucket};
 
-use crate::algorithm::Entry;
+use crate::limit::Entry;
 
 const ENTRIES: [Entry; 3] = [
     Entry::of::<FixedWindow>(),
