@@ -20,17 +20,15 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::ptr;
 
 use ratelimit_core::{Decision, Millis, Retry, Timestamp};
 use redis_module::raw;
 
-use crate::api::api;
 use crate::engine::{self, Mode, Planned, Verdict};
 use crate::error::Error;
 use crate::guard;
 use crate::queue::{Queued, Room, WaiterId, slot};
-use crate::redis::{Ctx, OwnedString, RString, bytes};
+use crate::redis::{BlockedClient, Blocking, Ctx, OwnedString, RString, Timer, bytes};
 use crate::reply;
 use crate::stats::Stats;
 
@@ -157,7 +155,7 @@ fn behind_all(verdict: Verdict, wait: Millis) -> Verdict {
 
 /// A blocked client waiting for its units.
 struct Waiter {
-    client: *mut raw::RedisModuleBlockedClient,
+    client: BlockedClient,
     db: c_int,
     /// The keys it names, as they are queued ([`slot`]), and their names.
     slots: Vec<Vec<u8>>,
@@ -167,7 +165,7 @@ struct Waiter {
     deadline: Timestamp,
     stats: &'static Stats,
     /// The timer that tries it again, and when that is due.
-    timer: Option<(raw::RedisModuleTimerID, Timestamp)>,
+    timer: Option<(Timer, Timestamp)>,
 }
 
 impl Queued for Waiter {
@@ -184,7 +182,7 @@ impl Queued for Waiter {
 #[derive(Default)]
 struct Waiting {
     room: Room<Waiter>,
-    clients: HashMap<usize, WaiterId>,
+    clients: HashMap<BlockedClient, WaiterId>,
 }
 
 thread_local! {
@@ -197,15 +195,15 @@ fn room<R>(f: impl FnOnce(&mut Room<Waiter>) -> R) -> R {
 }
 
 /// The waiter a blocked client is.
-fn waiter_of(client: *mut raw::RedisModuleBlockedClient) -> Option<WaiterId> {
-    WAITING.with(|w| w.borrow().clients.get(&(client as usize)).copied())
+fn waiter_of(client: BlockedClient) -> Option<WaiterId> {
+    WAITING.with(|w| w.borrow().clients.get(&client).copied())
 }
 
 /// Queues a waiter.
 fn add(waiter: Waiter) -> WaiterId {
     WAITING.with(|w| {
         let mut w = w.borrow_mut();
-        let client = waiter.client as usize;
+        let client = waiter.client;
         let id = w.room.add(waiter);
         w.clients.insert(client, id);
         id
@@ -217,10 +215,18 @@ fn leave(id: WaiterId, waiter: Option<Waiter>) -> Option<(Waiter, Vec<WaiterId>)
     WAITING.with(|w| {
         let mut w = w.borrow_mut();
         let (waiter, next) = w.room.leave(id, waiter)?;
-        w.clients.remove(&(waiter.client as usize));
+        w.clients.remove(&waiter.client);
         Some((waiter, next))
     })
 }
+
+/// How a waiting client is answered.
+static BLOCKING: Blocking = Blocking {
+    reply: Some(on_reply),
+    timeout: Some(on_timeout),
+    free: Some(free_answer),
+    disconnect: Some(on_disconnect),
+};
 
 /// The places of `names` in the room, for the context's database.
 fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
@@ -299,24 +305,10 @@ pub fn start(
         answer.reply(ctx);
         return Ok(());
     }
-    // SAFETY: a command's context; the callbacks are plain functions that outlive the
-    // client, and the handle is released by `on_timeout`, `on_disconnect` or `finish`.
-    let client = unsafe {
-        let client = api!(RedisModule_BlockClient)(
-            ctx.0,
-            Some(on_reply),
-            Some(on_timeout),
-            Some(free_answer),
-            timeout.as_u64() as i64,
-        );
-        if !client.is_null() {
-            api!(RedisModule_SetDisconnectCallback)(client, Some(on_disconnect));
-        }
-        client
-    };
-    if client.is_null() {
-        return Err(Error::Internal);
-    }
+    // The handle is released by `on_timeout`, `on_disconnect` or `serve`.
+    let client = ctx
+        .block_client(&BLOCKING, timeout)
+        .ok_or(Error::Internal)?;
     let waiter = Waiter {
         client,
         db: ctx.selected_db(),
@@ -349,23 +341,14 @@ fn arm(ctx: Ctx, id: WaiterId, after: Millis) {
     let now = fresh_now(ctx);
     let old = room(|room| room.get_mut(id).and_then(|w| w.timer.take()));
     if let Some((timer, _)) = old {
-        stop(ctx, timer);
+        ctx.stop_timer(timer);
     }
-    // SAFETY: a valid context; the data is the waiter's id, not a pointer.
-    let timer = unsafe {
-        let data = id.0 as usize as *mut c_void;
-        api!(RedisModule_CreateTimer)(ctx.0, after.as_u64() as i64, Some(on_timer), data)
-    };
+    let timer = ctx.start_timer(after, Some(on_timer), id.0);
     room(|room| {
         if let Some(waiter) = room.get_mut(id) {
             waiter.timer = Some((timer, now + after));
         }
     });
-}
-
-fn stop(ctx: Ctx, timer: raw::RedisModuleTimerID) {
-    // SAFETY: a valid context; a timer that fired already is refused harmlessly.
-    unsafe { api!(RedisModule_StopTimer)(ctx.0, timer, ptr::null_mut()) };
 }
 
 /// Tries the waiter `first`, and whoever comes first after each waiter that leaves.
@@ -376,7 +359,7 @@ fn serve(ctx: Ctx, first: WaiterId) {
             continue;
         };
         if let Some((timer, _)) = waiter.timer.take() {
-            stop(ctx, timer);
+            ctx.stop_timer(timer);
         }
         ctx.select_db(waiter.db);
         let now = fresh_now(ctx);
@@ -403,7 +386,7 @@ fn serve(ctx: Ctx, first: WaiterId) {
             None => {
                 if let Some((waiter, next)) = leave(id, Some(waiter)) {
                     answer.record(waiter.stats);
-                    unblock(waiter.client, Some(answer));
+                    waiter.client.unblock(Some(Box::new(answer)));
                     pending.extend(next);
                 }
             }
@@ -416,18 +399,11 @@ fn owned(names: &[Vec<u8>]) -> Option<Vec<OwnedString>> {
     names.iter().map(|name| OwnedString::new(name)).collect()
 }
 
-/// Unblocks a client, to be answered with `answer` (none: it is gone or has been answered).
-fn unblock(client: *mut raw::RedisModuleBlockedClient, answer: Option<Answer>) {
-    let data = answer.map_or(ptr::null_mut(), |a| Box::into_raw(Box::new(a)).cast());
-    // SAFETY: a handle of a blocked client, unblocked once; `free_answer` frees the data.
-    unsafe { api!(RedisModule_UnblockClient)(client, data) };
-}
-
 /// A waiter leaves without an answer from the timer: lets the next ones try at once.
 fn left(ctx: Ctx, id: WaiterId) -> Option<Waiter> {
     let (waiter, next) = leave(id, None)?;
     if let Some((timer, _)) = waiter.timer {
-        stop(ctx, timer);
+        ctx.stop_timer(timer);
     }
     for next in next {
         arm(ctx, next, Millis::ZERO);
@@ -450,9 +426,8 @@ unsafe extern "C" fn on_reply(
     _argc: c_int,
 ) -> c_int {
     guard::catch(|| {
-        // SAFETY: a reply callback's context; the data is an `Answer` from `unblock`.
-        let data = unsafe { api!(RedisModule_GetBlockedClientPrivateData)(ctx) };
-        let answer = data.cast::<Answer>();
+        // The data is an `Answer` from `unblock`.
+        let answer = Ctx(ctx).blocked_data::<Answer>();
         // SAFETY: the `Answer` lives until `free_answer`, after this callback.
         match unsafe { answer.as_mut() } {
             Some(answer) => {
@@ -472,10 +447,9 @@ unsafe extern "C" fn on_timeout(
 ) -> c_int {
     let ctx = Ctx(ctx);
     guard::catch(|| {
-        // SAFETY: a timeout callback's context.
-        let client = unsafe { api!(RedisModule_GetBlockedClientHandle)(ctx.0) };
-        let id = waiter_of(client);
-        let Some(waiter) = id.and_then(|id| left(ctx, id)) else {
+        let client = ctx.blocked_client();
+        let id = client.and_then(waiter_of);
+        let (Some(client), Some(waiter)) = (client, id.and_then(|id| left(ctx, id))) else {
             ctx.reply_error(Error::Internal);
             return;
         };
@@ -491,7 +465,7 @@ unsafe extern "C" fn on_timeout(
         };
         answer.record(waiter.stats);
         answer.reply(ctx);
-        unblock(client, None);
+        client.unblock::<Answer>(None);
     });
     raw::REDISMODULE_OK as c_int
 }
@@ -502,9 +476,14 @@ unsafe extern "C" fn on_disconnect(
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     guard::catch(|| {
-        let id = waiter_of(client);
-        if id.and_then(|id| left(Ctx(ctx), id)).is_some() {
-            unblock(client, None);
+        let Some(client) = BlockedClient::from_raw(client) else {
+            return;
+        };
+        if waiter_of(client)
+            .and_then(|id| left(Ctx(ctx), id))
+            .is_some()
+        {
+            client.unblock::<Answer>(None);
         }
     });
 }
