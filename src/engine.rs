@@ -13,6 +13,7 @@
 use std::ffi::CStr;
 
 use ratelimit_core::codec::Encoded;
+use ratelimit_core::record::{InPlace, View};
 use ratelimit_core::{Call, Decision, Millis, Op, Record, Retry, State, Timestamp, Write, record};
 
 use crate::algorithm::{Algorithm, Request};
@@ -129,6 +130,16 @@ enum Pending<S> {
     Delete,
 }
 
+impl<S> Pending<S> {
+    fn of(write: Write<Record<S>>) -> Self {
+        match write {
+            Write::Keep => Pending::Nothing,
+            Write::Store(record) => Pending::Store(record),
+            Write::Delete => Pending::Delete,
+        }
+    }
+}
+
 /// A call of algorithm `A` decided on its open key.
 pub struct Hold<A: Algorithm> {
     ctx: Ctx,
@@ -172,28 +183,35 @@ pub fn hold<A: Algorithm>(
         Some(key) => key.value::<A::State>()?,
         None => None,
     };
+    let view = value.as_ref().map(Value::view);
     // The key expires when its record is fresh again: at the stored record's reset time.
-    let expiry = value.as_deref().map(State::reset_at);
-    let was_blocked = (value.as_deref()).is_some_and(|r| r.blocked_at(now).is_some());
+    let expiry = view.map(|v| v.reset_at());
+    let was_blocked = view.is_some_and(|v| v.blocked_at(now).is_some());
     let (decision, pending) = match value {
-        // A boxed sliding window is updated where it lies: no new counters to build and move
-        // in. (Fixed windows and token buckets are two words, which may pack again.)
-        Some(Value::Boxed(record)) if A::State::UPDATE_IN_PLACE && mode == Mode::Final => {
-            let out = record::decide_in_place(&limiter, record, now, call);
-            let pending = match out.write {
-                Write::Keep => Pending::Nothing,
-                Write::Store(()) => Pending::Updated(record.reset_at(), Encoded::of(&*record)),
-                Write::Delete => Pending::Delete,
-            };
-            (out.decision, pending)
+        // A boxed sliding window without a block is updated where it lies: no new counters
+        // to build and move in. (Fixed windows and token buckets are two words, which may
+        // pack again.)
+        Some(Value::Bare(state)) if A::State::UPDATE_IN_PLACE && mode == Mode::Final => {
+            match record::decide_unblocked_in_place(&limiter, state, now, call) {
+                InPlace::Updated(out) => {
+                    let pending = match out.write {
+                        Write::Keep => Pending::Nothing,
+                        Write::Store(()) => {
+                            let encoded = Encoded::of_view(View::of(&*state));
+                            Pending::Updated(state.reset_at(), encoded)
+                        }
+                        Write::Delete => Pending::Delete,
+                    };
+                    (out.decision, pending)
+                }
+                InPlace::Decided(out) => (out.decision, Pending::of(out.write)),
+            }
         }
         value => {
-            let out = record::decide(&limiter, value.as_deref(), now, call);
-            let pending = match out.write {
-                _ if !mode.writes() => Pending::Nothing,
-                Write::Keep => Pending::Nothing,
-                Write::Store(record) => Pending::Store(record),
-                Write::Delete => Pending::Delete,
+            let out = record::decide_view(&limiter, value.as_ref().map(Value::view), now, call);
+            let pending = match mode.writes() {
+                true => Pending::of(out.write),
+                false => Pending::Nothing,
             };
             (out.decision, pending)
         }
@@ -227,7 +245,8 @@ impl<A: Algorithm> Held for Hold<A> {
             Some(key) => key.value::<A::State>()?,
             None => None,
         };
-        let report = record::decide(&self.limiter, value.as_deref(), self.now, Call::take(0));
+        let view = value.as_ref().map(Value::view);
+        let report = record::decide_view(&self.limiter, view, self.now, Call::take(0));
         Ok(report.decision)
     }
 

@@ -5,7 +5,7 @@
 use std::ffi::{CStr, c_int};
 
 use ratelimit_core::codec::Codec;
-use ratelimit_core::{Decision, Millis, Op, Record, State};
+use ratelimit_core::{Decision, Millis, Op, Record};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
@@ -160,7 +160,7 @@ fn restore<S: Stored>(ctx: Ctx, name: RString, encoded: &[u8]) -> Result<(), Err
     let record = Record::<S>::decode(encoded).map_err(|_| Error::InvalidState)?;
     let mut key = Key::open(ctx, name, true).ok_or(Error::InvalidState)?;
     let expiry = match key.value::<S>() {
-        Ok(Some(old)) => Some(old.reset_at()),
+        Ok(Some(old)) => Some(old.view().reset_at()),
         _ => None,
     };
     key.store(record, expiry);

@@ -7,7 +7,7 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 
-use ratelimit_core::codec::{Encoded, Word};
+use ratelimit_core::codec::Encoded;
 use ratelimit_core::{Millis, Record, State, Timestamp};
 use redis_module::raw;
 
@@ -455,8 +455,8 @@ impl Key {
     }
 
     /// Stores a record, replacing whatever the key held, and expires the key when it is
-    /// fresh again. A boxed record of the same type is overwritten in place, a packed one
-    /// replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
+    /// fresh again. A box of the same type and kind (a bare state, a record) is overwritten
+    /// in place, a packed one replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
     /// caller knows it (the previous state's reset time): an unchanged one is not set again.
     pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<Timestamp>) {
         let reset_at = record.reset_at();
@@ -471,11 +471,13 @@ impl Key {
         // SAFETY: the key is open for writing and `existing` is its value of type `S`; the
         // new value becomes owned by Redis, which frees it through our `free` callback.
         unsafe {
-            match existing {
-                Some(old) if Value::<S>::holds_box(old.as_ptr()) && record.to_word().is_none() => {
-                    *old.cast::<Record<S>>().as_ptr() = record;
-                }
-                Some(_) => {
+            let record = match existing {
+                Some(old) => Value::<S>::overwrite(old, record).err(),
+                None => Some(record),
+            };
+            match (existing, record) {
+                (_, None) => {}
+                (Some(_), Some(record)) => {
                     let mut old = std::ptr::null_mut();
                     let new = Value::into_raw(record);
                     let replaced = api!(RedisModule_ModuleTypeReplaceValue)(
@@ -491,7 +493,7 @@ impl Key {
                         Value::<S>::free(new);
                     }
                 }
-                None => {
+                (None, Some(record)) => {
                     let new = Value::into_raw(record);
                     api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), new);
                 }

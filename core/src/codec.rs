@@ -21,7 +21,7 @@
 //! [`Word`] is a second, in-memory encoding: a fixed window or token bucket with usual
 //! figures and no block fits in 63 bits, which the storage layer keeps in place of a pointer.
 
-use crate::record::Record;
+use crate::record::{Record, View};
 use crate::{State, Timestamp};
 
 /// The version written in byte 0.
@@ -187,6 +187,11 @@ impl Encoded {
 
     /// Encodes a record.
     pub fn of<S: Codec>(record: &Record<S>) -> Self {
+        Self::of_view(record.view())
+    }
+
+    /// Encodes a record as read where it is stored.
+    pub fn of_view<S: Codec>(record: View<'_, S>) -> Self {
         let mut out = Self::start(S::TAG);
         let blocked = record.blocked_until != Timestamp::EPOCH;
         let has_state = record.state.is_some();
@@ -194,7 +199,7 @@ impl Encoded {
         if blocked {
             out.put(&record.blocked_until.as_millis().to_le_bytes());
         }
-        if let Some(state) = &record.state {
+        if let Some(state) = record.state {
             state.encode(&mut out);
         }
         out

@@ -48,7 +48,62 @@ impl Call {
     }
 }
 
+/// A record as read where it is stored: its state and its block, borrowed (a key that is not
+/// blocked may store its bare state, without the record around it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct View<'a, S> {
+    pub state: Option<&'a S>,
+    pub blocked_until: Timestamp,
+}
+
+impl<S> Clone for View<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for View<'_, S> {}
+
+impl<'a, S> View<'a, S> {
+    /// A state that is not blocked.
+    pub const fn of(state: &'a S) -> Self {
+        View {
+            state: Some(state),
+            blocked_until: Timestamp::EPOCH,
+        }
+    }
+
+    /// The end of the block running at `now`, if one is.
+    pub fn blocked_at(&self, now: Timestamp) -> Option<Timestamp> {
+        (self.blocked_until > now).then_some(self.blocked_until)
+    }
+}
+
+impl<S: State> View<'_, S> {
+    /// The moment the record is fresh again (see [`Record`]'s [`State::reset_at`]).
+    pub fn reset_at(&self) -> Timestamp {
+        let state = self.state.map_or(Timestamp::EPOCH, State::reset_at);
+        state.max(self.blocked_until)
+    }
+
+    /// The record itself, owned.
+    pub fn to_record(&self) -> Record<S> {
+        Record {
+            state: self.state.cloned(),
+            blocked_until: self.blocked_until,
+        }
+    }
+}
+
 impl<S> Record<S> {
+    /// The record, borrowed.
+    pub fn view(&self) -> View<'_, S> {
+        View {
+            state: self.state.as_ref(),
+            blocked_until: self.blocked_until,
+        }
+    }
+
     /// A record holding a state, not blocked.
     pub const fn of(state: S) -> Self {
         Self {
@@ -65,11 +120,7 @@ impl<S> Record<S> {
 
 impl<S: State> State for Record<S> {
     fn reset_at(&self) -> Timestamp {
-        let state = self
-            .state
-            .as_ref()
-            .map_or(Timestamp::EPOCH, State::reset_at);
-        state.max(self.blocked_until)
+        self.view().reset_at()
     }
 
     /// A valid state, or none but a block; a reset time (the key's expiry: the state's and
@@ -92,7 +143,17 @@ pub fn decide<L: Limiter>(
     now: Timestamp,
     call: Call,
 ) -> Outcome<Record<L::State>> {
-    let state = record.and_then(|r| r.state.as_ref());
+    decide_view(limiter, record.map(Record::view), now, call)
+}
+
+/// [`decide`] on a record as read where it is stored.
+pub fn decide_view<L: Limiter>(
+    limiter: &L,
+    record: Option<View<'_, L::State>>,
+    now: Timestamp,
+    call: Call,
+) -> Outcome<Record<L::State>> {
+    let state = record.and_then(|r| r.state);
     let blocked = record.and_then(|r| r.blocked_at(now));
     let out = match (call.op, blocked) {
         (Op::Take(cost), None) => limiter.decide(state, now, cost),
@@ -171,6 +232,46 @@ pub fn decide_in_place<L: Limiter>(
         decision: blocked_decision(out.decision, until - now),
         write: Write::Store(()),
     }
+}
+
+/// How [`decide_unblocked_in_place`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InPlace<S> {
+    /// The state was decided on where it lies (see [`Limiter::decide_in_place`]).
+    Updated(Outcome<()>),
+    /// The call was decided without touching the stored state (a refund), or it starts a
+    /// block: the record to write, if any, is the outcome's.
+    Decided(Outcome<Record<S>>),
+}
+
+/// Decides like [`decide`] on a stored state that is not blocked (a record holding only its
+/// state): the usual call, taking units, updates the state where it lies; one whose denial
+/// starts a block gives the record, block included, to store instead.
+pub fn decide_unblocked_in_place<L: Limiter>(
+    limiter: &L,
+    state: &mut L::State,
+    now: Timestamp,
+    call: Call,
+) -> InPlace<L::State> {
+    let Op::Take(cost) = call.op else {
+        return InPlace::Decided(decide_view(limiter, Some(View::of(state)), now, call));
+    };
+    let out = limiter.decide_in_place(state, now, cost);
+    if out.decision.allowed || call.block.is_zero() {
+        return InPlace::Updated(out);
+    }
+    let until = now + call.block;
+    let state = match out.write {
+        Write::Delete => None,
+        Write::Keep | Write::Store(()) => Some(state.clone()),
+    };
+    InPlace::Decided(Outcome {
+        decision: blocked_decision(out.decision, until - now),
+        write: Write::Store(Record {
+            state,
+            blocked_until: until,
+        }),
+    })
 }
 
 /// [`decide_in_place`] by building the new record and moving it in.

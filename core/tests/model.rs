@@ -323,6 +323,25 @@ where
                 Write::Store(new) => prop_assert_eq!(&copy, new),
                 _ => prop_assert_eq!(&copy, r),
             }
+            // A key that is not blocked may hold its bare state: deciding on it in place
+            // agrees too.
+            if let (Some(state), None) = (&r.state, r.blocked_at(at(0))) {
+                let mut bare = state.clone();
+                match record::decide_unblocked_in_place(l, &mut bare, at(now), call) {
+                    record::InPlace::Updated(o) => {
+                        prop_assert_eq!(o.decision, d);
+                        match (&out.write, o.write) {
+                            (Write::Store(new), Write::Store(())) => {
+                                prop_assert_eq!(&Record::of(bare), new)
+                            }
+                            (Write::Keep, Write::Keep) => prop_assert_eq!(&bare, state),
+                            (Write::Delete, Write::Delete) => {}
+                            (write, o) => prop_assert!(false, "{:?} but in place {:?}", write, o),
+                        }
+                    }
+                    record::InPlace::Decided(o) => prop_assert_eq!(&o, &out),
+                }
+            }
         }
         let stored_block = match &out.write {
             Write::Store(r) => Some(r.blocked_until),
