@@ -14,16 +14,17 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ratelimit_core::{FixedWindow, Limiter, Millis, SlidingWindow, TokenBucket, Write};
+use ratelimit_core::{FixedWindow, Limiter, Millis, SlidingWindow, Timestamp, TokenBucket, Write};
 
-const START: Millis = 1_700_000_000_000;
+const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
 /// Decides one call per iteration, time moving `step` ms, the way the module does: a stored
 /// state is decided on in place, a fresh limiter gets a new state.
-fn bench<L: Limiter>(c: &mut Criterion, name: &str, limiter: L, cost: u64, step: Millis) {
+fn bench<L: Limiter>(c: &mut Criterion, name: &str, limiter: L, cost: u64, step: u64) {
+    let step = Millis::from_millis(step);
     let mut state: Option<L::State> = None;
     let mut now = START;
-    let call = |state: &mut Option<L::State>, now: Millis| match state {
+    let call = |state: &mut Option<L::State>, now: Timestamp| match state {
         Some(s) => {
             let out = limiter.decide_in_place(black_box(s), black_box(now), black_box(cost));
             if out.write == Write::Delete {
@@ -45,7 +46,7 @@ fn bench<L: Limiter>(c: &mut Criterion, name: &str, limiter: L, cost: u64, step:
     }
     c.bench_function(name, |b| {
         b.iter(|| {
-            now += step;
+            now = now + step;
             black_box(call(&mut state, now))
         })
     });
@@ -53,7 +54,7 @@ fn bench<L: Limiter>(c: &mut Criterion, name: &str, limiter: L, cost: u64, step:
 
 fn algorithms(c: &mut Criterion) {
     let big = 1 << 40;
-    let minute = 60_000;
+    let minute = Millis::MINUTE;
     bench(
         c,
         "fixed/allowed",
@@ -64,7 +65,7 @@ fn algorithms(c: &mut Criterion) {
     bench(
         c,
         "fixed/denied",
-        FixedWindow::new(100, 3_600_000).unwrap(),
+        FixedWindow::new(100, Millis::HOUR).unwrap(),
         1,
         0,
     );
@@ -82,7 +83,7 @@ fn algorithms(c: &mut Criterion) {
     bench(
         c,
         "token/allowed",
-        TokenBucket::new(big, big, 1000).unwrap(),
+        TokenBucket::new(big, big, Millis::SECOND).unwrap(),
         1,
         1,
     );
@@ -90,14 +91,14 @@ fn algorithms(c: &mut Criterion) {
     bench(
         c,
         "token/allowed-usual",
-        TokenBucket::new(100, 1000, 1000).unwrap(),
+        TokenBucket::new(100, 1000, Millis::SECOND).unwrap(),
         1,
         1,
     );
     bench(
         c,
         "token/denied",
-        TokenBucket::new(100, 1, 3_600_000).unwrap(),
+        TokenBucket::new(100, 1, Millis::HOUR).unwrap(),
         1,
         0,
     );

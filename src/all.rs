@@ -20,17 +20,18 @@
 
 use std::ffi::{CStr, c_int};
 
-use ratelimit_core::{Decision, Retry};
+use ratelimit_core::Millis;
 use redis_module::raw;
 
 use ratelimit_core::ArgError;
 use ratelimit_core::args;
 
-use crate::algorithm::{self, Held, Planned};
 use crate::algorithms::{ALGORITHMS, NAMES};
 use crate::command::{self, Command, DECIDE_KEY, Keys};
+use crate::engine::{self, Mode, Planned};
 use crate::error::Error;
 use crate::redis::{Ctx, RString, bytes};
+use crate::reply;
 use crate::stats::Stats;
 use crate::wait::{self, Work};
 use ratelimit_core::param::{DRYRUN, Kind, Param, WAIT};
@@ -55,12 +56,12 @@ extern "C" fn handler(ctx: *mut raw::RedisModuleCtx, argv: *mut RString, argc: c
     command::run(ctx, argv, argc, all)
 }
 
-/// How a call ends: `DRYRUN`, `WAIT timeout` (ms), or neither.
+/// How a call ends: `DRYRUN`, `WAIT timeout`, or neither.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tail {
     None,
     DryRun,
-    Wait(u64),
+    Wait(Millis),
 }
 
 fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
@@ -82,128 +83,20 @@ fn all(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
             // denied while they wait, and only looks.
             let now = ctx.now();
             let verdict = if wait::has_waiters(ctx, keys) {
-                let found = look(ctx, keys, &calls, now)?;
+                let found = engine::look_all(ctx, keys, &calls, now)?;
                 wait::behind_waiters_all(ctx, keys, found)
             } else {
-                decide(ctx, keys, &calls, now, tail == Tail::DryRun)?
+                let mode = match tail {
+                    Tail::DryRun => Mode::Look,
+                    _ => Mode::Tentative,
+                };
+                engine::decide_all(ctx, keys, &calls, now, mode)?
             };
             STATS.record(verdict.allowed, verdict.blocked);
-            reply(ctx, &verdict);
+            reply::verdict(ctx, &verdict);
             Ok(())
         }
     }
-}
-
-/// What a call of several limits decided.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    pub allowed: bool,
-    /// When the whole call would pass.
-    pub retry: Retry,
-    /// Each limit's decision, in the order of the keys.
-    pub decisions: Vec<Decision>,
-    /// Whether one of the keys was blocked when the call came.
-    pub blocked: bool,
-}
-
-/// Decides the limits `calls` on `keys` at `now`, all or nothing, and applies what they take
-/// (nothing if `dry_run`). Each key is opened once: every limit decides on what it holds,
-/// and only then are the takes (or the blocks of denying limits) written.
-pub fn decide(
-    ctx: Ctx,
-    keys: &[RString],
-    calls: &[Box<dyn Planned>],
-    now: u64,
-    dry_run: bool,
-) -> Result<Verdict, Error> {
-    let held = hold(ctx, keys, calls, now, dry_run)?;
-    let allowed = held.iter().all(|h| h.decision().allowed);
-    let blocked = held.iter().any(|h| h.was_blocked());
-    let mut decisions = Vec::with_capacity(held.len());
-    for (mut held, call) in held.into_iter().zip(calls) {
-        let decision = held.decision();
-        decisions.push(match (allowed, decision.allowed) {
-            // Denied by another limit: nothing taken, the state as it stands.
-            (false, true) => held.report()?,
-            // Allowed: its take; denied: its block, if it has one.
-            (true, _) => {
-                held.commit();
-                decision
-            }
-            (false, false) => {
-                if call.blocks() {
-                    held.commit();
-                }
-                decision
-            }
-        });
-    }
-    Ok(Verdict {
-        allowed,
-        retry: verdict(&decisions),
-        decisions,
-        blocked,
-    })
-}
-
-fn hold(
-    ctx: Ctx,
-    keys: &[RString],
-    calls: &[Box<dyn Planned>],
-    now: u64,
-    dry_run: bool,
-) -> Result<Vec<Box<dyn Held>>, Error> {
-    (keys.iter().zip(calls))
-        .map(|(key, call)| call.hold(ctx, *key, now, dry_run))
-        .collect()
-}
-
-/// Whether the limits `calls` on `keys` would allow at `now`, changing nothing: each
-/// limit's state as it stands (a denying limit's denial).
-pub fn look(
-    ctx: Ctx,
-    keys: &[RString],
-    calls: &[Box<dyn Planned>],
-    now: u64,
-) -> Result<Verdict, Error> {
-    let mut blocked = false;
-    let decisions = (keys.iter().zip(calls))
-        .map(|(key, call)| {
-            let (decision, was_blocked) = algorithm::look(&**call, ctx, *key, now)?;
-            blocked |= was_blocked;
-            Ok(decision)
-        })
-        .collect::<Result<Vec<Decision>, Error>>()?;
-    Ok(Verdict {
-        allowed: decisions.iter().all(|d| d.allowed),
-        retry: verdict(&decisions),
-        decisions,
-        blocked,
-    })
-}
-
-/// Replies `[allowed, retry_after_ms, d1, …, dN]` (RESP3: a map).
-pub fn reply(ctx: Ctx, verdict: &Verdict) {
-    let decisions = &verdict.decisions;
-    ctx.reply_verdict(
-        i64::from(verdict.allowed),
-        verdict.retry.as_millis(),
-        decisions.len(),
-        |i| algorithm::reply(ctx, &decisions[i]),
-    );
-}
-
-/// When the whole call would pass: the latest of the denying limits' retries.
-fn verdict(decisions: &[Decision]) -> Retry {
-    decisions
-        .iter()
-        .filter(|d| !d.allowed)
-        .fold(Retry::Now, |acc, d| match (acc, d.retry) {
-            (Retry::Never, _) | (_, Retry::Never) => Retry::Never,
-            (Retry::After(a), Retry::After(b)) => Retry::After(a.max(b)),
-            (_, Retry::After(b)) => Retry::After(b),
-            (acc, Retry::Now) => acc,
-        })
 }
 
 /// The parsed specs of a call, one per key.
@@ -305,29 +198,6 @@ fn split<'a, 'w>(words: &'a [&'w [u8]]) -> Vec<&'a [&'w [u8]]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decision(allowed: bool, remaining: u64, retry: Retry) -> Decision {
-        Decision {
-            allowed,
-            limit: 10,
-            remaining,
-            retry,
-            reset_after: 0,
-        }
-    }
-
-    #[test]
-    fn the_verdict_waits_for_the_latest_denial() {
-        let ok = decision(true, 3, Retry::Now);
-        let wait = |ms| decision(false, 0, Retry::After(ms));
-        assert_eq!(verdict(&[ok, ok]), Retry::Now);
-        assert_eq!(
-            verdict(&[ok, wait(5), wait(900), wait(30)]),
-            Retry::After(900)
-        );
-        let never = decision(false, 3, Retry::Never);
-        assert_eq!(verdict(&[wait(5), never, wait(30)]), Retry::Never);
-    }
 
     #[test]
     fn specs_split_at_algorithm_names() {

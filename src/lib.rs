@@ -10,6 +10,7 @@
 //! - `algorithm`: what a definition gives, and the handler the limiting commands share;
 //! - `all`: `RL.ALL`, several limits in one call, all or nothing;
 //! - `wait`: `WAIT timeout`, a denied call waiting for its units, first come first served;
+//!   `queue`: the waiting room's order (pure, unit-tested);
 //! - `peek`, `reset`: `RL.PEEK` (read-only decisions) and `RL.RESET`;
 //! - `throttle`: `CL.THROTTLE`, redis-cell's command on the token bucket;
 //! - `state`: `RL.STATE`, how replicas and AOF loads receive states;
@@ -31,10 +32,14 @@ mod algorithms;
 mod all;
 mod api;
 mod command;
+mod engine;
 mod error;
 mod guard;
+mod limit;
 mod peek;
+mod queue;
 mod redis;
+mod reply;
 mod reset;
 mod state;
 mod stats;
@@ -126,7 +131,7 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
 /// Every command's counters, in the order `INFO ratelimit` lists them.
 fn all_stats() -> impl Iterator<Item = &'static Stats> {
     let algorithms = ALGORITHMS.iter().map(|entry| (entry.stats)());
-    algorithms.chain([&all::STATS, &throttle::STATS, &algorithm::PEEK_STATS])
+    algorithms.chain([&all::STATS, &throttle::STATS, &limit::PEEK_STATS])
 }
 
 /// `INFO ratelimit`: one line per command, `ratelimit_<command>:calls=…,allowed=…,denied=…,

@@ -8,10 +8,11 @@ use std::ffi::c_int;
 use ratelimit_core::ArgError;
 use redis_module::raw;
 
-use crate::algorithm::{Entry, PEEK_SHARED};
+use crate::algorithm::PEEK_SHARED;
 use crate::algorithms::{ALGORITHMS, NAMES};
 use crate::command::{self, Command, Keys};
 use crate::error::Error;
+use crate::limit::Entry;
 use crate::redis::{Ctx, RString, bytes};
 use ratelimit_core::param::{Kind, Param};
 

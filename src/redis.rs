@@ -7,8 +7,8 @@
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr::NonNull;
 
-use ratelimit_core::codec::{Encoded, Word};
-use ratelimit_core::{Record, State};
+use ratelimit_core::codec::Encoded;
+use ratelimit_core::{Millis, Record, State, Timestamp};
 use redis_module::raw;
 
 use crate::api::api;
@@ -47,12 +47,101 @@ impl<'a> Iterator for Args<'a> {
     }
 }
 
+/// The callbacks of a client a command blocks ([`Ctx::block_client`]).
+pub struct Blocking {
+    /// Answers the client once it is unblocked, with the data it was unblocked with.
+    pub reply: raw::RedisModuleCmdFunc,
+    /// Answers the client when its timeout passes.
+    pub timeout: raw::RedisModuleCmdFunc,
+    /// Frees the data a client was unblocked with, after `reply`.
+    pub free: Option<unsafe extern "C" fn(*mut raw::RedisModuleCtx, *mut c_void)>,
+    /// Called when the client disconnects while blocked.
+    pub disconnect: raw::RedisModuleDisconnectFunc,
+}
+
+/// A client a command blocked, to be answered later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockedClient(NonNull<raw::RedisModuleBlockedClient>);
+
+impl BlockedClient {
+    /// The handle Redis gives a disconnect callback.
+    pub fn from_raw(client: *mut raw::RedisModuleBlockedClient) -> Option<Self> {
+        NonNull::new(client).map(BlockedClient)
+    }
+
+    /// Unblocks the client, to be answered by its reply callback with `data` (none: it is
+    /// gone or has been answered). Once per client: the handle is released.
+    pub fn unblock<T>(self, data: Option<Box<T>>) {
+        let data = data.map_or(std::ptr::null_mut(), |d| Box::into_raw(d).cast());
+        // SAFETY: a handle of a blocked client, unblocked once; the blocking's `free`
+        // callback frees the data.
+        unsafe { api!(RedisModule_UnblockClient)(self.0.as_ptr(), data) };
+    }
+}
+
+/// A module timer ([`Ctx::start_timer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timer(raw::RedisModuleTimerID);
+
 impl Ctx {
-    /// The server clock in ms since the epoch, read once per command.
-    pub fn now(self) -> u64 {
+    /// Blocks the calling client for at most `timeout`; `None` if Redis refuses.
+    pub fn block_client(self, callbacks: &Blocking, timeout: Millis) -> Option<BlockedClient> {
+        let timeout = i64::try_from(timeout.as_u64()).unwrap_or(i64::MAX);
+        // SAFETY: a command's context; the callbacks are plain functions that outlive the
+        // client.
+        let client = unsafe {
+            api!(RedisModule_BlockClient)(
+                self.0,
+                callbacks.reply,
+                callbacks.timeout,
+                callbacks.free,
+                timeout,
+            )
+        };
+        let client = BlockedClient::from_raw(client)?;
+        // SAFETY: the handle just returned, still blocked.
+        unsafe { api!(RedisModule_SetDisconnectCallback)(client.0.as_ptr(), callbacks.disconnect) };
+        Some(client)
+    }
+
+    /// The client a timeout callback answers.
+    pub fn blocked_client(self) -> Option<BlockedClient> {
+        // SAFETY: a timeout callback's context.
+        BlockedClient::from_raw(unsafe { api!(RedisModule_GetBlockedClientHandle)(self.0) })
+    }
+
+    /// The data a reply callback's client was unblocked with (null if none); it stays owned
+    /// by the blocking's `free` callback.
+    pub fn blocked_data<T>(self) -> *mut T {
+        // SAFETY: a reply callback's context.
+        unsafe { api!(RedisModule_GetBlockedClientPrivateData)(self.0) }.cast()
+    }
+
+    /// Calls `callback` with `data` after `after`, on the main thread.
+    pub fn start_timer(
+        self,
+        after: Millis,
+        callback: raw::RedisModuleTimerProc,
+        data: u64,
+    ) -> Timer {
+        let after = i64::try_from(after.as_u64()).unwrap_or(i64::MAX);
+        // SAFETY: a valid context; the data is a number, not a pointer.
+        Timer(unsafe {
+            api!(RedisModule_CreateTimer)(self.0, after, callback, data as usize as *mut c_void)
+        })
+    }
+
+    /// Stops a timer; one that fired already is refused harmlessly.
+    pub fn stop_timer(self, timer: Timer) {
+        // SAFETY: a valid context.
+        unsafe { api!(RedisModule_StopTimer)(self.0, timer.0, std::ptr::null_mut()) };
+    }
+
+    /// The server clock, read once per command.
+    pub fn now(self) -> Timestamp {
         // SAFETY: no arguments; returns the server's cached wall clock.
         let ms = unsafe { api!(RedisModule_Milliseconds)() };
-        u64::try_from(ms).unwrap_or(0)
+        Timestamp::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 
     /// Whether Redis calls the command only to learn where its keys are (`getkeys-api`).
@@ -366,10 +455,10 @@ impl Key {
     }
 
     /// Stores a record, replacing whatever the key held, and expires the key when it is
-    /// fresh again. A boxed record of the same type is overwritten in place, a packed one
-    /// replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
+    /// fresh again. A box of the same type and kind (a bare state, a record) is overwritten
+    /// in place, a packed one replaced in the key's value (neither allocates). `expiry` is the key's expiry if the
     /// caller knows it (the previous state's reset time): an unchanged one is not set again.
-    pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<u64>) {
+    pub fn store<S: Stored>(&mut self, record: Record<S>, expiry: Option<Timestamp>) {
         let reset_at = record.reset_at();
         // What `value` already found, else a fresh look (RL.STATE comes straight here).
         if !matches!(self.found, Some((found_type, _)) if found_type == S::redis_type()) {
@@ -382,11 +471,13 @@ impl Key {
         // SAFETY: the key is open for writing and `existing` is its value of type `S`; the
         // new value becomes owned by Redis, which frees it through our `free` callback.
         unsafe {
-            match existing {
-                Some(old) if Value::<S>::holds_box(old.as_ptr()) && record.to_word().is_none() => {
-                    *old.cast::<Record<S>>().as_ptr() = record;
-                }
-                Some(_) => {
+            let record = match existing {
+                Some(old) => Value::<S>::overwrite(old, record).err(),
+                None => Some(record),
+            };
+            match (existing, record) {
+                (_, None) => {}
+                (Some(_), Some(record)) => {
                     let mut old = std::ptr::null_mut();
                     let new = Value::into_raw(record);
                     let replaced = api!(RedisModule_ModuleTypeReplaceValue)(
@@ -402,7 +493,7 @@ impl Key {
                         Value::<S>::free(new);
                     }
                 }
-                None => {
+                (None, Some(record)) => {
                     let new = Value::into_raw(record);
                     api!(RedisModule_ModuleTypeSetValue)(self.raw(), S::redis_type(), new);
                 }
@@ -413,11 +504,11 @@ impl Key {
 
     /// Records that the key's value changed (stored, or updated in place through what `value`
     /// returned): the key now expires at `reset_at`, which is set unless it is `expiry`.
-    pub fn updated(&mut self, reset_at: u64, expiry: Option<u64>) {
+    pub fn updated(&mut self, reset_at: Timestamp, expiry: Option<Timestamp>) {
         // SAFETY: the key is open for writing and holds a value.
         unsafe {
             if expiry != Some(reset_at) {
-                let at = i64::try_from(reset_at).unwrap_or(i64::MAX);
+                let at = i64::try_from(reset_at.as_millis()).unwrap_or(i64::MAX);
                 api!(RedisModule_SetAbsExpire)(self.raw(), at);
             }
             api!(RedisModule_SignalModifiedKey)(self.ctx.0, self.name);

@@ -2,10 +2,12 @@
 //! ([`data_type`]), its value pointer ([`Value`]) and its persistence callbacks.
 //!
 //! A key holds a core `Record` (the algorithm's state and its block), its value pointer in one
-//! of two ways ([`Value`]): a record that fits in 63 bits (a fixed window or a token bucket
+//! of three ways ([`Value`]): a record that fits in 63 bits (a fixed window or a token bucket
 //! with usual figures and no block, see `ratelimit_core::codec::Word`) is the pointer itself,
 //! shifted left with the low bit set, as Redis keeps small integers in an object's pointer;
-//! any other record is a `Box`, whose address is even. Redis never reads a module value itself: it hands the pointer back to
+//! a key that is not blocked holds its bare state in a `Box` (an address with the two low
+//! bits clear); a blocked one holds the whole record in a `Box`, its address tagged with the
+//! second bit. So the block's room is paid only by keys that have one. Redis never reads a module value itself: it hands the pointer back to
 //! these callbacks, and active defrag moves only its own wrapper unless the type registers a
 //! `defrag` callback, which these do not.
 //!
@@ -17,11 +19,11 @@
 
 use std::ffi::{CStr, c_int, c_void};
 use std::mem::size_of;
-use std::ops::Deref;
 use std::ptr::NonNull;
 
 use ratelimit_core::codec::{Codec, Encoded, Word};
-use ratelimit_core::{Record, State};
+use ratelimit_core::record::View;
+use ratelimit_core::{Record, State, Timestamp};
 use redis_module::native_types::RedisType;
 use redis_module::raw;
 
@@ -53,22 +55,18 @@ pub trait Stored: Codec + Word + State + 'static {
 }
 
 /// A module value pointer, read: a key's record ([`Record`]: a state of type `S` and its
-/// block) packed into the pointer, or a boxed one.
+/// block) packed into the pointer, a boxed bare state (no block), or a boxed record.
 pub enum Value<'a, S> {
     Packed(Record<S>),
+    Bare(&'a mut S),
     Boxed(&'a mut Record<S>),
 }
 
-impl<S> Deref for Value<'_, S> {
-    type Target = Record<S>;
+/// The tag of a pointer to a boxed record (a boxed bare state has none; a packed word has the
+/// low bit). Boxes of records and states are aligned to 8 bytes: the low bits are free.
+const RECORD_TAG: usize = 0b10;
 
-    fn deref(&self) -> &Record<S> {
-        match self {
-            Value::Packed(state) => state,
-            Value::Boxed(state) => state,
-        }
-    }
-}
+const _: () = assert!(align_of::<usize>() >= 4, "two free bits in a box's address");
 
 impl<'a, S: Stored> Value<'a, S> {
     /// Reads a pointer this type stored; `None` only for a packed word no state makes, which
@@ -77,21 +75,74 @@ impl<'a, S: Stored> Value<'a, S> {
     /// # Safety
     /// `ptr` came from `into_raw::<S>` and is still owned by the key (not freed).
     pub unsafe fn from_raw(ptr: NonNull<c_void>) -> Option<Self> {
-        if Self::holds_box(ptr.as_ptr()) {
-            // SAFETY: an even pointer of this type is a live `Box<Record<S>>`.
-            Some(Value::Boxed(unsafe { ptr.cast::<Record<S>>().as_mut() }))
-        } else {
-            Record::from_word((ptr.as_ptr().addr() >> 1) as u64).map(Value::Packed)
+        let addr = ptr.as_ptr().addr();
+        if !Self::holds_box(ptr.as_ptr()) {
+            return Record::from_word((addr >> 1) as u64).map(Value::Packed);
+        }
+        if addr & RECORD_TAG == 0 {
+            // SAFETY: an untagged box of this type is a live `Box<S>`.
+            return Some(Value::Bare(unsafe { ptr.cast::<S>().as_mut() }));
+        }
+        let record = ptr
+            .as_ptr()
+            .map_addr(|a| a & !RECORD_TAG)
+            .cast::<Record<S>>();
+        // SAFETY: a tagged box of this type is a live `Box<Record<S>>`.
+        unsafe { record.as_mut() }.map(Value::Boxed)
+    }
+
+    /// The record, borrowed.
+    pub fn view(&self) -> View<'_, S> {
+        match self {
+            Value::Packed(record) => record.view(),
+            Value::Bare(state) => View::of(state),
+            Value::Boxed(record) => record.view(),
         }
     }
 
-    /// The pointer that holds `record`: the record itself if it packs, else a new `Box`.
+    /// The pointer that holds `record`: the record itself if it packs, else a new `Box` of
+    /// its bare state (no block) or of the record.
     pub fn into_raw(record: Record<S>) -> *mut c_void {
         match record.to_word().and_then(|word| usize::try_from(word).ok()) {
             // Below 2^63: the shift loses nothing on a 64-bit target.
             Some(word) if usize::BITS >= 64 => std::ptr::without_provenance_mut(word << 1 | 1),
-            _ => Box::into_raw(Box::new(record)).cast(),
+            _ => match record {
+                Record {
+                    state: Some(state),
+                    blocked_until: Timestamp::EPOCH,
+                } => Box::into_raw(Box::new(state)).cast(),
+                record => {
+                    let ptr = Box::into_raw(Box::new(record)).cast::<c_void>();
+                    ptr.map_addr(|a| a | RECORD_TAG)
+                }
+            },
         }
+    }
+
+    /// Stores `record` in the box `ptr` holds if it is of the same kind (a bare state for a
+    /// record without a block, a record otherwise); else gives the record back.
+    ///
+    /// # Safety
+    /// As for [`from_raw`](Self::from_raw).
+    pub unsafe fn overwrite(ptr: NonNull<c_void>, record: Record<S>) -> Result<(), Record<S>> {
+        if record.to_word().is_some() {
+            return Err(record);
+        }
+        // SAFETY: forwarded to the caller.
+        match (unsafe { Self::from_raw(ptr) }, record) {
+            (
+                Some(Value::Bare(old)),
+                Record {
+                    state: Some(state),
+                    blocked_until: Timestamp::EPOCH,
+                },
+            ) => *old = state,
+            (Some(Value::Boxed(old)), record) if record.blocked_until != Timestamp::EPOCH => {
+                *old = record
+            }
+            (_, record) => return Err(record),
+        }
+        Ok(())
     }
 
     /// Whether a pointer `into_raw` made holds a `Box` (an even address) rather than a state.
@@ -104,17 +155,30 @@ impl<'a, S: Stored> Value<'a, S> {
     /// # Safety
     /// `ptr` came from `into_raw::<S>` and is not used after.
     pub unsafe fn free(ptr: *mut c_void) {
-        if Self::holds_box(ptr) {
-            // SAFETY: an even pointer of this type is a `Box<Record<S>>` owned by the caller.
-            drop(unsafe { Box::from_raw(ptr.cast::<Record<S>>()) });
+        // SAFETY: forwarded to the caller; each box is dropped as the type it was made of.
+        match NonNull::new(ptr).and_then(|p| unsafe { Self::from_raw(p) }) {
+            Some(Value::Bare(state)) => drop(unsafe { Box::from_raw(state as *mut S) }),
+            Some(Value::Boxed(record)) => drop(unsafe { Box::from_raw(record as *mut Record<S>) }),
+            Some(Value::Packed(_)) | None => {}
         }
     }
 
-    /// Runs `f` on the record `ptr` holds; `fallback` if it holds none.
+    /// Bytes the value owns beyond Redis' own object: its box and what the state holds.
+    fn heap_size(&self) -> usize {
+        match self {
+            Value::Packed(_) => 0,
+            Value::Bare(state) => size_of::<S>() + state.heap_size(),
+            Value::Boxed(record) => {
+                size_of::<Record<S>>() + record.state.as_ref().map_or(0, S::heap_size)
+            }
+        }
+    }
+
+    /// Runs `f` on the value `ptr` holds; `fallback` if it holds none.
     ///
     /// # Safety
     /// As for [`from_raw`](Self::from_raw).
-    unsafe fn with<R>(ptr: *const c_void, fallback: R, f: impl FnOnce(&Record<S>) -> R) -> R {
+    unsafe fn with<R>(ptr: *const c_void, fallback: R, f: impl FnOnce(&Value<S>) -> R) -> R {
         // SAFETY: forwarded to the caller.
         match NonNull::new(ptr.cast_mut()).and_then(|p| unsafe { Self::from_raw(p) }) {
             Some(value) => f(&value),
@@ -183,7 +247,7 @@ unsafe extern "C" fn rdb_load<S: Stored>(
 unsafe extern "C" fn rdb_save<S: Stored>(rdb: *mut raw::RedisModuleIO, value: *mut c_void) {
     guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
-        let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
+        let bytes = unsafe { Value::<S>::with(value, None, |v| Some(Encoded::of_view(v.view()))) };
         let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
         unsafe { api!(RedisModule_SaveStringBuffer)(rdb, bytes.as_ptr().cast(), bytes.len()) };
     });
@@ -197,7 +261,8 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
     guard::catch(|| {
         // SAFETY: `value` is a value this type stored; format "sb" takes a Redis string, a
         // pointer and a length.
-        let Some(bytes) = (unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) })
+        let Some(bytes) =
+            (unsafe { Value::<S>::with(value, None, |v| Some(Encoded::of_view(v.view()))) })
         else {
             return;
         };
@@ -221,16 +286,8 @@ unsafe extern "C" fn aof_rewrite<S: Stored>(
 
 unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
     guard::catch(|| {
-        // A packed state lives in Redis' own wrapper: it owns nothing.
-        if !Value::<S>::holds_box(value) {
-            return 0;
-        }
         // SAFETY: `value` is a value this type stored.
-        unsafe {
-            Value::<S>::with(value, 0, |r| {
-                size_of::<Record<S>>() + r.state.as_ref().map_or(0, S::heap_size)
-            })
-        }
+        unsafe { Value::<S>::with(value, 0, |v| v.heap_size()) }
     })
     .unwrap_or(0)
 }
@@ -238,7 +295,7 @@ unsafe extern "C" fn mem_usage<S: Stored>(value: *const c_void) -> usize {
 unsafe extern "C" fn digest<S: Stored>(md: *mut raw::RedisModuleDigest, value: *mut c_void) {
     guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
-        let bytes = unsafe { Value::<S>::with(value, None, |s| Some(Encoded::of(s))) };
+        let bytes = unsafe { Value::<S>::with(value, None, |v| Some(Encoded::of_view(v.view()))) };
         let bytes = bytes.as_ref().map_or(&[][..], Encoded::as_bytes);
         unsafe {
             api!(RedisModule_DigestAddStringBuffer)(md, bytes.as_ptr().cast(), bytes.len());
@@ -261,7 +318,11 @@ unsafe extern "C" fn copy<S: Stored>(
 ) -> *mut c_void {
     guard::catch(|| {
         // SAFETY: `value` is a value this type stored.
-        unsafe { Value::<S>::with(value, std::ptr::null_mut(), |s| Value::into_raw(s.clone())) }
+        unsafe {
+            Value::<S>::with(value, std::ptr::null_mut(), |v| {
+                Value::into_raw(v.view().to_record())
+            })
+        }
     })
     .unwrap_or(std::ptr::null_mut())
 }

@@ -18,14 +18,16 @@
 use std::ffi::c_int;
 
 use ratelimit_core::codec::Encoded;
-use ratelimit_core::time::Millis;
-use ratelimit_core::{ArgError, Call, MAX_UNITS, Op, Record, Retry, TokenBucket};
+use ratelimit_core::{ArgError, Call, MAX_UNITS, Millis, Op, Record, Timestamp, TokenBucket};
 use redis_module::raw;
 
-use crate::algorithm::{self, Apply, Request};
+use crate::algorithm::Request;
 use crate::command::{self, Command, DECIDE_KEY, Keys};
+use crate::engine::How;
 use crate::error::Error;
+use crate::limit;
 use crate::redis::{Args, Ctx, Key, RString};
+use crate::reply;
 use crate::stats::Stats;
 use ratelimit_core::param::{Kind, Param};
 
@@ -59,30 +61,13 @@ fn throttle(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         return Err(Error::WrongArity);
     };
     let request = parse(Args(rest.iter()))?;
-    let how = Apply {
-        stats: Some(&STATS),
+    let how = How {
         event: Some(c"cl.throttle"),
         adopt: Some(adopt),
     };
-    let d = algorithm::apply(ctx, *name, request, &how)?;
-    let retry = match d.retry {
-        Retry::After(ms) => seconds(ms),
-        Retry::Now | Retry::Never => -1,
-    };
-    ctx.reply_integers(&[
-        i64::from(!d.allowed),
-        d.limit as i64,
-        d.remaining as i64,
-        retry,
-        seconds(d.reset_after),
-    ]);
+    let decision = limit::decide_one(ctx, *name, &request, &how, &STATS)?;
+    reply::throttle(ctx, &decision);
     Ok(())
-}
-
-/// Milliseconds in whole seconds, rounded up (redis-cell rounds its nanoseconds up to the
-/// next second when a millisecond or more is left over; these are whole milliseconds).
-fn seconds(ms: u64) -> i64 {
-    ms.div_ceil(1000) as i64
 }
 
 /// `max_burst count_per_period period [quantity]`: the bucket, and what to do with it.
@@ -117,8 +102,8 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
     if period > MAX_PERIOD_S {
         return Err(Error::Arg(ArgError::DurationTooLong(&PERIOD)));
     }
-    let limiter = TokenBucket::new(capacity, count as u64, period as u64 * 1000)
-        .ok_or(Error::ThrottleTooSlow)?;
+    let period = Millis::from_millis(period as u64 * 1000);
+    let limiter = TokenBucket::new(capacity, count as u64, period).ok_or(Error::ThrottleTooSlow)?;
     let units = quantity.unsigned_abs().min(MAX_UNITS);
     let op = if quantity < 0 {
         Op::Refund(units)
@@ -127,9 +112,12 @@ pub fn parse<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Result<Request<Tok
     };
     Ok(Request {
         limiter,
-        call: Call { op, block: 0 },
+        call: Call {
+            op,
+            block: Millis::ZERO,
+        },
         dry_run: false,
-        wait: 0,
+        wait: Millis::ZERO,
     })
 }
 
@@ -141,7 +129,7 @@ fn integer(bytes: &[u8]) -> Option<i64> {
 /// A string key redis-cell left behind: its theoretical arrival time in nanoseconds, turned
 /// into this bucket's state (or deleted, if the bucket is full by now), and the change
 /// replicated. Any other key of another type is `WRONGTYPE`.
-fn adopt(key: &mut Key, bucket: &TokenBucket, now: u64) -> Result<(), Error> {
+fn adopt(key: &mut Key, bucket: &TokenBucket, now: Timestamp) -> Result<(), Error> {
     let tat = key
         .string()
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u64>().ok());
@@ -180,7 +168,7 @@ mod tests {
     #[test]
     fn parses_redis_cell_arguments() {
         let r = parse(words("15 30 60")).unwrap();
-        assert_eq!(r.limiter, TokenBucket::new(16, 30, 60_000).unwrap());
+        assert_eq!(r.limiter, TokenBucket::new(16, 30, Millis::MINUTE).unwrap());
         assert_eq!(r.call, Call::take(1));
         let r = parse(words("0 1 1 +3")).unwrap();
         assert_eq!((r.limiter.capacity(), r.call), (1, Call::take(3)));

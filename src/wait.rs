@@ -18,19 +18,18 @@
 //! Everything here runs on Redis' main thread, so the waiting room is a thread-local.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
-use std::ptr;
 
-use ratelimit_core::{Decision, Retry};
+use ratelimit_core::{Decision, Millis, Retry, Timestamp};
 use redis_module::raw;
 
-use crate::algorithm::{self, Planned};
-use crate::all::{self, Verdict};
-use crate::api::api;
+use crate::engine::{self, Mode, Planned, Verdict};
 use crate::error::Error;
 use crate::guard;
-use crate::redis::{Ctx, OwnedString, RString, bytes};
+use crate::queue::{Queued, Room, WaiterId, slot};
+use crate::redis::{BlockedClient, Blocking, Ctx, OwnedString, RString, Timer, bytes};
+use crate::reply;
 use crate::stats::Stats;
 
 /// What a waiting call does when it is tried.
@@ -51,23 +50,25 @@ enum Answer {
 impl Work {
     /// Decides the call on `keys` at `now`: takes its cost if allowed, or, if it only looks,
     /// whether it would be allowed, with each limit's state as it stands.
-    fn attempt(&self, ctx: Ctx, keys: &[RString], now: u64, look: bool) -> Answer {
+    fn attempt(&self, ctx: Ctx, keys: &[RString], now: Timestamp, look: bool) -> Answer {
         let answer = match self {
             // One limit decides as `RL.ALL` with one key does, and replies its own five fields.
             Work::One(call) => {
                 let calls = std::slice::from_ref(call);
                 let verdict = if look {
-                    all::look(ctx, keys, calls, now)
+                    engine::look_all(ctx, keys, calls, now)
                 } else {
-                    all::decide(ctx, keys, calls, now, false)
+                    engine::decide_all(ctx, keys, calls, now, Mode::Tentative)
                 };
                 verdict.and_then(|v| match v.decisions.first() {
                     Some(decision) => Ok(Answer::One(*decision, v.blocked)),
                     None => Err(Error::Internal),
                 })
             }
-            Work::All(calls) if look => all::look(ctx, keys, calls, now).map(Answer::All),
-            Work::All(calls) => all::decide(ctx, keys, calls, now, false).map(Answer::All),
+            Work::All(calls) if look => engine::look_all(ctx, keys, calls, now).map(Answer::All),
+            Work::All(calls) => {
+                engine::decide_all(ctx, keys, calls, now, Mode::Tentative).map(Answer::All)
+            }
         };
         answer.unwrap_or_else(Answer::Error)
     }
@@ -101,7 +102,7 @@ impl Answer {
 
     /// The answer of a call that looked while others waited before it: denied, to retry when
     /// what it found and the first waiter allow.
-    fn behind(self, wait: u64) -> Answer {
+    fn behind(self, wait: Millis) -> Answer {
         match self {
             Answer::One(decision, blocked) => Answer::One(behind(decision, wait), blocked),
             Answer::All(verdict) => Answer::All(behind_all(verdict, wait)),
@@ -117,25 +118,25 @@ impl Answer {
 
     fn reply(self, ctx: Ctx) {
         match self {
-            Answer::One(decision, _) => algorithm::reply(ctx, &decision),
-            Answer::All(verdict) => all::reply(ctx, &verdict),
+            Answer::One(decision, _) => reply::decision(ctx, &decision),
+            Answer::All(verdict) => reply::verdict(ctx, &verdict),
             Answer::Error(error) => ctx.reply_error(error),
         }
     }
 }
 
-/// A retry no earlier than `wait` ms (and never sooner than 1 ms: denied means not now).
-fn later(retry: Retry, wait: u64) -> Retry {
+/// A retry no earlier than `wait` (and never sooner than 1 ms: denied means not now).
+fn later(retry: Retry, wait: Millis) -> Retry {
+    const SOON: Millis = Millis::from_millis(1);
     match retry {
         Retry::Never => Retry::Never,
-        Retry::Now => Retry::After(wait.max(1)),
-        Retry::After(ms) => Retry::After(ms.max(wait).max(1)),
+        Retry::Now => Retry::After(wait.max(SOON)),
+        Retry::After(after) => Retry::After(after.max(wait).max(SOON)),
     }
 }
 
-/// A decision denied because callers wait before it, to retry after `wait` ms at the
-/// earliest.
-fn behind(decision: Decision, wait: u64) -> Decision {
+/// A decision denied because callers wait before it, to retry after `wait` at the earliest.
+fn behind(decision: Decision, wait: Millis) -> Decision {
     Decision {
         allowed: false,
         retry: later(decision.retry, wait),
@@ -144,7 +145,7 @@ fn behind(decision: Decision, wait: u64) -> Decision {
 }
 
 /// The same for several limits.
-fn behind_all(verdict: Verdict, wait: u64) -> Verdict {
+fn behind_all(verdict: Verdict, wait: Millis) -> Verdict {
     Verdict {
         allowed: false,
         retry: later(verdict.retry, wait),
@@ -154,103 +155,78 @@ fn behind_all(verdict: Verdict, wait: u64) -> Verdict {
 
 /// A blocked client waiting for its units.
 struct Waiter {
-    client: *mut raw::RedisModuleBlockedClient,
+    client: BlockedClient,
     db: c_int,
     /// The keys it names, as they are queued ([`slot`]), and their names.
     slots: Vec<Vec<u8>>,
     names: Vec<Vec<u8>>,
     work: Work,
-    /// When its timeout passes (server clock, ms).
-    deadline: u64,
+    /// When its timeout passes.
+    deadline: Timestamp,
     stats: &'static Stats,
-    /// The timer that tries it again, and when that is due (server clock, ms).
-    timer: Option<(raw::RedisModuleTimerID, u64)>,
+    /// The timer that tries it again, and when that is due.
+    timer: Option<(Timer, Timestamp)>,
 }
 
-/// Every waiter, and the queue of each key that has some.
+impl Queued for Waiter {
+    fn slots(&self) -> &[Vec<u8>] {
+        &self.slots
+    }
+
+    fn due(&self) -> Option<Timestamp> {
+        self.timer.map(|(_, due)| due)
+    }
+}
+
+/// The waiters in their queues, and which blocked client is which waiter.
 #[derive(Default)]
-struct Room {
-    next_id: u64,
-    waiters: HashMap<u64, Waiter>,
-    queues: HashMap<Vec<u8>, VecDeque<u64>>,
-    clients: HashMap<usize, u64>,
+struct Waiting {
+    room: Room<Waiter>,
+    clients: HashMap<BlockedClient, WaiterId>,
 }
 
 thread_local! {
-    static ROOM: RefCell<Room> = RefCell::new(Room::default());
+    static WAITING: RefCell<Waiting> = RefCell::new(Waiting::default());
 }
 
 /// Runs `f` on the waiting room. Never called while it runs (nothing in `f` calls Redis).
-fn room<R>(f: impl FnOnce(&mut Room) -> R) -> R {
-    ROOM.with(|room| f(&mut room.borrow_mut()))
+fn room<R>(f: impl FnOnce(&mut Room<Waiter>) -> R) -> R {
+    WAITING.with(|w| f(&mut w.borrow_mut().room))
 }
 
-/// A key's place in the room: its database and its name.
-fn slot(db: c_int, name: &[u8]) -> Vec<u8> {
-    let mut slot = Vec::with_capacity(4 + name.len());
-    slot.extend_from_slice(&db.to_le_bytes());
-    slot.extend_from_slice(name);
-    slot
+/// The waiter a blocked client is.
+fn waiter_of(client: BlockedClient) -> Option<WaiterId> {
+    WAITING.with(|w| w.borrow().clients.get(&client).copied())
 }
 
-impl Room {
-    fn add(&mut self, waiter: Waiter) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        for slot in &waiter.slots {
-            self.queues.entry(slot.clone()).or_default().push_back(id);
-        }
-        self.clients.insert(waiter.client as usize, id);
-        self.waiters.insert(id, waiter);
+/// Queues a waiter.
+fn add(waiter: Waiter) -> WaiterId {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let client = waiter.client;
+        let id = w.room.add(waiter);
+        w.clients.insert(client, id);
         id
-    }
-
-    /// Whether the waiter `id` is first on every key it names.
-    fn is_first(&self, id: u64, waiter: &Waiter) -> bool {
-        (waiter.slots.iter())
-            .all(|slot| (self.queues.get(slot)).and_then(VecDeque::front) == Some(&id))
-    }
-
-    /// Takes the waiter `id` out of the room (it keeps its places in the queues) if it is
-    /// first on every key it names.
-    fn take_if_first(&mut self, id: u64) -> Option<Waiter> {
-        let waiter = self.waiters.get(&id)?;
-        if !self.is_first(id, waiter) {
-            return None;
-        }
-        self.waiters.remove(&id)
-    }
-
-    /// Removes the waiter `id` from its queues (`waiter`: taken out already, or still in
-    /// the room); returns it and the waiters that became first on one of its keys.
-    fn leave(&mut self, id: u64, waiter: Option<Waiter>) -> Option<(Waiter, Vec<u64>)> {
-        let waiter = waiter.or_else(|| self.waiters.remove(&id))?;
-        self.clients.remove(&(waiter.client as usize));
-        let mut next = Vec::new();
-        for slot in &waiter.slots {
-            if let Some(queue) = self.queues.get_mut(slot) {
-                let was_first = queue.front() == Some(&id);
-                queue.retain(|&other| other != id);
-                match queue.front() {
-                    Some(&first) if was_first => next.push(first),
-                    Some(_) => {}
-                    None => {
-                        self.queues.remove(slot);
-                    }
-                }
-            }
-        }
-        Some((waiter, next))
-    }
-
-    /// When the first waiter of one of these keys is due to be tried, at the earliest.
-    fn due(&self, slots: &[Vec<u8>]) -> Option<u64> {
-        (slots.iter())
-            .filter_map(|slot| self.queues.get(slot)?.front())
-            .filter_map(|id| Some(self.waiters.get(id)?.timer?.1))
-            .min()
-    }
+    })
 }
+
+/// Takes a waiter out of its queues; returns it and the waiters that became first.
+fn leave(id: WaiterId, waiter: Option<Waiter>) -> Option<(Waiter, Vec<WaiterId>)> {
+    WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        let (waiter, next) = w.room.leave(id, waiter)?;
+        w.clients.remove(&waiter.client);
+        Some((waiter, next))
+    })
+}
+
+/// How a waiting client is answered.
+static BLOCKING: Blocking = Blocking {
+    reply: Some(on_reply),
+    timeout: Some(on_timeout),
+    free: Some(free_answer),
+    disconnect: Some(on_disconnect),
+};
 
 /// The places of `names` in the room, for the context's database.
 fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
@@ -260,24 +236,24 @@ fn slots(ctx: Ctx, names: &[RString]) -> Vec<Vec<u8>> {
 
 /// How many clients wait (`INFO ratelimit`).
 pub fn waiting() -> u64 {
-    room(|room| room.waiters.len() as u64)
+    room(|room| room.len() as u64)
 }
 
 /// Whether callers wait on one of these keys (cheap when nobody waits at all).
 pub fn has_waiters(ctx: Ctx, names: &[RString]) -> bool {
-    if room(|room| room.waiters.is_empty()) {
+    if room(|room| room.is_empty()) {
         return false;
     }
     let slots = slots(ctx, names);
-    room(|room| slots.iter().any(|slot| room.queues.contains_key(slot)))
+    room(|room| room.has_waiters(&slots))
 }
 
 /// How long a call on these keys waits behind their waiters: until the first of them is due
 /// (1 ms if none is due yet: it is being tried).
-fn wait_behind(ctx: Ctx, names: &[RString], now: u64) -> u64 {
+fn wait_behind(ctx: Ctx, names: &[RString], now: Timestamp) -> Millis {
     let slots = slots(ctx, names);
     let due = room(|room| room.due(&slots));
-    due.map_or(1, |due| due.saturating_sub(now))
+    due.map_or(Millis::from_millis(1), |due| due - now)
 }
 
 /// The decision of a call that does not wait, on a key with waiters: denied (`decision` is
@@ -294,23 +270,19 @@ pub fn behind_waiters_all(ctx: Ctx, names: &[RString], verdict: Verdict) -> Verd
 /// Lets the first waiters on these keys try again now (units came back: a refund, a reset).
 pub fn wake(ctx: Ctx, names: &[RString]) {
     let slots = slots(ctx, names);
-    let first: Vec<u64> = room(|room| {
-        (slots.iter())
-            .filter_map(|slot| room.queues.get(slot)?.front().copied())
-            .collect()
-    });
+    let first = room(|room| room.firsts(&slots));
     for id in first {
-        arm(ctx, id, 0);
+        arm(ctx, id, Millis::ZERO);
     }
 }
 
-/// Runs a call with `WAIT timeout` (ms): answered now if allowed, if it can never be allowed
+/// Runs a call with `WAIT timeout`: answered now if allowed, if it can never be allowed
 /// or not within `timeout`, or if its client may not block; else its client waits.
 pub fn start(
     ctx: Ctx,
     names: &[RString],
     work: Work,
-    timeout: u64,
+    timeout: Millis,
     stats: &'static Stats,
 ) -> Result<(), Error> {
     let now = ctx.now();
@@ -322,7 +294,7 @@ pub fn start(
     let fits = match answer.retry() {
         _ if !queued && answer.allowed() => false,
         Some(Retry::Now) => true,
-        Some(Retry::After(ms)) => ms <= timeout,
+        Some(Retry::After(after)) => after <= timeout,
         Some(Retry::Never) | None => false,
     };
     if !fits || !ctx.may_block() {
@@ -333,37 +305,23 @@ pub fn start(
         answer.reply(ctx);
         return Ok(());
     }
-    // SAFETY: a command's context; the callbacks are plain functions that outlive the
-    // client, and the handle is released by `on_timeout`, `on_disconnect` or `finish`.
-    let client = unsafe {
-        let client = api!(RedisModule_BlockClient)(
-            ctx.0,
-            Some(on_reply),
-            Some(on_timeout),
-            Some(free_answer),
-            timeout as i64,
-        );
-        if !client.is_null() {
-            api!(RedisModule_SetDisconnectCallback)(client, Some(on_disconnect));
-        }
-        client
-    };
-    if client.is_null() {
-        return Err(Error::Internal);
-    }
+    // The handle is released by `on_timeout`, `on_disconnect` or `serve`.
+    let client = ctx
+        .block_client(&BLOCKING, timeout)
+        .ok_or(Error::Internal)?;
     let waiter = Waiter {
         client,
         db: ctx.selected_db(),
         slots: slots(ctx, names),
         names: names.iter().map(|name| bytes(*name).to_vec()).collect(),
         work,
-        deadline: now.saturating_add(timeout),
+        deadline: now + timeout,
         stats,
         timer: None,
     };
-    let id = room(|room| room.add(waiter));
-    if let (false, Some(Retry::After(ms))) = (queued, answer.retry()) {
-        arm(ctx, id, ms);
+    let id = add(waiter);
+    if let (false, Some(Retry::After(after))) = (queued, answer.retry()) {
+        arm(ctx, id, after);
     }
     Ok(())
 }
@@ -371,45 +329,37 @@ pub fn start(
 /// The time now, outside a command (a timer, a timeout): Valkey's module clock is the time
 /// its last command started, which a timer must not take for now. The process' wall clock
 /// is the one Redis reads; never earlier than the module clock.
-fn fresh_now(ctx: Ctx) -> u64 {
+fn fresh_now(ctx: Ctx) -> Timestamp {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    wall.max(ctx.now())
+    Timestamp::from_millis(wall).max(ctx.now())
 }
 
-/// Sets the timer that tries the waiter `id` after `ms` (replacing the one it had).
-fn arm(ctx: Ctx, id: u64, ms: u64) {
+/// Sets the timer that tries the waiter `id` after `after` (replacing the one it had).
+fn arm(ctx: Ctx, id: WaiterId, after: Millis) {
     let now = fresh_now(ctx);
-    let old = room(|room| room.waiters.get_mut(&id).and_then(|w| w.timer.take()));
+    let old = room(|room| room.get_mut(id).and_then(|w| w.timer.take()));
     if let Some((timer, _)) = old {
-        stop(ctx, timer);
+        ctx.stop_timer(timer);
     }
-    // SAFETY: a valid context; the data is the waiter's id, not a pointer.
-    let timer = unsafe {
-        api!(RedisModule_CreateTimer)(ctx.0, ms as i64, Some(on_timer), id as usize as *mut c_void)
-    };
+    let timer = ctx.start_timer(after, Some(on_timer), id.0);
     room(|room| {
-        if let Some(waiter) = room.waiters.get_mut(&id) {
-            waiter.timer = Some((timer, now.saturating_add(ms)));
+        if let Some(waiter) = room.get_mut(id) {
+            waiter.timer = Some((timer, now + after));
         }
     });
 }
 
-fn stop(ctx: Ctx, timer: raw::RedisModuleTimerID) {
-    // SAFETY: a valid context; a timer that fired already is refused harmlessly.
-    unsafe { api!(RedisModule_StopTimer)(ctx.0, timer, ptr::null_mut()) };
-}
-
 /// Tries the waiter `first`, and whoever comes first after each waiter that leaves.
-fn serve(ctx: Ctx, first: u64) {
+fn serve(ctx: Ctx, first: WaiterId) {
     let mut pending = vec![first];
     while let Some(id) = pending.pop() {
         let Some(mut waiter) = room(|room| room.take_if_first(id)) else {
             continue;
         };
         if let Some((timer, _)) = waiter.timer.take() {
-            stop(ctx, timer);
+            ctx.stop_timer(timer);
         }
         ctx.select_db(waiter.db);
         let now = fresh_now(ctx);
@@ -425,18 +375,18 @@ fn serve(ctx: Ctx, first: u64) {
         };
         let again = match answer.retry() {
             _ if answer.allowed() => None,
-            Some(Retry::After(ms)) if now.saturating_add(ms) <= waiter.deadline => Some(ms),
+            Some(Retry::After(after)) if now + after <= waiter.deadline => Some(after),
             _ => None,
         };
         match again {
-            Some(ms) => {
-                room(|room| room.waiters.insert(id, waiter));
-                arm(ctx, id, ms);
+            Some(after) => {
+                room(|room| room.put_back(id, waiter));
+                arm(ctx, id, after);
             }
             None => {
-                if let Some((waiter, next)) = room(|room| room.leave(id, Some(waiter))) {
+                if let Some((waiter, next)) = leave(id, Some(waiter)) {
                     answer.record(waiter.stats);
-                    unblock(waiter.client, Some(answer));
+                    waiter.client.unblock(Some(Box::new(answer)));
                     pending.extend(next);
                 }
             }
@@ -449,29 +399,22 @@ fn owned(names: &[Vec<u8>]) -> Option<Vec<OwnedString>> {
     names.iter().map(|name| OwnedString::new(name)).collect()
 }
 
-/// Unblocks a client, to be answered with `answer` (none: it is gone or has been answered).
-fn unblock(client: *mut raw::RedisModuleBlockedClient, answer: Option<Answer>) {
-    let data = answer.map_or(ptr::null_mut(), |a| Box::into_raw(Box::new(a)).cast());
-    // SAFETY: a handle of a blocked client, unblocked once; `free_answer` frees the data.
-    unsafe { api!(RedisModule_UnblockClient)(client, data) };
-}
-
 /// A waiter leaves without an answer from the timer: lets the next ones try at once.
-fn left(ctx: Ctx, id: u64) -> Option<Waiter> {
-    let (waiter, next) = room(|room| room.leave(id, None))?;
+fn left(ctx: Ctx, id: WaiterId) -> Option<Waiter> {
+    let (waiter, next) = leave(id, None)?;
     if let Some((timer, _)) = waiter.timer {
-        stop(ctx, timer);
+        ctx.stop_timer(timer);
     }
     for next in next {
-        arm(ctx, next, 0);
+        arm(ctx, next, Millis::ZERO);
     }
     Some(waiter)
 }
 
 extern "C" fn on_timer(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
-    let id = data as usize as u64;
+    let id = WaiterId(data as usize as u64);
     guard::catch(|| {
-        room(|room| room.waiters.get_mut(&id).map(|w| w.timer = None));
+        room(|room| room.get_mut(id).map(|w| w.timer = None));
         serve(Ctx(ctx), id);
     });
 }
@@ -483,9 +426,8 @@ unsafe extern "C" fn on_reply(
     _argc: c_int,
 ) -> c_int {
     guard::catch(|| {
-        // SAFETY: a reply callback's context; the data is an `Answer` from `unblock`.
-        let data = unsafe { api!(RedisModule_GetBlockedClientPrivateData)(ctx) };
-        let answer = data.cast::<Answer>();
+        // The data is an `Answer` from `unblock`.
+        let answer = Ctx(ctx).blocked_data::<Answer>();
         // SAFETY: the `Answer` lives until `free_answer`, after this callback.
         match unsafe { answer.as_mut() } {
             Some(answer) => {
@@ -505,10 +447,9 @@ unsafe extern "C" fn on_timeout(
 ) -> c_int {
     let ctx = Ctx(ctx);
     guard::catch(|| {
-        // SAFETY: a timeout callback's context.
-        let client = unsafe { api!(RedisModule_GetBlockedClientHandle)(ctx.0) };
-        let id = room(|room| room.clients.get(&(client as usize)).copied());
-        let Some(waiter) = id.and_then(|id| left(ctx, id)) else {
+        let client = ctx.blocked_client();
+        let id = client.and_then(waiter_of);
+        let (Some(client), Some(waiter)) = (client, id.and_then(|id| left(ctx, id))) else {
             ctx.reply_error(Error::Internal);
             return;
         };
@@ -524,7 +465,7 @@ unsafe extern "C" fn on_timeout(
         };
         answer.record(waiter.stats);
         answer.reply(ctx);
-        unblock(client, None);
+        client.unblock::<Answer>(None);
     });
     raw::REDISMODULE_OK as c_int
 }
@@ -535,9 +476,14 @@ unsafe extern "C" fn on_disconnect(
     client: *mut raw::RedisModuleBlockedClient,
 ) {
     guard::catch(|| {
-        let id = room(|room| room.clients.get(&(client as usize)).copied());
-        if id.and_then(|id| left(Ctx(ctx), id)).is_some() {
-            unblock(client, None);
+        let Some(client) = BlockedClient::from_raw(client) else {
+            return;
+        };
+        if waiter_of(client)
+            .and_then(|id| left(Ctx(ctx), id))
+            .is_some()
+        {
+            client.unblock::<Answer>(None);
         }
     });
 }

@@ -462,8 +462,8 @@ fn memory_usage_is_reported() {
     let server = Server::start();
     let mut con = server.conn();
     // Records that fit a word live in the value pointer; a count of 2^20 or more needs a
-    // 32-byte allocation (the state, and room for a block), a sliding window one with its
-    // counters.
+    // 16-byte allocation (the bare state), a sliding window one with its counters. Only a
+    // blocked key pays for the whole record (the state and its block): 16 bytes more.
     rl(&mut con, "RL.FIXED f 5 1m").unwrap();
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
     rl(&mut con, "RL.FIXED b 2000000 1m COST 1048576").unwrap();
@@ -472,12 +472,23 @@ fn memory_usage_is_reported() {
     let [fixed, token, big, sliding] = ["f", "t", "b", "s"].map(|key| usage(&mut con, key));
     assert!(fixed > 16, "{fixed}");
     assert_eq!(token, fixed);
-    assert_eq!(big, fixed + 32);
+    assert_eq!(big, fixed + 16);
     assert!(sliding > big, "sliding {sliding}, fixed {big}");
+    rl(&mut con, "RL.FIXED fb 1 1m").unwrap();
+    rl(&mut con, "RL.FIXED fb 1 1m BLOCK 1m").unwrap();
+    assert_eq!(usage(&mut con, "fb"), fixed + 32, "a blocked record");
+    rl(&mut con, "RL.SLIDING sb 5 1m COST 5").unwrap();
+    assert_eq!(usage(&mut con, "sb"), sliding);
+    rl(&mut con, "RL.SLIDING sb 5 1m BLOCK 1m").unwrap();
+    assert_eq!(
+        usage(&mut con, "sb"),
+        sliding + 16,
+        "a blocked sliding window"
+    );
     // A token bucket gaining 3,000,000 parts per ms keeps a slack above 2^20: boxed. The
     // same key moves between the two forms as its figures change.
     rl(&mut con, "RL.TOKEN r 10 3000000").unwrap();
-    assert_eq!(usage(&mut con, "r"), fixed + 32);
+    assert_eq!(usage(&mut con, "r"), fixed + 16);
     assert_eq!(
         rl(&mut con, "RL.TOKEN r 10 1").unwrap(),
         [1, 10, 8, 0, 1_001]
@@ -494,7 +505,7 @@ fn memory_usage_is_reported() {
         rl(&mut con, "RL.TOKEN r 10000 3000000").unwrap(),
         [1, 10_000, 6_999, 0, 2]
     );
-    assert_eq!(usage(&mut con, "r"), fixed + 32);
+    assert_eq!(usage(&mut con, "r"), fixed + 16);
     // A boxed state is updated in place.
     assert_eq!(
         rl(&mut con, "RL.FIXED b 2000000 1m COST 951424").unwrap()[..3],

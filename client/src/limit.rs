@@ -305,8 +305,8 @@ impl Limit {
             Some(d) => Figure::Time(d).value(param),
             None => Ok(0),
         };
-        let block = duration(&BLOCK, self.block)?;
-        let wait = duration(&WAIT, self.wait)?;
+        let block = Millis::from_millis(duration(&BLOCK, self.block)?);
+        let wait = Millis::from_millis(duration(&WAIT, self.wait)?);
         args::check_wait(Call { op, block }, self.dry_run, wait)?;
         Ok(())
     }

@@ -36,8 +36,8 @@ pub struct Parsed {
     /// What the call does: take `COST` units (by default 1) or `REFUND` some, and `BLOCK`.
     pub call: Call,
     pub dry_run: bool,
-    /// How long a denied call may wait for its units (`WAIT`, ms); 0: it does not wait.
-    pub wait: u64,
+    /// How long a denied call may wait for its units (`WAIT`); zero: it does not wait.
+    pub wait: Millis,
 }
 
 /// Parses the arguments after the key against `own` (at most [`MAX_OWN`]) and `shared`
@@ -54,7 +54,7 @@ pub fn parse<'a>(
         own: [0; MAX_OWN],
         call: Call::take(COST.default),
         dry_run: false,
-        wait: WAIT.default,
+        wait: Millis::from_millis(WAIT.default),
     };
     let own = &own[..own.len().min(MAX_OWN)];
     // Positional arguments come first, in order; an option not given has its default.
@@ -99,7 +99,7 @@ pub fn parse<'a>(
             Sets::Cost => Op::Take(value),
             Sets::Refund => Op::Refund(value),
             Sets::Block => {
-                parsed.call.block = value;
+                parsed.call.block = Millis::from_millis(value);
                 continue;
             }
             Sets::DryRun => {
@@ -107,7 +107,7 @@ pub fn parse<'a>(
                 continue;
             }
             Sets::Wait => {
-                parsed.wait = value;
+                parsed.wait = Millis::from_millis(value);
                 continue;
             }
         };
@@ -123,13 +123,13 @@ pub fn parse<'a>(
 
 /// A waiting call takes: it neither refunds nor only looks, and its denial while it waits
 /// is no offence to block for.
-pub fn check_wait(call: Call, dry_run: bool, wait: u64) -> Result<(), ArgError> {
-    if wait == 0 {
+pub fn check_wait(call: Call, dry_run: bool, wait: Millis) -> Result<(), ArgError> {
+    if wait.is_zero() {
         return Ok(());
     }
     let other = [
         (matches!(call.op, Op::Refund(_)), &REFUND),
-        (call.block > 0, &BLOCK),
+        (!call.block.is_zero(), &BLOCK),
         (dry_run, &DRYRUN),
     ];
     match other.into_iter().find(|(given, _)| *given) {
@@ -326,12 +326,12 @@ mod tests {
             parsed.call,
             Call {
                 op: Op::Take(2),
-                block: 1000
+                block: Millis::from_millis(1000)
             }
         );
         assert!(parsed.dry_run);
         let parsed = parse(own, SHARED, words_of("10 1m WAIT 250ms")).unwrap();
-        assert_eq!(parsed.wait, 250);
+        assert_eq!(parsed.wait, Millis::from_millis(250));
         assert_eq!(
             parse(own, SHARED, words_of("10 1m WAIT 1s DRYRUN")),
             Err(ArgError::Exclusive(&DRYRUN, &WAIT))

@@ -21,8 +21,8 @@
 //! [`Word`] is a second, in-memory encoding: a fixed window or token bucket with usual
 //! figures and no block fits in 63 bits, which the storage layer keeps in place of a pointer.
 
-use crate::State;
-use crate::record::Record;
+use crate::record::{Record, View};
+use crate::{State, Timestamp};
 
 /// The version written in byte 0.
 pub const ENCODING_VERSION: u8 = 3;
@@ -88,7 +88,8 @@ impl<S: Codec + State> Record<S> {
             if flags & !(BLOCKED | HAS_STATE) != 0 {
                 return None;
             }
-            let blocked_until = if flags & BLOCKED != 0 { f.u64()? } else { 0 };
+            let blocked_until =
+                Timestamp::from_millis(if flags & BLOCKED != 0 { f.u64()? } else { 0 });
             let state = if flags & HAS_STATE != 0 {
                 Some(S::decode_fields(version, f)?)
             } else {
@@ -96,7 +97,7 @@ impl<S: Codec + State> Record<S> {
                 None
             };
             // A block that is written is one that was set.
-            if flags & BLOCKED != 0 && blocked_until == 0 {
+            if flags & BLOCKED != 0 && blocked_until == Timestamp::EPOCH {
                 return None;
             }
             Record {
@@ -136,7 +137,7 @@ impl<S: Word> Word for Record<S> {
         match self {
             Record {
                 state: Some(state),
-                blocked_until: 0,
+                blocked_until: Timestamp::EPOCH,
             } => state.to_word(),
             _ => None,
         }
@@ -186,14 +187,19 @@ impl Encoded {
 
     /// Encodes a record.
     pub fn of<S: Codec>(record: &Record<S>) -> Self {
+        Self::of_view(record.view())
+    }
+
+    /// Encodes a record as read where it is stored.
+    pub fn of_view<S: Codec>(record: View<'_, S>) -> Self {
         let mut out = Self::start(S::TAG);
-        let blocked = record.blocked_until != 0;
+        let blocked = record.blocked_until != Timestamp::EPOCH;
         let has_state = record.state.is_some();
         out.put(&[(u8::from(blocked) * BLOCKED) | (u8::from(has_state) * HAS_STATE)]);
         if blocked {
-            out.put(&record.blocked_until.to_le_bytes());
+            out.put(&record.blocked_until.as_millis().to_le_bytes());
         }
-        if let Some(state) = &record.state {
+        if let Some(state) = record.state {
             state.encode(&mut out);
         }
         out
@@ -227,8 +233,9 @@ impl Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{at, ms};
     use crate::sliding::MAX_BUCKETS;
-    use crate::{FixedState, MAX_DURATION_MS, MAX_UNITS, SlidingState, TokenState};
+    use crate::{FixedState, MAX_UNITS, Millis, SlidingState, TokenState};
 
     fn round_trip<S: Codec + State>(record: Record<S>) {
         let encoded = Encoded::of(&record);
@@ -247,32 +254,35 @@ mod tests {
     }
 
     fn fixed(window_end: u64, count: u64) -> Record<FixedState> {
-        Record::of(FixedState { window_end, count })
+        Record::of(FixedState {
+            window_end: at(window_end),
+            count,
+        })
     }
 
     #[test]
     fn records_round_trip() {
         round_trip(fixed(1_700_000_060_000, 42));
         round_trip(Record::of(SlidingState {
-            window: 60_000,
+            window: ms(60_000),
             first: 28_333_334,
             counts: vec![3, 0, 1].into(),
         }));
         round_trip(Record {
             state: Some(SlidingState {
-                window: 6_400,
+                window: ms(6_400),
                 first: 9,
                 counts: vec![1; MAX_BUCKETS].into(),
             }),
-            blocked_until: 1_700_000_600_000,
+            blocked_until: at(1_700_000_600_000),
         });
         round_trip(Record::of(TokenState {
-            full_at: 1_700_000_000_123,
+            full_at: at(1_700_000_000_123),
             slack: 9,
         }));
         round_trip(Record::<TokenState> {
             state: None,
-            blocked_until: 1_700_000_600_000,
+            blocked_until: at(1_700_000_600_000),
         });
     }
 
@@ -285,7 +295,7 @@ mod tests {
         );
         let blocked = Record::<FixedState> {
             state: None,
-            blocked_until: 0x0203,
+            blocked_until: at(0x0203),
         };
         assert_eq!(
             Encoded::of(&blocked).as_bytes(),
@@ -293,11 +303,11 @@ mod tests {
         );
         let max = Record {
             state: Some(SlidingState {
-                window: 6_400,
+                window: ms(6_400),
                 first: 9,
                 counts: vec![1; MAX_BUCKETS].into(),
             }),
-            blocked_until: 1,
+            blocked_until: at(1),
         };
         assert_eq!(Encoded::of(&max).as_bytes().len(), MAX_ENCODED_LEN);
     }
@@ -331,7 +341,7 @@ mod tests {
             Err(DecodeError::Invalid)
         );
         let never = Record::of(TokenState {
-            full_at: 0,
+            full_at: at(0),
             slack: 1,
         });
         assert_eq!(
@@ -346,7 +356,7 @@ mod tests {
         assert_eq!(
             Record::<TokenState>::decode(
                 Encoded::of(&Record::of(TokenState {
-                    full_at: far,
+                    full_at: at(far),
                     slack: 0
                 }))
                 .as_bytes()
@@ -357,20 +367,22 @@ mod tests {
             Record::<FixedState>::decode(Encoded::of(&fixed(far, 1)).as_bytes()),
             Err(DecodeError::Invalid)
         );
-        let sliding = |window| SlidingState {
-            window,
+        let sliding = |window: u64| SlidingState {
+            window: ms(window),
             first: (far - window) / crate::sliding::granularity(window),
             counts: vec![1].into(),
         };
-        let late = Record::of(sliding(MAX_DURATION_MS));
-        assert!(late.state.as_ref().is_some_and(State::is_valid) && late.reset_at() > MAX_UNITS);
+        let late = Record::of(sliding(Millis::MAX.as_u64()));
+        assert!(
+            late.state.as_ref().is_some_and(State::is_valid) && late.reset_at() > at(MAX_UNITS)
+        );
         assert_eq!(
             Record::<SlidingState>::decode(Encoded::of(&late).as_bytes()),
             Err(DecodeError::Invalid)
         );
         // At the bound itself, each is taken.
         let at_bound = Record::of(TokenState {
-            full_at: MAX_UNITS,
+            full_at: at(MAX_UNITS),
             slack: 0,
         });
         assert_eq!(
@@ -397,7 +409,7 @@ mod tests {
         assert_eq!(
             Record::decode(&v2_token),
             Ok(Record::of(TokenState {
-                full_at: 1_700_000_000_123,
+                full_at: at(1_700_000_000_123),
                 slack: 9
             }))
         );
@@ -420,7 +432,7 @@ mod tests {
         assert_eq!(
             record,
             Record::of(TokenState {
-                full_at: 834,
+                full_at: at(834),
                 slack: 2
             })
         );
@@ -453,18 +465,18 @@ mod tests {
         assert_eq!(fixed(1, 1 << 20).to_word(), None);
         // A blocked record is never a word.
         let blocked = Record {
-            blocked_until: 5,
+            blocked_until: at(5),
             ..fixed(1, 1)
         };
         assert_eq!(blocked.to_word(), None);
         let token = Record::of(TokenState {
-            full_at: 1_800_000_000_000,
+            full_at: at(1_800_000_000_000),
             slack: 7,
         });
         assert_eq!(Record::from_word(token.to_word().unwrap()), Some(token));
         assert_eq!(
             Record::of(TokenState {
-                full_at: 1,
+                full_at: at(1),
                 slack: 1 << 20
             })
             .to_word(),

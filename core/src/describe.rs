@@ -51,12 +51,12 @@ macro_rules! describe_window {
 
             fn build(values: &$crate::args::Values) -> Result<Self, $crate::ArgError> {
                 let [limit, window, ..] = *values;
-                <$limiter>::new(limit, window)
+                <$limiter>::new(limit, $crate::time::Millis::from_millis(window))
                     .ok_or($crate::ArgError::TooLarge(&$crate::param::LIMIT))
             }
 
             fn figures(&self) -> $crate::args::Values {
-                [self.limit(), self.window(), 0, 0]
+                [self.limit(), self.window().as_u64(), 0, 0]
             }
 
             fn quota(&self) -> u64 {
@@ -64,7 +64,7 @@ macro_rules! describe_window {
             }
 
             fn quota_window(&self) -> $crate::time::Millis {
-                $crate::time::Millis::from_millis(self.window())
+                self.window()
             }
         }
     };

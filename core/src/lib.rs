@@ -2,7 +2,7 @@
 //!
 //! Nothing here knows about Redis. Every algorithm is a value holding validated parameters
 //! and one function, `decide(stored state, now, cost) -> Outcome`, where `now` is a time in
-//! milliseconds since the Unix epoch passed in by the caller. The outcome says what to reply
+//! the server clock's reading ([`Timestamp`]) passed in by the caller. The outcome says what to reply
 //! and what to do with the stored state (keep it, store a new one, or delete it), so the
 //! storage layer owns atomicity, persistence and replication, and the algorithms stay
 //! deterministic: the same inputs always give the same outputs, on any machine.
@@ -28,20 +28,11 @@ pub use fixed::{FixedState, FixedWindow};
 pub use policy::{Algorithm, Policy, PolicyError};
 pub use record::{Call, Op, Record};
 pub use sliding::{SlidingState, SlidingWindow};
+pub use time::{Millis, Timestamp};
 pub use token::{TokenBucket, TokenState};
-
-/// Milliseconds since the Unix epoch (the server clock) or a duration in milliseconds.
-pub type Millis = u64;
 
 /// The largest limit, capacity, rate or cost accepted: every figure fits a signed 64-bit reply.
 pub const MAX_UNITS: u64 = i64::MAX as u64;
-
-/// The longest window or period accepted, and the longest a token bucket may take to refill:
-/// [`time::Millis::MAX`] (3650 days), in ms.
-pub const MAX_DURATION_MS: Millis = time::Millis::MAX.as_u64();
-
-/// One day in milliseconds.
-pub const DAY_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// When a denied call may be retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +51,7 @@ impl Retry {
     pub fn as_millis(self) -> i64 {
         match self {
             Retry::Now => 0,
-            Retry::After(ms) => i64::try_from(ms).unwrap_or(i64::MAX),
+            Retry::After(wait) => i64::try_from(wait.as_u64()).unwrap_or(i64::MAX),
             Retry::Never => -1,
         }
     }
@@ -75,7 +66,7 @@ pub struct Decision {
     /// Units left after this call.
     pub remaining: u64,
     pub retry: Retry,
-    /// Milliseconds until the limiter is back to its fresh state (0 when it is fresh).
+    /// The time until the limiter is back to its fresh state (zero when it is fresh).
     pub reset_after: Millis,
 }
 
@@ -124,7 +115,7 @@ impl<S> Outcome<S> {
 pub trait State: Clone + PartialEq + std::fmt::Debug {
     /// The moment this state is back to fresh: where its key expires. Derived from the state
     /// alone, so a replica or an AOF load computes the same expiry as the master did.
-    fn reset_at(&self) -> Millis;
+    fn reset_at(&self) -> Timestamp;
 
     /// Whether the state keeps every invariant of a stored state (checked when decoding).
     fn is_valid(&self) -> bool;
@@ -136,24 +127,34 @@ pub trait Limiter {
 
     /// Decides a call of `cost` units at `now` against the stored state (`None`: fresh) and
     /// says what the state becomes. `cost == 0` reports without taking.
-    fn decide(&self, state: Option<&Self::State>, now: Millis, cost: u64) -> Outcome<Self::State>;
+    fn decide(
+        &self,
+        state: Option<&Self::State>,
+        now: Timestamp,
+        cost: u64,
+    ) -> Outcome<Self::State>;
 
     /// Decides like [`decide`](Self::decide) on a stored state, but updates it in place: the
     /// same decision, and `Store(())` when `state` now holds what `decide` would store
     /// (`Keep` and `Delete` leave it untouched). An algorithm overrides this where updating
     /// saves building a new state.
-    fn decide_in_place(&self, state: &mut Self::State, now: Millis, cost: u64) -> Outcome<()> {
+    fn decide_in_place(&self, state: &mut Self::State, now: Timestamp, cost: u64) -> Outcome<()> {
         replace_state(self, state, now, cost)
     }
 
     /// The stored state after giving back up to `units` units taken earlier, the latest
     /// first; `None` when nothing taken is left. Never more than was taken.
-    fn give_back(&self, state: &Self::State, now: Millis, units: u64) -> Option<Self::State>;
+    fn give_back(&self, state: &Self::State, now: Timestamp, units: u64) -> Option<Self::State>;
 
     /// Gives back up to `units` units taken earlier and replies as a report (`cost` 0) after
     /// it would: never creates a state, never makes one fuller than fresh, and the state's
     /// expiry follows what is left.
-    fn refund(&self, state: Option<&Self::State>, now: Millis, units: u64) -> Outcome<Self::State> {
+    fn refund(
+        &self,
+        state: Option<&Self::State>,
+        now: Timestamp,
+        units: u64,
+    ) -> Outcome<Self::State> {
         let Some(old) = state else {
             return self.decide(None, now, 0);
         };
@@ -180,7 +181,7 @@ pub trait Limiter {
 pub fn replace_state<L: Limiter + ?Sized>(
     limiter: &L,
     state: &mut L::State,
-    now: Millis,
+    now: Timestamp,
     cost: u64,
 ) -> Outcome<()> {
     limiter.decide(Some(state), now, cost).store_into(state)
@@ -215,21 +216,36 @@ fn div_u128(a: u128, b: u64) -> u128 {
 /// Table-driven scenarios for the algorithms' unit tests.
 #[cfg(test)]
 mod scenario {
-    use crate::{Limiter, Millis, State, Write};
+    use crate::{Limiter, Millis, State, Timestamp, Write};
 
-    /// One call: time, cost, then the expected reply
-    /// (allowed, remaining, retry_after (-1: never), reset_after).
-    pub struct Step(pub Millis, pub u64, pub bool, pub u64, pub i64, pub Millis);
+    /// One call: time (ms since the epoch), cost, then the expected reply
+    /// (allowed, remaining, retry_after (-1: never), reset_after in ms).
+    pub struct Step(pub u64, pub u64, pub bool, pub u64, pub i64, pub u64);
+
+    /// The moment `ms` after the epoch: tables write times as plain numbers.
+    pub fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    /// A length of `ms`.
+    pub fn ms(ms: u64) -> Millis {
+        Millis::from_millis(ms)
+    }
 
     /// Runs the calls in order from a fresh limiter, applying each write; checks every reply
     /// and that each stored state is valid and expires at the reset time. Returns the state.
     pub fn run<L: Limiter>(limiter: &L, steps: &[Step]) -> Option<L::State> {
         let mut state = None;
         for (i, Step(now, cost, allowed, remaining, retry, reset)) in steps.iter().enumerate() {
-            let out = limiter.decide(state.as_ref(), *now, *cost);
+            let out = limiter.decide(state.as_ref(), at(*now), *cost);
             let d = out.decision;
             assert_eq!(
-                (d.allowed, d.remaining, d.retry.as_millis(), d.reset_after),
+                (
+                    d.allowed,
+                    d.remaining,
+                    d.retry.as_millis(),
+                    d.reset_after.as_u64()
+                ),
                 (*allowed, *remaining, *retry, *reset),
                 "step {i} at {now} cost {cost}"
             );
@@ -237,7 +253,7 @@ mod scenario {
                 Write::Keep => {}
                 Write::Store(s) => {
                     assert!(s.is_valid(), "step {i}: {s:?}");
-                    assert_eq!(s.reset_at(), now + d.reset_after, "step {i}: expiry");
+                    assert_eq!(s.reset_at(), at(*now) + d.reset_after, "step {i}: expiry");
                     state = Some(s)
                 }
                 Write::Delete => state = None,

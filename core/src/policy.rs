@@ -431,7 +431,7 @@ mod tests {
         let token: Policy = "token:100:10:1s".parse().unwrap();
         assert_eq!(
             token,
-            Policy::Token(TokenBucket::new(100, 10, 1000).unwrap())
+            Policy::Token(TokenBucket::new(100, 10, Millis::SECOND).unwrap())
         );
         assert_eq!(token.args(), ["100", "10", "PER", "1000ms"]);
         assert_eq!(

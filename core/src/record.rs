@@ -9,16 +9,16 @@
 //! during a block and calls do not extend it; a refund gives units back but leaves the block.
 //! The record is fresh again, and its key expires, when both the state and the block are.
 
-use crate::{Decision, Limiter, MAX_UNITS, Millis, Outcome, Retry, State, Write};
+use crate::{Decision, Limiter, MAX_UNITS, Millis, Outcome, Retry, State, Timestamp, Write};
 
 /// A limiter's key: its state and its block.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<S> {
     /// The algorithm's state; `None` when only a block is left.
     pub state: Option<S>,
-    /// The end of the block (exclusive), in ms since the epoch; 0 when never blocked. A past
-    /// moment is an ended block.
-    pub blocked_until: Millis,
+    /// The end of the block (exclusive); the epoch when never blocked. A past moment is an
+    /// ended block.
+    pub blocked_until: Timestamp,
 }
 
 /// What a call does.
@@ -34,7 +34,7 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
     pub op: Op,
-    /// If a call that takes is denied, block the key for this long (0: do not block).
+    /// If a call that takes is denied, block the key for this long (zero: do not block).
     pub block: Millis,
 }
 
@@ -43,30 +43,84 @@ impl Call {
     pub const fn take(cost: u64) -> Self {
         Self {
             op: Op::Take(cost),
-            block: 0,
+            block: Millis::ZERO,
+        }
+    }
+}
+
+/// A record as read where it is stored: its state and its block, borrowed (a key that is not
+/// blocked may store its bare state, without the record around it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct View<'a, S> {
+    pub state: Option<&'a S>,
+    pub blocked_until: Timestamp,
+}
+
+impl<S> Clone for View<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for View<'_, S> {}
+
+impl<'a, S> View<'a, S> {
+    /// A state that is not blocked.
+    pub const fn of(state: &'a S) -> Self {
+        View {
+            state: Some(state),
+            blocked_until: Timestamp::EPOCH,
+        }
+    }
+
+    /// The end of the block running at `now`, if one is.
+    pub fn blocked_at(&self, now: Timestamp) -> Option<Timestamp> {
+        (self.blocked_until > now).then_some(self.blocked_until)
+    }
+}
+
+impl<S: State> View<'_, S> {
+    /// The moment the record is fresh again (see [`Record`]'s [`State::reset_at`]).
+    pub fn reset_at(&self) -> Timestamp {
+        let state = self.state.map_or(Timestamp::EPOCH, State::reset_at);
+        state.max(self.blocked_until)
+    }
+
+    /// The record itself, owned.
+    pub fn to_record(&self) -> Record<S> {
+        Record {
+            state: self.state.cloned(),
+            blocked_until: self.blocked_until,
         }
     }
 }
 
 impl<S> Record<S> {
+    /// The record, borrowed.
+    pub fn view(&self) -> View<'_, S> {
+        View {
+            state: self.state.as_ref(),
+            blocked_until: self.blocked_until,
+        }
+    }
+
     /// A record holding a state, not blocked.
     pub const fn of(state: S) -> Self {
         Self {
             state: Some(state),
-            blocked_until: 0,
+            blocked_until: Timestamp::EPOCH,
         }
     }
 
     /// The end of the block running at `now`, if one is.
-    pub fn blocked_at(&self, now: Millis) -> Option<Millis> {
+    pub fn blocked_at(&self, now: Timestamp) -> Option<Timestamp> {
         (self.blocked_until > now).then_some(self.blocked_until)
     }
 }
 
 impl<S: State> State for Record<S> {
-    fn reset_at(&self) -> Millis {
-        let state = self.state.as_ref().map_or(0, State::reset_at);
-        state.max(self.blocked_until)
+    fn reset_at(&self) -> Timestamp {
+        self.view().reset_at()
     }
 
     /// A valid state, or none but a block; a reset time (the key's expiry: the state's and
@@ -77,8 +131,8 @@ impl<S: State> State for Record<S> {
         let state = self
             .state
             .as_ref()
-            .map_or(self.blocked_until > 0, State::is_valid);
-        state && self.reset_at() <= MAX_UNITS
+            .map_or(self.blocked_until > Timestamp::EPOCH, State::is_valid);
+        state && self.reset_at().as_millis() <= MAX_UNITS
     }
 }
 
@@ -86,10 +140,20 @@ impl<S: State> State for Record<S> {
 pub fn decide<L: Limiter>(
     limiter: &L,
     record: Option<&Record<L::State>>,
-    now: Millis,
+    now: Timestamp,
     call: Call,
 ) -> Outcome<Record<L::State>> {
-    let state = record.and_then(|r| r.state.as_ref());
+    decide_view(limiter, record.map(Record::view), now, call)
+}
+
+/// [`decide`] on a record as read where it is stored.
+pub fn decide_view<L: Limiter>(
+    limiter: &L,
+    record: Option<View<'_, L::State>>,
+    now: Timestamp,
+    call: Call,
+) -> Outcome<Record<L::State>> {
+    let state = record.and_then(|r| r.state);
     let blocked = record.and_then(|r| r.blocked_at(now));
     let out = match (call.op, blocked) {
         (Op::Take(cost), None) => limiter.decide(state, now, cost),
@@ -111,7 +175,7 @@ pub fn decide<L: Limiter>(
     };
     let denied = matches!(call.op, Op::Take(_)) && !out.decision.allowed;
     let new_block =
-        (blocked.is_none() && denied && call.block > 0).then(|| now.saturating_add(call.block));
+        (blocked.is_none() && denied && !call.block.is_zero()).then(|| now + call.block);
     let Some(until) = blocked.or(new_block) else {
         return Outcome {
             decision: out.decision,
@@ -144,7 +208,7 @@ pub fn decide<L: Limiter>(
 pub fn decide_in_place<L: Limiter>(
     limiter: &L,
     record: &mut Record<L::State>,
-    now: Millis,
+    now: Timestamp,
     call: Call,
 ) -> Outcome<()> {
     let (Op::Take(cost), None, Some(state)) = (call.op, record.blocked_at(now), &mut record.state)
@@ -152,14 +216,14 @@ pub fn decide_in_place<L: Limiter>(
         return replace(limiter, record, now, call);
     };
     let out = limiter.decide_in_place(state, now, cost);
-    if out.decision.allowed || call.block == 0 {
+    if out.decision.allowed || call.block.is_zero() {
         if out.write == Write::Store(()) {
             // A new state carries no ended block, as `decide` stores it.
-            record.blocked_until = 0;
+            record.blocked_until = Timestamp::EPOCH;
         }
         return out;
     }
-    let until = now.saturating_add(call.block);
+    let until = now + call.block;
     if out.write == Write::Delete {
         record.state = None;
     }
@@ -170,17 +234,57 @@ pub fn decide_in_place<L: Limiter>(
     }
 }
 
+/// How [`decide_unblocked_in_place`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InPlace<S> {
+    /// The state was decided on where it lies (see [`Limiter::decide_in_place`]).
+    Updated(Outcome<()>),
+    /// The call was decided without touching the stored state (a refund), or it starts a
+    /// block: the record to write, if any, is the outcome's.
+    Decided(Outcome<Record<S>>),
+}
+
+/// Decides like [`decide`] on a stored state that is not blocked (a record holding only its
+/// state): the usual call, taking units, updates the state where it lies; one whose denial
+/// starts a block gives the record, block included, to store instead.
+pub fn decide_unblocked_in_place<L: Limiter>(
+    limiter: &L,
+    state: &mut L::State,
+    now: Timestamp,
+    call: Call,
+) -> InPlace<L::State> {
+    let Op::Take(cost) = call.op else {
+        return InPlace::Decided(decide_view(limiter, Some(View::of(state)), now, call));
+    };
+    let out = limiter.decide_in_place(state, now, cost);
+    if out.decision.allowed || call.block.is_zero() {
+        return InPlace::Updated(out);
+    }
+    let until = now + call.block;
+    let state = match out.write {
+        Write::Delete => None,
+        Write::Keep | Write::Store(()) => Some(state.clone()),
+    };
+    InPlace::Decided(Outcome {
+        decision: blocked_decision(out.decision, until - now),
+        write: Write::Store(Record {
+            state,
+            blocked_until: until,
+        }),
+    })
+}
+
 /// [`decide_in_place`] by building the new record and moving it in.
 fn replace<L: Limiter>(
     limiter: &L,
     record: &mut Record<L::State>,
-    now: Millis,
+    now: Timestamp,
     call: Call,
 ) -> Outcome<()> {
     decide(limiter, Some(record), now, call).store_into(record)
 }
 
-/// A decision made while the key is blocked for `left` more ms.
+/// A decision made while the key is blocked for `left` more.
 fn blocked_decision(d: Decision, left: Millis) -> Decision {
     Decision {
         allowed: false,
@@ -198,37 +302,44 @@ fn blocked_decision(d: Decision, left: Millis) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{at, ms};
     use crate::{FixedState, FixedWindow, SlidingWindow, TokenBucket};
 
-    const MIN: Millis = 60_000;
+    const MIN: u64 = 60_000;
 
-    /// A reply: allowed, remaining, retry_after (-1: never), reset_after.
-    type Reply = (bool, u64, i64, Millis);
+    /// A reply: allowed, remaining, retry_after (-1: never), reset_after (ms).
+    type Reply = (bool, u64, i64, u64);
 
     /// Runs calls from a fresh key, applying each write; returns each reply as
     /// (allowed, remaining, retry_after, reset_after) and the final record.
-    fn run<L: Limiter>(l: &L, calls: &[(Millis, Call)]) -> (Vec<Reply>, Option<Record<L::State>>) {
+    fn run<L: Limiter>(l: &L, calls: &[(u64, Call)]) -> (Vec<Reply>, Option<Record<L::State>>) {
         let mut record: Option<Record<L::State>> = None;
         let mut replies = Vec::new();
         for &(now, call) in calls {
+            let now = at(now);
             let out = decide(l, record.as_ref(), now, call);
             // Deciding in place on a copy agrees.
             if let Some(r) = &record {
                 let mut copy = r.clone();
                 let in_place = decide_in_place(l, &mut copy, now, call);
-                assert_eq!(in_place.decision, out.decision, "in place at {now}");
+                assert_eq!(in_place.decision, out.decision, "in place at {now:?}");
                 match &out.write {
                     Write::Store(new) => assert_eq!(&copy, new),
                     _ => assert_eq!(&copy, r),
                 }
             }
             let d = out.decision;
-            replies.push((d.allowed, d.remaining, d.retry.as_millis(), d.reset_after));
+            replies.push((
+                d.allowed,
+                d.remaining,
+                d.retry.as_millis(),
+                d.reset_after.as_u64(),
+            ));
             match out.write {
                 Write::Keep => {}
                 Write::Store(r) => {
                     assert!(r.is_valid(), "{r:?}");
-                    assert_eq!(r.reset_at(), now + d.reset_after, "expiry at {now}");
+                    assert_eq!(r.reset_at(), now + d.reset_after, "expiry at {now:?}");
                     record = Some(r);
                 }
                 Write::Delete => record = None,
@@ -241,24 +352,24 @@ mod tests {
         Call::take(cost)
     }
 
-    fn take_blocking(cost: u64, block: Millis) -> Call {
+    fn take_blocking(cost: u64, block: u64) -> Call {
         Call {
             op: Op::Take(cost),
-            block,
+            block: ms(block),
         }
     }
 
     fn refund(units: u64) -> Call {
         Call {
             op: Op::Refund(units),
-            block: 0,
+            block: Millis::ZERO,
         }
     }
 
     #[test]
     fn a_denied_call_blocks_for_the_duration_without_extending() {
         // 2 per minute, block 10 minutes.
-        let l = FixedWindow::new(2, MIN).unwrap();
+        let l = FixedWindow::new(2, ms(MIN)).unwrap();
         let b = 10 * MIN;
         let (replies, record) = run(
             &l,
@@ -292,10 +403,10 @@ mod tests {
             record,
             Some(Record {
                 state: Some(FixedState {
-                    window_end: 660_000,
+                    window_end: at(660_000),
                     count: 1
                 }),
-                blocked_until: 0
+                blocked_until: at(0)
             })
         );
     }
@@ -303,7 +414,7 @@ mod tests {
     #[test]
     fn the_limit_may_need_longer_than_the_block() {
         // 1 token per minute, a 1 s block: the next token comes after the block.
-        let l = TokenBucket::new(1, 1, MIN).unwrap();
+        let l = TokenBucket::new(1, 1, ms(MIN)).unwrap();
         let (replies, _) = run(
             &l,
             &[
@@ -327,28 +438,31 @@ mod tests {
     #[test]
     fn a_block_outlives_the_state_and_then_the_key_goes() {
         // Cost above the limit on a fresh key: denied, blocked, nothing taken.
-        let l = SlidingWindow::new(5, 1_000).unwrap();
+        let l = SlidingWindow::new(5, ms(1_000)).unwrap();
         let (replies, record) = run(&l, &[(100, take_blocking(9, 5_000))]);
         assert_eq!(replies, [(false, 0, -1, 5_000)]);
         assert_eq!(
             record,
             Some(Record {
                 state: None,
-                blocked_until: 5_100
+                blocked_until: at(5_100)
             })
         );
         let record = record.unwrap();
-        assert_eq!(record.reset_at(), 5_100);
-        let out = decide(&l, Some(&record), 5_099, take(1));
-        assert_eq!(out.decision.retry, Retry::After(1));
-        let out = decide(&l, Some(&record), 5_100, take(1));
+        assert_eq!(record.reset_at(), at(5_100));
+        let out = decide(&l, Some(&record), at(5_099), take(1));
+        assert_eq!(out.decision.retry, Retry::After(ms(1)));
+        let out = decide(&l, Some(&record), at(5_100), take(1));
         assert!(out.decision.allowed);
-        assert_eq!(out.write.map(|r| r.blocked_until), Write::Store(0));
+        assert_eq!(
+            out.write.map(|r| r.blocked_until),
+            Write::Store(Timestamp::EPOCH)
+        );
     }
 
     #[test]
     fn refunds_give_back_up_to_what_was_taken() {
-        let l = FixedWindow::new(10, MIN).unwrap();
+        let l = FixedWindow::new(10, ms(MIN)).unwrap();
         let (replies, record) = run(
             &l,
             &[
@@ -373,7 +487,7 @@ mod tests {
     #[test]
     fn token_refunds_bring_the_full_moment_forward() {
         // 10 tokens, 1 per second.
-        let l = TokenBucket::new(10, 1, 1_000).unwrap();
+        let l = TokenBucket::new(10, 1, ms(1_000)).unwrap();
         let (replies, _) = run(
             &l,
             &[
@@ -398,7 +512,7 @@ mod tests {
     #[test]
     fn sliding_refunds_take_back_the_latest_units_first() {
         // Buckets of 1 ms: 2 units at 100, 1 at 150; a refund of 2 leaves one unit of 100.
-        let l = SlidingWindow::new(3, 64).unwrap();
+        let l = SlidingWindow::new(3, ms(64)).unwrap();
         let (replies, record) = run(&l, &[(100, take(2)), (150, take(1)), (151, refund(2))]);
         assert_eq!(
             replies,
@@ -410,7 +524,7 @@ mod tests {
 
     #[test]
     fn a_refund_during_a_block_leaves_the_block() {
-        let l = FixedWindow::new(1, MIN).unwrap();
+        let l = FixedWindow::new(1, ms(MIN)).unwrap();
         let (replies, record) = run(
             &l,
             &[(0, take(1)), (1, take_blocking(1, 5 * MIN)), (2, refund(1))],
@@ -427,7 +541,7 @@ mod tests {
             record,
             Some(Record {
                 state: None,
-                blocked_until: 5 * MIN + 1
+                blocked_until: at(5 * MIN + 1)
             })
         );
     }

@@ -17,7 +17,7 @@
 use smallvec::SmallVec;
 
 use crate::codec::{self, Codec, Encoded, Fields, Word};
-use crate::{Decision, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Outcome, Retry, State, Write};
+use crate::{Decision, Limiter, MAX_UNITS, Millis, Outcome, Retry, State, Timestamp, Write};
 
 /// How many buckets a window is split into.
 pub const SUB_WINDOWS: u64 = 64;
@@ -32,7 +32,8 @@ const _: () = assert!(codec::HEADER_LEN + 17 + 8 * MAX_BUCKETS <= codec::MAX_ENC
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlidingWindow {
     limit: u64,
-    window: Millis,
+    /// The window in ms: the grid arithmetic below is on plain milliseconds.
+    window: u64,
 }
 
 /// Units per bucket, from the oldest to the newest one counting (empty ones between them
@@ -53,19 +54,19 @@ pub struct SlidingState {
 }
 
 /// The length of one bucket for a window.
-pub fn granularity(window: Millis) -> Millis {
+pub fn granularity(window: u64) -> u64 {
     window.div_ceil(SUB_WINDOWS)
 }
 
 /// The first ms at which bucket `bucket` no longer overlaps the window ending at that ms.
-fn drop_time(window: Millis, bucket: u64) -> Option<Millis> {
+fn drop_time(window: u64, bucket: u64) -> Option<u64> {
     (bucket.checked_add(1)?)
         .checked_mul(granularity(window))?
         .checked_add(window - 1)
 }
 
 /// The oldest bucket that still overlaps the window ending at `now`.
-fn oldest_live(window: Millis, now: Millis) -> u64 {
+fn oldest_live(window: u64, now: u64) -> u64 {
     (now + 1).saturating_sub(window) / granularity(window)
 }
 
@@ -74,7 +75,7 @@ fn oldest_live(window: Millis, now: Millis) -> u64 {
 /// stored one: so it goes for every call after the first in a sub-window). With
 /// `now = q * g + r` and `window = 64 * g - d`, `now + 1 - window = (q - 64) * g + (r + 1 + d)`,
 /// and `r + 1 + d < g + 64`.
-fn current_and_oldest(window: Millis, now: Millis, guess: Option<u64>) -> (u64, u64) {
+fn current_and_oldest(window: u64, now: u64, guess: Option<u64>) -> (u64, u64) {
     let g = granularity(window);
     let (q, r) = match guess.and_then(|b| Some((b, now.checked_sub(b.checked_mul(g)?)?))) {
         Some((b, r)) if r < g => (b, r),
@@ -92,27 +93,27 @@ fn current_and_oldest(window: Millis, now: Millis, guess: Option<u64>) -> (u64, 
 
 /// When `excess` units of `counts` (buckets from `first` on) will have been forgotten, the
 /// oldest first.
-fn time_to_forget(window: Millis, first: u64, counts: &[u64], excess: u64) -> Millis {
+fn time_to_forget(window: u64, first: u64, counts: &[u64], excess: u64) -> u64 {
     let mut forgotten = 0;
     for (i, &count) in counts.iter().enumerate() {
         forgotten += count;
         if forgotten >= excess {
-            return drop_time(window, first + i as u64).unwrap_or(Millis::MAX);
+            return drop_time(window, first + i as u64).unwrap_or(u64::MAX);
         }
     }
-    Millis::MAX // unreachable for an excess within the sum
+    u64::MAX // unreachable for an excess within the sum
 }
 
 /// A state's buckets brought to another window's grid, on the stack.
 struct Buckets {
-    window: Millis,
+    window: u64,
     first: u64,
     len: usize,
     counts: [u64; MAX_BUCKETS],
 }
 
 impl Buckets {
-    fn empty(window: Millis) -> Self {
+    fn empty(window: u64) -> Self {
         Self {
             window,
             first: 0,
@@ -123,10 +124,10 @@ impl Buckets {
 
     /// The buckets of a state made with another window, moved to `window`'s grid, that still
     /// count at `now`: each bucket moves to the new bucket of its last millisecond.
-    fn regrid(state: &SlidingState, window: Millis, now: Millis) -> Self {
+    fn regrid(state: &SlidingState, window: u64, now: u64) -> Self {
         let mut out = Self::empty(window);
         let oldest = oldest_live(window, now);
-        let (old_g, new_g) = (granularity(state.window), granularity(window));
+        let (old_g, new_g) = (granularity(state.window.as_u64()), granularity(window));
         for (i, &count) in state.counts.iter().enumerate() {
             let bucket = ((state.first + i as u64 + 1) * old_g - 1) / new_g;
             if bucket >= oldest {
@@ -176,7 +177,7 @@ impl Buckets {
 
     fn to_state(&self) -> SlidingState {
         SlidingState {
-            window: self.window,
+            window: Millis::from_millis(self.window),
             first: self.first,
             counts: Counts::from_slice(self.slice()),
         }
@@ -184,10 +185,13 @@ impl Buckets {
 }
 
 impl SlidingWindow {
-    /// `None` unless `1 <= limit <= MAX_UNITS` and `1 <= window <= MAX_DURATION_MS`.
+    /// `None` unless `1 <= limit <= MAX_UNITS` and `1 ms <= window <= Millis::MAX`.
     pub fn new(limit: u64, window: Millis) -> Option<Self> {
-        let valid = (1..=MAX_UNITS).contains(&limit) && (1..=MAX_DURATION_MS).contains(&window);
-        valid.then_some(Self { limit, window })
+        let valid = (1..=MAX_UNITS).contains(&limit) && !window.is_zero() && window <= Millis::MAX;
+        valid.then_some(Self {
+            limit,
+            window: window.as_u64(),
+        })
     }
 
     pub fn limit(&self) -> u64 {
@@ -195,14 +199,14 @@ impl SlidingWindow {
     }
 
     pub fn window(&self) -> Millis {
-        self.window
+        Millis::from_millis(self.window)
     }
 }
 
 impl State for SlidingState {
-    fn reset_at(&self) -> Millis {
+    fn reset_at(&self) -> Timestamp {
         let last = self.first + self.counts.len().saturating_sub(1) as u64;
-        drop_time(self.window, last).unwrap_or(Millis::MAX)
+        Timestamp::from_millis(drop_time(self.window.as_u64(), last).unwrap_or(u64::MAX))
     }
 
     /// A state as stored: a valid window, 1 to `MAX_BUCKETS` buckets with no empty end,
@@ -215,7 +219,8 @@ impl State for SlidingState {
             .counts
             .iter()
             .try_fold(0u64, |sum, &c| sum.checked_add(c));
-        (1..=MAX_DURATION_MS).contains(&self.window)
+        !self.window.is_zero()
+            && self.window <= Millis::MAX
             && self.counts.len() <= MAX_BUCKETS
             && head > 0
             && tail > 0
@@ -223,7 +228,7 @@ impl State for SlidingState {
             && self
                 .first
                 .checked_add(self.counts.len() as u64)
-                .and_then(|b| drop_time(self.window, b))
+                .and_then(|b| drop_time(self.window.as_u64(), b))
                 .is_some()
     }
 }
@@ -234,13 +239,14 @@ impl Limiter for SlidingWindow {
     fn decide(
         &self,
         state: Option<&SlidingState>,
-        now: Millis,
+        now: Timestamp,
         cost: u64,
     ) -> Outcome<SlidingState> {
+        let now = now.as_millis();
         let Some(old) = state else {
             return self.decide_in_grid(None, now, cost);
         };
-        if old.window == self.window {
+        if old.window.as_u64() == self.window {
             return self.decide_in_grid(Some((old.first, &old.counts)), now, cost);
         }
         // Another window: regrid, then decide as on a state of this window that must be
@@ -258,10 +264,11 @@ impl Limiter for SlidingWindow {
     /// vector, which doubles up to [`MAX_BUCKETS`] as the span of counted buckets grows and
     /// shrinks when the span falls below half of it: a busy limiter reallocates
     /// nothing, and the memory follows the span.
-    fn decide_in_place(&self, state: &mut SlidingState, now: Millis, cost: u64) -> Outcome<()> {
-        if state.window != self.window {
+    fn decide_in_place(&self, state: &mut SlidingState, now: Timestamp, cost: u64) -> Outcome<()> {
+        if state.window.as_u64() != self.window {
             return crate::replace_state(self, state, now, cost);
         }
+        let now = now.as_millis();
         let Plan { decision, change } = self.plan(Some((state.first, &state.counts)), now, cost);
         let write = match change {
             Change::None => Write::Keep,
@@ -288,7 +295,7 @@ impl Limiter for SlidingWindow {
     }
 
     /// Takes units out of the newest buckets first: what was taken last is given back first.
-    fn give_back(&self, state: &SlidingState, _now: Millis, units: u64) -> Option<SlidingState> {
+    fn give_back(&self, state: &SlidingState, _now: Timestamp, units: u64) -> Option<SlidingState> {
         let mut counts = state.counts.clone();
         let mut left = units;
         while let Some(last) = counts.last_mut() {
@@ -327,7 +334,7 @@ enum Change {
 impl SlidingWindow {
     /// Decides a call on the buckets of this window's grid (`first` and counts, as stored),
     /// reading them in place.
-    fn plan(&self, stored: Option<(u64, &[u64])>, now: Millis, cost: u64) -> Plan {
+    fn plan(&self, stored: Option<(u64, &[u64])>, now: u64, cost: u64) -> Plan {
         let newest_stored = stored.and_then(|(first, counts)| {
             Some(first + u64::try_from(counts.len().checked_sub(1)?).ok()?)
         });
@@ -368,11 +375,11 @@ impl SlidingWindow {
             } else {
                 let excess = used + cost - self.limit;
                 crate::denied_retry(cost, self.limit, || {
-                    time_to_forget(self.window, first, live, excess) - now
+                    Millis::from_millis(time_to_forget(self.window, first, live, excess) - now)
                 })
             },
-            reset_after: last.map_or(0, |last| {
-                drop_time(self.window, last).unwrap_or(Millis::MAX) - now
+            reset_after: last.map_or(Millis::ZERO, |last| {
+                Millis::from_millis(drop_time(self.window, last).unwrap_or(u64::MAX) - now)
             }),
         };
         Plan { decision, change }
@@ -382,7 +389,7 @@ impl SlidingWindow {
     fn decide_in_grid(
         &self,
         stored: Option<(u64, &[u64])>,
-        now: Millis,
+        now: u64,
         cost: u64,
     ) -> Outcome<SlidingState> {
         let Plan { decision, change } = self.plan(stored, now, cost);
@@ -396,7 +403,7 @@ impl SlidingWindow {
                 counts.resize(index + 1, 0);
                 counts[index] += cost;
                 Write::Store(SlidingState {
-                    window: self.window,
+                    window: self.window(),
                     first,
                     counts,
                 })
@@ -410,7 +417,7 @@ impl Codec for SlidingState {
     const TAG: u8 = b'S';
 
     fn encode(&self, out: &mut Encoded) {
-        out.put(&self.window.to_le_bytes());
+        out.put(&self.window.as_u64().to_le_bytes());
         out.put(&self.first.to_le_bytes());
         // At most MAX_BUCKETS (65) counts in a valid state: the count fits a byte.
         out.put(&[self.counts.len() as u8]);
@@ -428,7 +435,7 @@ impl Codec for SlidingState {
             f.0.chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
         let state = SlidingState {
-            window,
+            window: Millis::from_millis(window),
             first,
             counts: counts.collect(),
         };
@@ -449,13 +456,15 @@ crate::describe::describe_window!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{Step, run};
+    use crate::scenario::{Step, at, ms, run};
+
+    const MAX_MS: u64 = Millis::MAX.as_u64();
 
     #[rustfmt::skip]
     #[test]
     fn one_ms_buckets_behave_like_an_exact_log() {
         // window 64 ms -> buckets of 1 ms: exact.
-        let l = SlidingWindow::new(3, 64).unwrap();
+        let l = SlidingWindow::new(3, ms(64)).unwrap();
         run(&l, &[
             //   now  cost allowed rem retry reset
             Step(100, 1, true,  2, 0,  64),   // forgotten at 164
@@ -473,7 +482,7 @@ mod tests {
     #[test]
     fn coarse_buckets_deny_at_most_one_bucket_early() {
         // window 6400 ms -> buckets of 100 ms.
-        let l = SlidingWindow::new(2, 6400).unwrap();
+        let l = SlidingWindow::new(2, ms(6400)).unwrap();
         run(&l, &[
             Step(1_050, 1, true,  1, 0,     6_449), // bucket 10, forgotten at 11*100+6399 = 7499
             Step(1_099, 1, true,  0, 0,     6_400), // bucket 10 too
@@ -485,24 +494,24 @@ mod tests {
 
     #[test]
     fn denial_and_report_keep_state() {
-        let l = SlidingWindow::new(1, 1000).unwrap();
-        let Write::Store(s) = l.decide(None, 5, 1).write else {
+        let l = SlidingWindow::new(1, ms(1000)).unwrap();
+        let Write::Store(s) = l.decide(None, at(5), 1).write else {
             panic!()
         };
-        assert_eq!(l.decide(Some(&s), 6, 1).write, Write::Keep);
-        assert_eq!(l.decide(Some(&s), 6, 0).write, Write::Keep);
+        assert_eq!(l.decide(Some(&s), at(6), 1).write, Write::Keep);
+        assert_eq!(l.decide(Some(&s), at(6), 0).write, Write::Keep);
         assert_eq!(l.decide(Some(&s), s.reset_at(), 0).write, Write::Delete);
     }
 
     #[test]
     fn window_change_keeps_units_at_least_as_long() {
-        let l = SlidingWindow::new(10, 6400).unwrap(); // 100 ms buckets
-        let Write::Store(s) = l.decide(None, 1_050, 4).write else {
+        let l = SlidingWindow::new(10, ms(6400)).unwrap(); // 100 ms buckets
+        let Write::Store(s) = l.decide(None, at(1_050), 4).write else {
             panic!()
         };
-        assert_eq!(s.reset_at(), 7_499);
-        let longer = SlidingWindow::new(10, 64_000).unwrap(); // 1000 ms buckets
-        let out = longer.decide(Some(&s), 1_060, 0);
+        assert_eq!(s.reset_at(), at(7_499));
+        let longer = SlidingWindow::new(10, ms(64_000)).unwrap(); // 1000 ms buckets
+        let out = longer.decide(Some(&s), at(1_060), 0);
         assert_eq!(out.decision.remaining, 6);
         let Write::Store(moved) = out.write else {
             panic!("window changed")
@@ -510,20 +519,20 @@ mod tests {
         assert_eq!(
             moved,
             SlidingState {
-                window: 64_000,
+                window: ms(64_000),
                 first: 1,
                 counts: vec![4].into()
             }
         );
-        assert_eq!(moved.reset_at(), 2 * 1000 + 64_000 - 1);
-        let shorter = SlidingWindow::new(10, 64).unwrap(); // 1 ms buckets
-        let Write::Store(moved) = shorter.decide(Some(&s), 1_060, 0).write else {
+        assert_eq!(moved.reset_at(), at(2 * 1000 + 64_000 - 1));
+        let shorter = SlidingWindow::new(10, ms(64)).unwrap(); // 1 ms buckets
+        let Write::Store(moved) = shorter.decide(Some(&s), at(1_060), 0).write else {
             panic!()
         };
         assert_eq!(
             moved,
             SlidingState {
-                window: 64,
+                window: ms(64),
                 first: 1_099,
                 counts: vec![4].into()
             }
@@ -532,10 +541,10 @@ mod tests {
 
     #[test]
     fn state_never_exceeds_max_buckets() {
-        let l = SlidingWindow::new(MAX_UNITS, 6400).unwrap();
+        let l = SlidingWindow::new(MAX_UNITS, ms(6400)).unwrap();
         let (mut state, mut longest) = (None, 0);
         for now in (0..20_000).step_by(7) {
-            if let Write::Store(s) = l.decide(state.as_ref(), now, 1).write {
+            if let Write::Store(s) = l.decide(state.as_ref(), at(now), 1).write {
                 longest = longest.max(s.counts.len());
                 state = Some(s);
             }
@@ -545,26 +554,26 @@ mod tests {
 
     #[test]
     fn clock_going_back_keeps_counting() {
-        let l = SlidingWindow::new(2, 1000).unwrap();
-        let Write::Store(s) = l.decide(None, 50_000, 2).write else {
+        let l = SlidingWindow::new(2, ms(1000)).unwrap();
+        let Write::Store(s) = l.decide(None, at(50_000), 2).write else {
             panic!()
         };
-        let out = l.decide(Some(&s), 10_000, 1);
+        let out = l.decide(Some(&s), at(10_000), 1);
         assert!(!out.decision.allowed);
-        assert_eq!(out.decision.retry, Retry::After(s.reset_at() - 10_000));
+        assert_eq!(out.decision.retry, Retry::After(s.reset_at() - at(10_000)));
     }
 
     #[test]
     fn a_state_with_up_to_three_buckets_is_one_small_allocation() {
         assert_eq!(std::mem::size_of::<SlidingState>(), 48);
-        let l = SlidingWindow::new(10, 6400).unwrap();
-        let Write::Store(s) = l.decide(None, 1_000, 1).write else {
+        let l = SlidingWindow::new(10, ms(6400)).unwrap();
+        let Write::Store(s) = l.decide(None, at(1_000), 1).write else {
             panic!()
         };
-        let Write::Store(s) = l.decide(Some(&s), 1_100, 1).write else {
+        let Write::Store(s) = l.decide(Some(&s), at(1_100), 1).write else {
             panic!()
         };
-        let Write::Store(s) = l.decide(Some(&s), 1_200, 1).write else {
+        let Write::Store(s) = l.decide(Some(&s), at(1_200), 1).write else {
             panic!()
         };
         assert_eq!((s.counts.len(), s.counts.spilled()), (3, false));
@@ -573,14 +582,17 @@ mod tests {
     #[test]
     fn in_place_counters_grow_to_the_span_and_give_room_back() {
         // 100 ms buckets: a call every 100 ms spans all 65 buckets, then a pause leaves one.
-        let l = SlidingWindow::new(1_000, 6400).unwrap();
-        let mut s = match l.decide(None, 0, 1).write {
+        let l = SlidingWindow::new(1_000, ms(6400)).unwrap();
+        let mut s = match l.decide(None, at(0), 1).write {
             Write::Store(s) => s,
             other => panic!("{other:?}"),
         };
         let mut capacities = vec![];
         for now in (100..10_000).step_by(100) {
-            assert_eq!(l.decide_in_place(&mut s, now, 1).write, Write::Store(()));
+            assert_eq!(
+                l.decide_in_place(&mut s, at(now), 1).write,
+                Write::Store(())
+            );
             capacities.push(s.counts.capacity());
         }
         assert_eq!(s.counts.len(), MAX_BUCKETS);
@@ -593,17 +605,19 @@ mod tests {
         capacities.dedup();
         assert_eq!(capacities, [3, 6, 12, 24, 48, 65]);
         // After the window has passed, one call leaves one bucket: back inline.
-        assert_eq!(l.decide_in_place(&mut s, 20_000, 1).write, Write::Store(()));
+        assert_eq!(
+            l.decide_in_place(&mut s, at(20_000), 1).write,
+            Write::Store(())
+        );
         assert_eq!((s.counts.len(), s.counts.spilled()), (1, false));
     }
 
     #[test]
     fn one_division_finds_both_buckets() {
         let moments = (0..1_000).chain((0..1_000).map(|i| 1_800_000_000_000 + i * 7919));
-        let windows =
-            (1..5_000)
-                .step_by(3)
-                .chain([4_032, 4_033, 60_000, 86_400_000, MAX_DURATION_MS]);
+        let windows = (1..5_000)
+            .step_by(3)
+            .chain([4_032, 4_033, 60_000, 86_400_000, MAX_MS]);
         for window in windows {
             for now in moments.clone() {
                 let expected = (now / granularity(window), oldest_live(window, now));
@@ -620,7 +634,7 @@ mod tests {
     #[test]
     fn validates_stored_states() {
         let ok = SlidingState {
-            window: 1000,
+            window: ms(1000),
             first: 7,
             counts: vec![1, 0, 2].into(),
         };
@@ -647,7 +661,7 @@ mod tests {
                 ..ok.clone()
             },
             SlidingState {
-                window: 0,
+                window: ms(0),
                 ..ok.clone()
             },
             SlidingState {

@@ -18,20 +18,24 @@ use ratelimit_core::sliding::granularity;
 use ratelimit_core::*;
 
 const CASES: u32 = 1500;
-const START: Millis = 1_700_000_000_000;
+const START: u64 = 1_700_000_000_000;
+
+/// The moment `ms` after the epoch: the models count time in plain milliseconds.
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn ms(ms: u64) -> Millis {
+    Millis::from_millis(ms)
+}
 
 /// Decides a call, and checks that deciding in place on a copy of the state gives the same
 /// decision and leaves the copy as the state `decide` stores (or untouched).
-fn decide<L: Limiter>(
-    l: &L,
-    state: Option<&L::State>,
-    now: Millis,
-    cost: u64,
-) -> Outcome<L::State> {
-    let out = l.decide(state, now, cost);
+fn decide<L: Limiter>(l: &L, state: Option<&L::State>, now: u64, cost: u64) -> Outcome<L::State> {
+    let out = l.decide(state, at(now), cost);
     if let Some(s) = state {
         let mut copy = s.clone();
-        let in_place = l.decide_in_place(&mut copy, now, cost);
+        let in_place = l.decide_in_place(&mut copy, at(now), cost);
         assert_eq!(in_place.decision, out.decision, "in place");
         match (&out.write, in_place.write) {
             (Write::Store(new), Write::Store(())) => assert_eq!(&copy, new),
@@ -47,8 +51,8 @@ fn decide<L: Limiter>(
 fn apply<S: State + Codec + Word>(
     state: &mut Option<S>,
     write: Write<S>,
-    now: Millis,
-    reset_after: Millis,
+    now: u64,
+    reset_after: u64,
 ) {
     match write {
         Write::Keep => {}
@@ -66,7 +70,11 @@ fn apply<S: State + Codec + Word>(
         Write::Delete => *state = None,
     }
     match state {
-        Some(s) => assert_eq!(s.reset_at(), now + reset_after, "expiry is the reset time"),
+        Some(s) => assert_eq!(
+            s.reset_at(),
+            at(now + reset_after),
+            "expiry is the reset time"
+        ),
         None => assert_eq!(reset_after, 0, "a fresh limiter resets now"),
     }
 }
@@ -78,36 +86,38 @@ fn check_timing<L: Limiter>(
     l: &L,
     before: Option<&L::State>,
     after: Option<&L::State>,
-    now: Millis,
+    now: u64,
     cost: u64,
     d: Decision,
 ) {
     let state = before;
     if let Retry::After(wait) = d.retry {
+        let wait = wait.as_u64();
         assert!(wait > 0);
         assert!(
-            !l.decide(state, now + wait - 1, cost).decision.allowed,
+            !l.decide(state, at(now + wait - 1), cost).decision.allowed,
             "retry too late"
         );
         assert!(
-            l.decide(state, now + wait, cost).decision.allowed,
+            l.decide(state, at(now + wait), cost).decision.allowed,
             "retry too early"
         );
     }
     let state = after;
-    if d.reset_after > 0 {
-        let fresh = l.decide(state, now + d.reset_after, 0).decision;
+    let reset_after = d.reset_after.as_u64();
+    if reset_after > 0 {
+        let fresh = l.decide(state, at(now + reset_after), 0).decision;
         assert_eq!(
-            (fresh.remaining, fresh.reset_after),
+            (fresh.remaining, fresh.reset_after.as_u64()),
             (d.limit, 0),
             "fresh at reset"
         );
-        let before = l.decide(state, now + d.reset_after - 1, 0).decision;
-        assert!(before.reset_after > 0, "not fresh before reset");
+        let before = l.decide(state, at(now + reset_after - 1), 0).decision;
+        assert!(!before.reset_after.is_zero(), "not fresh before reset");
     }
 }
 
-fn calls(max_gap: Millis, max_cost: u64) -> impl Strategy<Value = Vec<(Millis, u64)>> {
+fn calls(max_gap: u64, max_cost: u64) -> impl Strategy<Value = Vec<(u64, u64)>> {
     prop::collection::vec((0..=max_gap, 0..=max_cost), 1..60)
 }
 
@@ -120,7 +130,7 @@ proptest! {
         window in 1u64..5_000,
         ops in calls(3_000, 22),
     ) {
-        let l = FixedWindow::new(limit, window).unwrap();
+        let l = FixedWindow::new(limit, ms(window)).unwrap();
         let (mut state, mut now) = (None, START);
         let mut counter: (u64, u64) = (0, 0); // (window index, count)
         for (gap, cost) in ops {
@@ -138,15 +148,15 @@ proptest! {
             }
             prop_assert_eq!(d.remaining, limit - counter.1);
             let to_end = (index + 1) * window - now;
-            prop_assert_eq!(d.reset_after, if counter.1 > 0 { to_end } else { 0 });
+            prop_assert_eq!(d.reset_after.as_u64(), if counter.1 > 0 { to_end } else { 0 });
             let retry = match (allowed, cost > limit) {
                 (true, _) => Retry::Now,
                 (false, true) => Retry::Never,
-                (false, false) => Retry::After(to_end),
+                (false, false) => Retry::After(ms(to_end)),
             };
             prop_assert_eq!(d.retry, retry);
             let before = state;
-            apply(&mut state, out.write, now, d.reset_after);
+            apply(&mut state, out.write, now, d.reset_after.as_u64());
             check_timing(&l, before.as_ref(), state.as_ref(), now, cost, d);
         }
     }
@@ -157,11 +167,11 @@ proptest! {
         window in 1u64..20_000,
         ops in calls(4_000, 13),
     ) {
-        let l = SlidingWindow::new(limit, window).unwrap();
+        let l = SlidingWindow::new(limit, ms(window)).unwrap();
         let g = granularity(window);
         let (mut state, mut now) = (None, START);
-        let mut log: Vec<(Millis, u64)> = Vec::new();
-        let units_within = |log: &[(Millis, u64)], end: Millis, span: Millis| -> u64 {
+        let mut log: Vec<(u64, u64)> = Vec::new();
+        let units_within = |log: &[(u64, u64)], end: u64, span: u64| -> u64 {
             log.iter().filter(|(t, _)| t + span > end).map(|(_, c)| c).sum()
         };
         for (gap, cost) in ops {
@@ -180,7 +190,7 @@ proptest! {
             }
             prop_assert!(d.remaining <= limit);
             let before = state.clone();
-            apply(&mut state, out.write, now, d.reset_after);
+            apply(&mut state, out.write, now, d.reset_after.as_u64());
             check_timing(&l, before.as_ref(), state.as_ref(), now, cost, d);
         }
     }
@@ -192,7 +202,7 @@ proptest! {
         period in 1u64..10_000,
         ops in calls(1_500, 16),
     ) {
-        let b = TokenBucket::new(capacity, rate, period).unwrap();
+        let b = TokenBucket::new(capacity, rate, ms(period)).unwrap();
         let (mut state, mut now) = (None, START);
         // GCRA in units of 1/rate ms: one token is `period` units, the bucket `capacity` tokens.
         let (r, p, c) = (u128::from(rate), u128::from(period), u128::from(capacity));
@@ -211,13 +221,13 @@ proptest! {
             }
             let missing = tat.max(t) - t;
             prop_assert_eq!(u128::from(d.remaining), (c * p - missing) / p);
-            prop_assert_eq!(u128::from(d.reset_after), missing.div_ceil(r));
+            prop_assert_eq!(u128::from(d.reset_after.as_u64()), missing.div_ceil(r));
             if !allowed && cost <= capacity {
                 let wait = (tat.max(t) + n * p - c * p - t).div_ceil(r);
-                prop_assert_eq!(d.retry, Retry::After(wait as u64));
+                prop_assert_eq!(d.retry, Retry::After(ms(wait as u64)));
             }
             let before = state;
-            apply(&mut state, out.write, now, d.reset_after);
+            apply(&mut state, out.write, now, d.reset_after.as_u64());
             check_timing(&b, before.as_ref(), state.as_ref(), now, cost, d);
         }
     }
@@ -232,20 +242,20 @@ proptest! {
         let mut now = START;
         for ((limit, window, rate), (gap, cost)) in params.iter().cycle().zip(ops) {
             now += gap;
-            let f = FixedWindow::new(*limit, *window).unwrap();
+            let f = FixedWindow::new(*limit, ms(*window)).unwrap();
             let out = decide(&f, fixed.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
-            apply(&mut fixed, out.write, now, out.decision.reset_after);
+            apply(&mut fixed, out.write, now, out.decision.reset_after.as_u64());
 
-            let s = SlidingWindow::new(*limit, *window).unwrap();
+            let s = SlidingWindow::new(*limit, ms(*window)).unwrap();
             let out = decide(&s, sliding.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
-            apply(&mut sliding, out.write, now, out.decision.reset_after);
+            apply(&mut sliding, out.write, now, out.decision.reset_after.as_u64());
 
-            let t = TokenBucket::new(*limit, *rate, *window).unwrap();
+            let t = TokenBucket::new(*limit, *rate, ms(*window)).unwrap();
             let out = decide(&t, token.as_ref(), now, cost);
             prop_assert!(out.decision.remaining <= *limit);
-            apply(&mut token, out.write, now, out.decision.reset_after);
+            apply(&mut token, out.write, now, out.decision.reset_after.as_u64());
         }
     }
 }
@@ -274,7 +284,7 @@ fn check_decoded<S: Codec + State + Word>(bytes: &[u8]) -> Result<(), TestCaseEr
 
 /// A call of the block-and-refund property: a gap, then take (with an optional block) or
 /// refund.
-fn record_calls() -> impl Strategy<Value = Vec<(Millis, bool, u64, Millis)>> {
+fn record_calls() -> impl Strategy<Value = Vec<(u64, bool, u64, u64)>> {
     prop::collection::vec(
         (0..=2_000u64, any::<bool>(), 0..=12u64, 0..=4_000u64),
         1..60,
@@ -285,56 +295,76 @@ fn record_calls() -> impl Strategy<Value = Vec<(Millis, bool, u64, Millis)>> {
 /// expire at their reset time, nothing is allowed during a block and a block never grows,
 /// a refund never leaves more than a fresh limiter has, and without blocks or refunds a record
 /// decides as its bare state does.
-fn check_records<L: Limiter>(
-    l: &L,
-    calls: &[(Millis, bool, u64, Millis)],
-) -> Result<(), TestCaseError>
+fn check_records<L: Limiter>(l: &L, calls: &[(u64, bool, u64, u64)]) -> Result<(), TestCaseError>
 where
     L::State: Codec + Word,
 {
-    let (mut record, mut now): (Option<Record<L::State>>, Millis) = (None, START);
+    let (mut record, mut now): (Option<Record<L::State>>, u64) = (None, START);
     for &(gap, is_take, units, block) in calls {
         now += gap;
         // Redis expires the key at the record's reset time.
-        record = record.filter(|r| r.reset_at() > now);
+        record = record.filter(|r| r.reset_at() > at(now));
         let call = Call {
             op: if is_take {
                 Op::Take(units)
             } else {
                 Op::Refund(units)
             },
-            block: if block % 2 == 0 { block } else { 0 },
+            block: ms(if block % 2 == 0 { block } else { 0 }),
         };
-        let running = record.as_ref().and_then(|r| r.blocked_at(now));
-        let out = record::decide(l, record.as_ref(), now, call);
+        let running = record.as_ref().and_then(|r| r.blocked_at(at(now)));
+        let out = record::decide(l, record.as_ref(), at(now), call);
         let d = out.decision;
         if let Some(r) = &record {
             let mut copy = r.clone();
-            let in_place = record::decide_in_place(l, &mut copy, now, call);
+            let in_place = record::decide_in_place(l, &mut copy, at(now), call);
             prop_assert_eq!(in_place.decision, d);
             match &out.write {
                 Write::Store(new) => prop_assert_eq!(&copy, new),
                 _ => prop_assert_eq!(&copy, r),
+            }
+            // A key that is not blocked may hold its bare state: deciding on it in place
+            // agrees too.
+            if let (Some(state), None) = (&r.state, r.blocked_at(at(0))) {
+                let mut bare = state.clone();
+                match record::decide_unblocked_in_place(l, &mut bare, at(now), call) {
+                    record::InPlace::Updated(o) => {
+                        prop_assert_eq!(o.decision, d);
+                        match (&out.write, o.write) {
+                            (Write::Store(new), Write::Store(())) => {
+                                prop_assert_eq!(&Record::of(bare), new)
+                            }
+                            (Write::Keep, Write::Keep) => prop_assert_eq!(&bare, state),
+                            (Write::Delete, Write::Delete) => {}
+                            (write, o) => prop_assert!(false, "{:?} but in place {:?}", write, o),
+                        }
+                    }
+                    record::InPlace::Decided(o) => prop_assert_eq!(&o, &out),
+                }
             }
         }
         let stored_block = match &out.write {
             Write::Store(r) => Some(r.blocked_until),
             _ => None,
         };
-        let bare = l.decide(record.as_ref().and_then(|r| r.state.as_ref()), now, units);
+        let bare = l.decide(
+            record.as_ref().and_then(|r| r.state.as_ref()),
+            at(now),
+            units,
+        );
         match (running, call.op) {
             (Some(until), _) => {
                 prop_assert!(!d.allowed);
                 prop_assert_eq!(d.remaining, 0);
-                prop_assert!(d.reset_after >= until - now);
+                prop_assert!(d.reset_after >= until - at(now));
                 prop_assert!(stored_block.is_none_or(|b| b == until), "a block moved");
             }
-            (None, Op::Take(_)) if call.block == 0 || bare.decision.allowed => {
+            (None, Op::Take(_)) if call.block.is_zero() || bare.decision.allowed => {
                 prop_assert_eq!(d, bare.decision);
             }
             (None, Op::Take(_)) => {
                 prop_assert!(!d.allowed);
-                prop_assert_eq!(stored_block, Some(now + call.block));
+                prop_assert_eq!(stored_block, Some(at(now) + call.block));
             }
             (None, Op::Refund(_)) => {
                 prop_assert!(d.allowed);
@@ -355,8 +385,8 @@ where
             Write::Delete => record = None,
         }
         match &record {
-            Some(r) => prop_assert!(r.reset_at() >= now + d.reset_after),
-            None => prop_assert_eq!(d.reset_after, 0),
+            Some(r) => prop_assert!(r.reset_at() >= at(now) + d.reset_after),
+            None => prop_assert_eq!(d.reset_after, Millis::ZERO),
         }
     }
     Ok(())
@@ -371,9 +401,9 @@ proptest! {
         window in 1u64..5_000,
         calls in record_calls(),
     ) {
-        check_records(&FixedWindow::new(limit, window).unwrap(), &calls)?;
-        check_records(&SlidingWindow::new(limit, window).unwrap(), &calls)?;
-        check_records(&TokenBucket::new(limit, 1, window).unwrap(), &calls)?;
+        check_records(&FixedWindow::new(limit, ms(window)).unwrap(), &calls)?;
+        check_records(&SlidingWindow::new(limit, ms(window)).unwrap(), &calls)?;
+        check_records(&TokenBucket::new(limit, 1, ms(window)).unwrap(), &calls)?;
     }
 }
 

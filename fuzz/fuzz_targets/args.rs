@@ -18,13 +18,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ratelimit_core::{
-    Call, DAY_MS, FixedWindow, MAX_DURATION_MS, MAX_UNITS, Op, SlidingWindow, TokenBucket,
-};
+use ratelimit_core::{Call, FixedWindow, MAX_UNITS, Millis, Op, SlidingWindow, TokenBucket};
 use redis_ratelimit::fuzzing::{
     self, Algorithm, ArgError, BLOCK, COST, DRYRUN, Error, Kind, PEEK_SHARED, Param, Parsed,
     Policy, REFUND, Request, SHARED, WAIT,
 };
+
+/// The longest duration, and a day, in ms: the parsed values are plain milliseconds here.
+const MAX_DURATION_MS: u64 = Millis::MAX.as_u64();
+const DAY_MS: u64 = Millis::DAY.as_u64();
 
 fuzz_target!(
     init: write_seeds(),
@@ -79,21 +81,21 @@ trait Core: Algorithm + PartialEq + std::fmt::Debug {
 
 impl Core for FixedWindow {
     fn core(v: &[u64]) -> Option<Self> {
-        FixedWindow::new(v[0], v[1])
+        FixedWindow::new(v[0], Millis::from_millis(v[1]))
     }
     const REFUSED: Option<Error> = None;
 }
 
 impl Core for SlidingWindow {
     fn core(v: &[u64]) -> Option<Self> {
-        SlidingWindow::new(v[0], v[1])
+        SlidingWindow::new(v[0], Millis::from_millis(v[1]))
     }
     const REFUSED: Option<Error> = None;
 }
 
 impl Core for TokenBucket {
     fn core(v: &[u64]) -> Option<Self> {
-        TokenBucket::new(v[0], v[1], v[2])
+        TokenBucket::new(v[0], v[1], Millis::from_millis(v[2]))
     }
     const REFUSED: Option<Error> = Some(Error::Arg(ArgError::RefillTooSlow));
 }
@@ -162,11 +164,11 @@ fn check_values(parsed: &Parsed, own: &[Param], shared: &[Param]) {
         Op::Take(cost) => assert!(cost <= MAX_UNITS && (takes(&COST) || cost == 1)),
         Op::Refund(units) => assert!(units <= MAX_UNITS && takes(&REFUND)),
     }
-    let block = parsed.call.block;
+    let block = parsed.call.block.as_u64();
     assert!(block == 0 || (takes(&BLOCK) && (1..=MAX_DURATION_MS).contains(&block)));
     assert!(!parsed.dry_run || takes(&DRYRUN));
     // A waiting call takes, without a block or a dry run.
-    let wait = parsed.wait;
+    let wait = parsed.wait.as_u64();
     assert!(wait == 0 || (takes(&WAIT) && (1..=MAX_DURATION_MS).contains(&wait)));
     assert!(wait == 0 || (matches!(parsed.call.op, Op::Take(_)) && block == 0 && !parsed.dry_run));
 }
@@ -245,14 +247,14 @@ fn render(parsed: &Parsed, own: &[Param], selector: u8) -> Vec<Vec<u8>> {
         Op::Take(cost) => options.push(vec![token(&COST), cost.to_string().into_bytes()]),
         Op::Refund(units) => options.push(vec![token(&REFUND), units.to_string().into_bytes()]),
     }
-    if parsed.call.block > 0 {
-        options.push(vec![token(&BLOCK), duration(parsed.call.block)]);
+    if !parsed.call.block.is_zero() {
+        options.push(vec![token(&BLOCK), duration(parsed.call.block.as_u64())]);
     }
     if parsed.dry_run {
         options.push(vec![token(&DRYRUN)]);
     }
-    if parsed.wait > 0 {
-        options.push(vec![token(&WAIT), duration(parsed.wait)]);
+    if !parsed.wait.is_zero() {
+        options.push(vec![token(&WAIT), duration(parsed.wait.as_u64())]);
     }
     if selector & 0x10 != 0 {
         options.reverse();
@@ -311,7 +313,7 @@ fn dry<A: Into<Policy>>(request: Request<A>) -> Request<Policy> {
 /// A peek takes (or reports); it never refunds or blocks.
 fn assert_peek_call(call: Call) {
     assert!(
-        matches!(call.op, Op::Take(_)) && call.block == 0,
+        matches!(call.op, Op::Take(_)) && call.block.is_zero(),
         "{call:?}"
     );
 }
@@ -362,7 +364,11 @@ fn throttle(words: &[&[u8]], selector: u8) {
         _ => panic!("CL.THROTTLE accepted {} arguments", values.len()),
     };
     let quantity = values.get(3).copied().unwrap_or(1);
-    let bucket = TokenBucket::new(burst as u64 + 1, count as u64, period as u64 * 1000);
+    let bucket = TokenBucket::new(
+        burst as u64 + 1,
+        count as u64,
+        Millis::from_millis(period as u64 * 1000),
+    );
     assert_eq!(Some(request.limiter), bucket, "{values:?}");
     let units = quantity.unsigned_abs().min(MAX_UNITS);
     let op = if quantity < 0 {
@@ -370,7 +376,13 @@ fn throttle(words: &[&[u8]], selector: u8) {
     } else {
         Op::Take(units)
     };
-    assert_eq!(request.call, Call { op, block: 0 });
+    assert_eq!(
+        request.call,
+        Call {
+            op,
+            block: Millis::ZERO
+        }
+    );
     assert!(!request.dry_run);
     // Written with a plus sign or leading zeros, the same integers parse the same.
     let rendered: Vec<String> = values

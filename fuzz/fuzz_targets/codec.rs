@@ -13,8 +13,8 @@
 use libfuzzer_sys::fuzz_target;
 use ratelimit_core::codec::{Codec, ENCODING_VERSION, Encoded, Word};
 use ratelimit_core::{
-    Call, Decision, FixedWindow, Limiter, MAX_DURATION_MS, MAX_UNITS, Millis, Op, Record, Retry,
-    SlidingWindow, State, TokenBucket, Write, record,
+    Call, Decision, FixedWindow, Limiter, MAX_UNITS, Millis, Op, Record, Retry, SlidingWindow,
+    State, Timestamp, TokenBucket, Write, record,
 };
 
 /// Bytes of the call description at the end of the input.
@@ -29,7 +29,18 @@ const TAIL: usize = 38;
 /// The latest time the calls use: a record's reset time must fit a signed 64-bit expiry
 /// (`Record::is_valid`), and a call may store one up to two of the longest durations
 /// later (a window's end and a block's).
-const MAX_NOW: Millis = MAX_UNITS - 2 * MAX_DURATION_MS;
+const MAX_NOW: u64 = MAX_UNITS - 2 * MAX_MS;
+
+/// The longest duration, in ms.
+const MAX_MS: u64 = Millis::MAX.as_u64();
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn ms(ms: u64) -> Millis {
+    Millis::from_millis(ms)
+}
 
 fuzz_target!(
     init: write_seeds(),
@@ -54,14 +65,14 @@ fn write_seeds() {
     let Some(dir) = std::env::var_os("RL_FUZZ_SEED_DIR") else {
         return;
     };
-    const START: Millis = 1_700_000_000_000;
-    fn stored<L: Limiter>(limiter: &L, calls: &[(Millis, Call)]) -> Vec<u8>
+    const START: u64 = 1_700_000_000_000;
+    fn stored<L: Limiter>(limiter: &L, calls: &[(u64, Call)]) -> Vec<u8>
     where
         L::State: Codec,
     {
         let mut record = None;
         for &(now, call) in calls {
-            match record::decide(limiter, record.as_ref(), now, call).write {
+            match record::decide(limiter, record.as_ref(), at(now), call).write {
                 Write::Keep => {}
                 Write::Store(new) => record = Some(new),
                 Write::Delete => record = None,
@@ -73,12 +84,12 @@ fn write_seeds() {
     }
     let blocking = Call {
         op: Op::Take(5),
-        block: 600_000,
+        block: ms(600_000),
     };
-    let fixed = FixedWindow::new(10, 60_000).unwrap();
-    let sliding = SlidingWindow::new(1_000, 6_400).unwrap();
-    let token = TokenBucket::new(10, 1, 1_000).unwrap();
-    let buckets: Vec<(Millis, Call)> = (0..65).map(|i| (START + 100 * i, Call::take(1))).collect();
+    let fixed = FixedWindow::new(10, ms(60_000)).unwrap();
+    let sliding = SlidingWindow::new(1_000, ms(6_400)).unwrap();
+    let token = TokenBucket::new(10, 1, ms(1_000)).unwrap();
+    let buckets: Vec<(u64, Call)> = (0..65).map(|i| (START + 100 * i, Call::take(1))).collect();
     let blobs = [
         stored(&fixed, &[(START, Call::take(3))]),
         stored(&fixed, &[(START, Call::take(8)), (START + 1, blocking)]),
@@ -126,26 +137,26 @@ impl CallBytes {
         }
     }
 
-    /// A duration: 1 ms to `MAX_DURATION_MS`, short ones more often.
+    /// A duration: 1 ms to `Millis::MAX`, short ones more often.
     fn duration(&self, at: usize) -> Millis {
         let raw = self.u64_at(at) >> 1;
-        if self.0[at] & 1 == 0 {
+        ms(if self.0[at] & 1 == 0 {
             raw % 100_000 + 1
         } else {
-            raw % MAX_DURATION_MS + 1
-        }
+            raw % MAX_MS + 1
+        })
     }
 
     /// The call's time: near a moment of the record (its reset or block end, by up to a
     /// window or so either way) or anywhere a server clock can be.
-    fn now(&self, record_at: Millis) -> Millis {
+    fn now(&self, record_at: Timestamp) -> Timestamp {
         let raw = self.u64_at(25);
         let delta = (raw >> 2) as i64 % 200_000 - 100_000;
-        match raw & 3 {
+        at(match raw & 3 {
             0 => raw >> 2,
-            _ => record_at.saturating_add_signed(delta),
+            _ => record_at.as_millis().saturating_add_signed(delta),
         }
-        .min(MAX_NOW)
+        .min(MAX_NOW))
     }
 
     fn call(&self) -> Call {
@@ -162,12 +173,12 @@ impl CallBytes {
         } else {
             Op::Take(amount)
         };
-        let block = match flags & 0x30 {
+        let block = ms(match flags & 0x30 {
             0x00 => 0,
             0x10 => u64::from(self.0[37]) + 1,
             0x20 => u64::from(self.0[37]) * 60_000 + 1,
-            _ => MAX_DURATION_MS - u64::from(self.0[37]),
-        };
+            _ => MAX_MS - u64::from(self.0[37]),
+        });
         Call { op, block }
     }
 }
@@ -188,12 +199,12 @@ where
     let Some(limiter) = limiter(call) else {
         return;
     };
-    let at = if call.0[0] & 0x40 != 0 {
+    let anchor = if call.0[0] & 0x40 != 0 {
         record.blocked_until
     } else {
         record.reset_at()
     };
-    let now = call.now(at);
+    let now = call.now(anchor);
     let call = call.call();
     let stored = decide(&limiter, &record, now, call);
     // And the next call, on what this one left.
@@ -201,7 +212,7 @@ where
         decide(
             &limiter,
             &next,
-            now.saturating_add(1).min(MAX_NOW),
+            at((now.as_millis() + 1).min(MAX_NOW)),
             Call::take(1),
         );
     }
@@ -212,7 +223,7 @@ where
 fn decide<L: Limiter>(
     limiter: &L,
     stored: &Record<L::State>,
-    now: Millis,
+    now: Timestamp,
     call: Call,
 ) -> Option<Record<L::State>>
 where
@@ -223,7 +234,7 @@ where
     let placed = record::decide_in_place(limiter, &mut in_place, now, call);
     assert_eq!(
         placed.decision, out.decision,
-        "in place, at {now}, {call:?}"
+        "in place, at {now:?}, {call:?}"
     );
     check_decision(&out.decision, now, call);
     match out.write {
@@ -238,10 +249,10 @@ where
         }
         Write::Store(new) => {
             assert_eq!(placed.write, Write::Store(()));
-            assert_eq!(in_place, new, "in place, at {now}, {call:?}");
+            assert_eq!(in_place, new, "in place, at {now:?}, {call:?}");
             assert!(
                 new.is_valid(),
-                "stored an invalid {new:?} at {now}, {call:?}"
+                "stored an invalid {new:?} at {now:?}, {call:?}"
             );
             assert_round_trip(&new);
             Some(new)
@@ -250,15 +261,15 @@ where
 }
 
 /// A decision's figures are what the reply can carry and say.
-fn check_decision(d: &Decision, now: Millis, call: Call) {
-    let context = format!("{d:?} at {now}, {call:?}");
+fn check_decision(d: &Decision, now: Timestamp, call: Call) {
+    let context = format!("{d:?} at {now:?}, {call:?}");
     assert!(d.limit >= 1 && d.limit <= MAX_UNITS, "{context}");
     assert!(d.remaining <= d.limit, "{context}");
-    assert!(i64::try_from(d.reset_after).is_ok(), "{context}");
+    assert!(i64::try_from(d.reset_after.as_u64()).is_ok(), "{context}");
     match d.retry {
         Retry::Now => assert!(d.allowed, "{context}"),
-        Retry::After(ms) => assert!(
-            !d.allowed && ms > 0 && i64::try_from(ms).is_ok(),
+        Retry::After(after) => assert!(
+            !d.allowed && !after.is_zero() && i64::try_from(after.as_u64()).is_ok(),
             "{context}"
         ),
         Retry::Never => assert!(!d.allowed, "{context}"),

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use ratelimit_core::describe::{Case, Label};
 use ratelimit_core::{Describe, FixedWindow, SlidingWindow, TokenBucket};
 
-use crate::algorithm::Entry;
+use crate::limit::Entry;
 
 const ENTRIES: [Entry; 3] = [
     Entry::of::<FixedWindow>(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use ratelimit_core::{Call, Op};
+use ratelimit_core::{Call, Millis, Op};
 
 use crate::model::{Entry, Val};
 use crate::ops::{BLOCKS, Cmd, Limit, words};
@@ -109,7 +109,7 @@ impl Gen<'_> {
         if rng.gen_bool(0.12) {
             let (text, ms) = BLOCKS[rng.gen_range(0..BLOCKS.len())];
             options.extend(["BLOCK".into(), text.into()]);
-            call.block = ms;
+            call.block = Millis::from_millis(ms);
         }
         let dry_run = rng.gen_bool(0.08);
         if dry_run {

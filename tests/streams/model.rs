@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use ratelimit_core::codec::{Codec, Encoded};
 use ratelimit_core::{
-    Call, Decision, FixedState, FixedWindow, Limiter, Op, Record, Retry, SlidingState,
-    SlidingWindow, State, TokenBucket, TokenState, Write, record,
+    Call, Decision, FixedState, FixedWindow, Limiter, Millis, Op, Record, Retry, SlidingState,
+    SlidingWindow, State, Timestamp, TokenBucket, TokenState, Write, record,
 };
 
 use crate::ops::{Cmd, Limit, Reply, err, ok};
@@ -102,7 +102,7 @@ pub fn five(d: &Decision) -> Reply {
             d.limit as i64,
             d.remaining as i64,
             d.retry.as_millis(),
-            d.reset_after as i64,
+            d.reset_after.as_u64() as i64,
         ]
         .into_iter()
         .map(Reply::Int)
@@ -151,6 +151,7 @@ impl Model {
             None => None,
             Some(entry) => Some(A::unwrap(&entry.val).ok_or_else(|| err(WRONGTYPE))?.clone()),
         };
+        let now = Timestamp::from_millis(now);
         let out = record::decide(limiter, old.as_ref(), now, call);
         self.denied += usize::from(!out.decision.allowed);
         let blocked = |r: Option<&Record<A::State>>| r.is_some_and(|r| r.blocked_at(now).is_some());
@@ -168,7 +169,7 @@ impl Model {
                     expiry: None,
                 });
                 if was != Some(reset_at) {
-                    entry.expiry = Some(reset_at);
+                    entry.expiry = Some(reset_at.as_millis());
                 }
                 entry.val = A::wrap(new);
             }
@@ -192,7 +193,8 @@ impl Model {
     }
 
     pub fn throttle(&mut self, key: &str, burst: u64, count: u64, period: u64, q: i64) -> Reply {
-        let bucket = TokenBucket::new(burst + 1, count, period * 1000).unwrap();
+        let bucket =
+            TokenBucket::new(burst + 1, count, Millis::from_millis(period * 1000)).unwrap();
         let (db, now) = (self.cur, self.now);
         // A string redis-cell left (its TAT in ns) becomes this bucket, or goes if full.
         if let Some(Entry {
@@ -203,10 +205,10 @@ impl Model {
                 return err(WRONGTYPE);
             };
             self.adopted += 1;
-            match bucket.state_at_tat(tat, now) {
+            match bucket.state_at_tat(tat, Timestamp::from_millis(now)) {
                 Some(state) => {
                     let record = Record::of(state);
-                    let expiry = Some(record.reset_at());
+                    let expiry = Some(record.reset_at().as_millis());
                     self.dbs[db].insert(
                         key.to_string(),
                         Entry {
@@ -225,10 +227,14 @@ impl Model {
         } else {
             Op::Take(q as u64)
         };
-        match self.decide(key, &bucket, Call { op, block: 0 }, false) {
+        let call = Call {
+            op,
+            block: Millis::ZERO,
+        };
+        match self.decide(key, &bucket, call, false) {
             Err(reply) => reply,
             Ok(d) => {
-                let seconds = |ms: u64| ms.div_ceil(1000) as i64;
+                let seconds = |length: Millis| length.as_u64().div_ceil(1000) as i64;
                 let retry = match d.retry {
                     Retry::After(ms) => seconds(ms),
                     Retry::Now | Retry::Never => -1,

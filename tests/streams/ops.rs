@@ -5,10 +5,15 @@
 
 use rand::Rng;
 use rand::rngs::StdRng;
-use ratelimit_core::{Call, FixedWindow, SlidingWindow, TokenBucket};
+use ratelimit_core::{Call, FixedWindow, Millis, SlidingWindow, TokenBucket};
 use redis::{Connection, ConnectionLike, Value};
 
 use crate::HOUR;
+
+/// A length of `ms` milliseconds.
+fn ms(ms: u64) -> Millis {
+    Millis::from_millis(ms)
+}
 
 /// Runs its calls (`[n, command, args × n]` per key) one by one and returns every reply,
 /// errors included: the same body for `EVAL` and for the function library.
@@ -113,8 +118,8 @@ impl Limit {
         let (text, window) = WINDOWS[rng.gen_range(0..WINDOWS.len())];
         let args = vec![limit.to_string(), text.to_string()];
         match algorithm {
-            0 => Limit::Fixed(FixedWindow::new(limit, window).unwrap(), args),
-            1 => Limit::Sliding(SlidingWindow::new(limit, window).unwrap(), args),
+            0 => Limit::Fixed(FixedWindow::new(limit, ms(window)).unwrap(), args),
+            1 => Limit::Sliding(SlidingWindow::new(limit, ms(window)).unwrap(), args),
             _ => {
                 let rate = rng.gen_range(1..6);
                 let mut args = vec![limit.to_string(), rate.to_string()];
@@ -126,7 +131,7 @@ impl Limit {
                         ms
                     }
                 };
-                Limit::Token(TokenBucket::new(limit, rate, period).unwrap(), args)
+                Limit::Token(TokenBucket::new(limit, rate, ms(period)).unwrap(), args)
             }
         }
     }
