@@ -1,4 +1,4 @@
-//! An API gateway on the redis-ratelimit module (issue #11): users with API keys, each user's
+//! An API gateway on the redis-ratelimit module: users with API keys, each user's
 //! own rate limit (and one per user and client IP) checked atomically in Redis, every request
 //! recorded in a capped, expiring history, automatic and manual IP blocks, analytics and
 //! Prometheus metrics, served over HTTP or HTTPS, with Redis (one server or a cluster) as its
