@@ -13,8 +13,6 @@ use ratelimit_core::ArgError;
 use ratelimit_core::args::one_of;
 use ratelimit_core::time::Millis;
 
-use crate::algorithms::NAMES;
-
 /// Why a command was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
@@ -68,7 +66,8 @@ impl fmt::Display for Error {
             WrongArity => f.write_str("ERR wrong number of arguments"),
             NumKeys(max) => write!(f, "ERR numkeys must be an integer from 1 to {max}"),
             SpecCount(keys, specs) => {
-                let names = one_of(NAMES.iter().map(|n| n.to_str().unwrap_or("?")));
+                // The core's list of algorithms, as the module registers them.
+                let names = one_of(ratelimit_core::Algorithm::ALL.iter().map(|a| a.name()));
                 write!(
                     f,
                     "ERR {keys} keys and {specs} specs: give one spec ({names} and its arguments) per key"

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::domain::User;
 use crate::error::AppError;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 type AppStateRef = Arc<AppState>;
 

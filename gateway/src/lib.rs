@@ -21,14 +21,16 @@ pub mod extract;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
 
 use std::sync::Arc;
 
 pub use config::Config;
 pub use error::AppError;
-pub use routes::{AppState, app};
+pub use routes::app;
 pub use service::Service;
+pub use state::AppState;
 pub use store::{RedisStore, Store, StoreError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

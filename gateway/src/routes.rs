@@ -1,10 +1,10 @@
-//! The HTTP layer's routes: the state every handler shares, the one `Router`, the guard every
+//! The HTTP layer's routes: the one `Router` over the state every handler shares, the guard every
 //! request passes (the client IP, IP blocks) and the metrics of every request, and the
 //! handlers, which parse a request, ask the service and write its answer (the `429` of a
 //! denied request is the tower layer's). What a block keys on, which header is believed and
 //! what is public: SECURITY.md.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -14,59 +14,19 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use ratelimit_client::Policy;
-use ratelimit_tower::{ClientIp, Problem, UNKNOWN_CLIENT, headers, ip_key};
+use ratelimit_tower::{Problem, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::Config;
 use crate::domain::{
     Role, api_key, check_request_type, check_username, ip_subject, is_request_id, parse_duration,
     policy_from_json, policy_to_json, rfc3339,
 };
 use crate::error::AppError;
 use crate::extract::{Admin, Authed, ClientAddr, bearer, json_body, user_id};
-use crate::service::{Analytics, Counts, Service};
-use crate::store::Store;
-
-/// Everything a handler needs; one per gateway instance.
-pub struct AppState {
-    pub service: Service,
-    metrics_key_sha: Option<String>,
-    max_body: usize,
-    client_ip: ClientIp,
-    metrics: PrometheusHandle,
-}
-
-impl AppState {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> AppState {
-        AppState {
-            service: Service::new(store, config.rules()),
-            metrics_key_sha: config.metrics_key.as_deref().map(api_key::hash),
-            max_body: config.max_body,
-            client_ip: ClientIp::new(config.trusted_proxies.iter().copied())
-                .header(config.client_ip_header.clone()),
-            metrics: prometheus(),
-        }
-    }
-}
-
-/// The process's Prometheus recorder, installed once (several gateways in one test process
-/// share it).
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("another metrics recorder is installed: /metrics stays empty");
-            }
-            handle
-        })
-        .clone()
-}
+use crate::service::{Analytics, Counts};
+use crate::state::AppState;
 
 type AppStateRef = Arc<AppState>;
 
