@@ -6,6 +6,7 @@
 # With the default 100,000 keys most calls create their key; KEYS=1000 measures calls on
 # keys that exist, as in steady traffic. BASELINE=other.so runs every case on that module
 # too, in the same run, and prints both counts and their difference (a before/after).
+# ONLY="sliding throttle" runs only the cases of those names.
 #
 #   [KEYS=100000] [BASELINE=old.so] bench/callgrind.sh [N]   (default N 50000; needs valgrind)
 set -euo pipefail
@@ -51,6 +52,7 @@ else
     echo "|---|---:|"
 fi
 while read -r name cmd; do
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
     now=$(per_call module "$name" $cmd)
     if [ -n "${BASELINE:-}" ]; then
         before=$(per_call baseline "$name-baseline" $cmd)

@@ -11,6 +11,7 @@
 //! replicate nothing.
 
 use std::ffi::CStr;
+use std::ptr::NonNull;
 
 use ratelimit_core::codec::Encoded;
 use ratelimit_core::record::{InPlace, View};
@@ -118,15 +119,15 @@ impl Held for Box<dyn Held> {
     }
 }
 
-/// What a held limit will write. (`Updated` carries the encoding on the stack, where a call
-/// holds its limit: boxing it would allocate on every call that updates in place.)
-#[allow(clippy::large_enum_variant)]
+/// What a held limit will write.
 enum Pending<S> {
     Nothing,
     /// Store this new record.
     Store(Record<S>),
-    /// The stored record was updated where it lies: it expires at this time and encodes so.
-    Updated(Timestamp, Encoded),
+    /// The key's bare state was updated where it lies, in the key's own box: it expires at
+    /// this time. (A pointer rather than a borrow: the hold keeps the key open, and the
+    /// state is encoded from it when the hold is committed.)
+    Updated(Timestamp, NonNull<S>),
     Delete,
 }
 
@@ -156,7 +157,9 @@ pub struct Hold<A: Algorithm> {
     event: Option<&'static CStr>,
 }
 
-/// Opens the key `name` once and decides the call on what it holds at `now`.
+/// Opens the key `name` once and decides the call on what it holds at `now`. Inlined, so a
+/// single call builds its hold where it keeps it (no move of the hold on the hot path).
+#[inline(always)]
 pub fn hold<A: Algorithm>(
     request: &Request<A>,
     ctx: Ctx,
@@ -197,8 +200,7 @@ pub fn hold<A: Algorithm>(
                     let pending = match out.write {
                         Write::Keep => Pending::Nothing,
                         Write::Store(()) => {
-                            let encoded = Encoded::of_view(View::of(&*state));
-                            Pending::Updated(state.reset_at(), encoded)
+                            Pending::Updated(state.reset_at(), NonNull::from(state))
                         }
                         Write::Delete => Pending::Delete,
                     };
@@ -263,7 +265,11 @@ impl<A: Algorithm> Held for Hold<A> {
                 key.store(record, self.expiry);
                 ctx.replicate(name, Some(&encoded));
             }
-            Pending::Updated(reset_at, encoded) => {
+            Pending::Updated(reset_at, state) => {
+                // SAFETY: the state lives in the value of `key`, which this hold has kept open
+                // since it found it there; nothing has written the key since (a command runs
+                // alone, and a single call's hold is committed before anything else).
+                let encoded = Encoded::of_view(View::of(unsafe { state.as_ref() }));
                 key.updated(reset_at, self.expiry);
                 ctx.replicate(name, Some(&encoded));
             }
@@ -306,6 +312,7 @@ pub struct Settled {
 /// denies, nothing is taken: a denying limit writes what its denial decided (the block it
 /// starts), and a limit that would have allowed writes nothing and answers its state as it
 /// stands. `out` gets each limit's decision, in order.
+#[inline(always)]
 pub fn settle<H: Held>(held: &mut [H], mut out: impl FnMut(Decision)) -> Result<Settled, Error> {
     let allowed = held.iter().all(|h| h.decision().allowed);
     let blocked = held.iter().any(|h| h.was_blocked());

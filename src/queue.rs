@@ -65,10 +65,6 @@ impl<W: Queued> Room<W> {
         self.waiters.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.waiters.is_empty()
-    }
-
     /// Whether someone waits on one of these keys.
     pub fn has_waiters(&self, slots: &[Vec<u8>]) -> bool {
         slots.iter().any(|slot| self.queues.contains_key(slot))
