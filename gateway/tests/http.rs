@@ -509,6 +509,7 @@ async fn ips_are_blocked_by_hand_and_when_denied_too_often() {
     for (path, body) in [
         ("/blocks/not-an-ip", r#"{"duration": "1m"}"#),
         ("/blocks/10.0.0.1", r#"{"duration": "soon"}"#),
+        ("/blocks/10.0.0.1", r#"{"duration": "3651d"}"#),
     ] {
         let reply = gw.send("PUT", path, Some(ADMIN), Some(body)).await;
         assert_eq!(
