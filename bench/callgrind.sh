@@ -2,7 +2,8 @@
 # Instructions per command, counted by callgrind (deterministic, unlike timings on a noisy
 # machine): for each case, a redis-server with the module runs under callgrind, receives
 # N commands (pipeline 16, one client, random keys among KEYS) and shuts down; an idle run is
-# subtracted. Then, for RL.FIXED, the inclusive cost of the module API calls it makes.
+# subtracted. Then, for RL.FIXED, the inclusive cost of the module API calls it makes. The
+# server's timed background work is off (see `run`), so the counts do not depend on timing.
 # With the default 100,000 keys most calls create their key; KEYS=1000 measures calls on
 # keys that exist, as in steady traffic. BASELINE=other.so runs every case on that module
 # too, in the same run, and prints both counts and their difference (a before/after).
@@ -25,9 +26,14 @@ run() { # module name count command...
     local module=$1 name=$2 count=$3; shift 3
     valgrind --tool=callgrind --callgrind-out-file="$dir/$name.out" redis-server --port "$port" \
         --save "" --appendonly no --loadmodule "$dir/$module.so" --dir "$dir" \
+        --hz 1 --activerehashing no --enable-debug-command yes \
         --logfile "$dir/$name.log" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 200); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+    # The server's timed background work (active expiry, rehashing, cron) depends on how long
+    # a run lasts under valgrind, not on the commands: off, or as rare as it goes, so that two
+    # runs of the same commands count the same.
+    redis-cli -p "$port" DEBUG SET-ACTIVE-EXPIRE 0 >/dev/null
     if [ "$count" -gt 0 ]; then
         redis-benchmark -p "$port" -c 1 -P 16 -n "$count" -r "$keys" -q "$@" >/dev/null
     fi
