@@ -944,3 +944,23 @@ fn acl_category_where_the_server_has_one() {
         assert!(error.starts_with("NOPERM"), "{refused}: {error}");
     }
 }
+
+/// Every test server checks its log when it stops: a panic the module caught (and answered
+/// with `ERR internal error`) fails the test that caused it. The line is written here with
+/// `DEBUG LOG`, as the module's panic hook would write it.
+#[test]
+#[should_panic(expected = "the module caught a panic during this test")]
+fn a_caught_panic_fails_the_test() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let _: Value = redis::cmd("DEBUG")
+        .arg("LOG")
+        .arg(format!(
+            "{}: panicked at src/x.rs:1:1",
+            support::CAUGHT_PANIC
+        ))
+        .query(&mut con)
+        .unwrap();
+    // The test's own checks pass; the server's log fails it when the server stops.
+    assert_eq!(rl(&mut con, "RL.FIXED k 1 1m").unwrap()[..4], [1, 1, 0, 0]);
+}

@@ -44,6 +44,8 @@ mod tls;
 #[cfg(feature = "servers")]
 pub use calls::{call, fingerprint, info, info_field, int, rl};
 #[cfg(feature = "servers")]
-pub use server::{Clock, Kind, Server, T0, free_port, module_path, server_kind};
+pub use server::{
+    CAUGHT_PANIC, Clock, Kind, Server, T0, caught_panic, free_port, module_path, server_kind,
+};
 #[cfg(feature = "servers")]
 pub use tls::{Tls, tls_missing};
