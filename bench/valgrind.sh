@@ -14,7 +14,9 @@
 # Fails on any invalid read, write or free, any use of uninitialised memory, any mismatched
 # free, and any definitely or indirectly lost block with a frame in the module
 # (libredis_ratelimit, redis_ratelimit::, ratelimit_core::, redis_module::); prints each
-# process's error and leak summary.
+# process's error and leak summary. Fails too on any panic the module caught (the line
+# `ratelimit: internal error` its panic hook writes in a server's log): an error reply that
+# hides a bug is not one of the workload's deliberate errors.
 #
 #   [RL_SERVER=redis|valkey|/path/to/server] bench/valgrind.sh [ROUNDS]   (default 40)
 #
@@ -298,6 +300,11 @@ for path in logs:
         failed = True
         print(f"  FAIL: {name} has no error summary (did the process end normally?)")
 print(f"  {len(logs)} processes: {totals[0]} errors, {totals[1]} suppressed (LZF, bench/valgrind.supp)")
-print("memcheck: " + ("FAILED" if failed else "no invalid access, no uninitialised use, no leak from the module"))
+for log in sorted(glob.glob(os.path.join(sys.argv[1], "*", "server.log"))):
+    for line in open(log, errors="replace"):
+        if "ratelimit: internal error" in line:
+            failed = True
+            print(f"  FAIL: the module caught a panic ({log}): {line.strip()}")
+print("memcheck: " + ("FAILED" if failed else "no invalid access, no uninitialised use, no leak from the module, no caught panic"))
 sys.exit(1 if failed else 0)
 PY
