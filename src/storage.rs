@@ -125,7 +125,9 @@ impl<'a, S: Stored> Value<'a, S> {
     /// # Safety
     /// As for [`from_raw`](Self::from_raw).
     pub unsafe fn overwrite(ptr: NonNull<c_void>, record: Record<S>) -> Result<(), Record<S>> {
-        if record.to_word().is_some() {
+        // A packed value, or a record that packs, is replaced: decided before decoding
+        // anything, so storing a packed state costs what it did.
+        if !Self::holds_box(ptr.as_ptr()) || record.to_word().is_some() {
             return Err(record);
         }
         // SAFETY: forwarded to the caller.
