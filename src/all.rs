@@ -107,7 +107,7 @@ type Calls = Vec<Box<dyn Planned>>;
 fn parse<'a>(numkeys: &[u8], rest: &'a [RString]) -> Result<(&'a [RString], Calls, Tail), Error> {
     let count = key_count(numkeys).ok_or(Error::NumKeys(MAX_KEYS))?;
     if rest.len() < count {
-        return Err(Error::SpecCount(count, 0));
+        return Err(Error::SpecCount(count, 0, &NAMES));
     }
     let (keys, words) = rest.split_at(count);
     for (i, key) in keys.iter().enumerate() {
@@ -123,7 +123,7 @@ fn parse<'a>(numkeys: &[u8], rest: &'a [RString]) -> Result<(&'a [RString], Call
     words.truncate(words.len() - tail.words());
     let specs = split(&words);
     if specs.len() != count {
-        return Err(Error::SpecCount(count, specs.len()));
+        return Err(Error::SpecCount(count, specs.len(), &NAMES));
     }
     let calls = (specs.into_iter().enumerate())
         .map(|(i, spec)| {

@@ -33,8 +33,9 @@ pub enum Error {
     InvalidState,
     /// `RL.ALL`'s `numkeys` out of 1 ..= `MAX_KEYS`.
     NumKeys(usize),
-    /// `RL.ALL` with a number of specs (second) other than its number of keys (first).
-    SpecCount(usize, usize),
+    /// `RL.ALL` with a number of specs (second) other than its number of keys (first); the
+    /// algorithms' names, as `RL.ALL` takes them.
+    SpecCount(usize, usize, &'static [&'static CStr]),
     /// `RL.ALL` given the same key twice: the second time, as the `n`th key.
     DuplicateKey(usize),
     /// The `n`th spec of `RL.ALL` (from 1), of this algorithm if it names one, is wrong.
@@ -65,9 +66,8 @@ impl fmt::Display for Error {
             InvalidState => f.write_str("ERR invalid limiter state"),
             WrongArity => f.write_str("ERR wrong number of arguments"),
             NumKeys(max) => write!(f, "ERR numkeys must be an integer from 1 to {max}"),
-            SpecCount(keys, specs) => {
-                // The core's list of algorithms, as the module registers them.
-                let names = one_of(ratelimit_core::Algorithm::ALL.iter().map(|a| a.name()));
+            SpecCount(keys, specs, names) => {
+                let names = one_of(names.iter().map(|n| n.to_str().unwrap_or("?")));
                 write!(
                     f,
                     "ERR {keys} keys and {specs} specs: give one spec ({names} and its arguments) per key"
