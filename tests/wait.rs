@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 use support::replica::wait_acked;
-use support::{Clock, Server, T0, call, fingerprint, info_field, rl};
+use support::{Clock, Server, T0, call, info_field, rl, snapshot};
 
 /// Sends `line` on a connection of its own in a thread; the reply comes through the channel
 /// with the real time it took.
@@ -305,7 +305,7 @@ fn what_a_woken_call_takes_replicates_as_its_effect() {
     let (reply, _) = woken(&mut m, &waiter, "woken");
     assert_eq!(figures(&reply), [1, 3, 1, 0, 304]);
     wait_acked(&mut m);
-    assert_eq!(fingerprint(&mut r, "s"), fingerprint(&mut m, "s"));
+    assert_eq!(snapshot(&mut r, "s"), snapshot(&mut m, "s"));
     // The replica and the AOF saw effects: no RL.SLIDING ever reached the replica, and the
     // AOF holds no WAIT.
     assert_eq!(replica.command_calls("RL.SLIDING"), 0);
