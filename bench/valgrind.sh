@@ -47,6 +47,8 @@ dir=$(mktemp -d)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Valgrind still writes its logs after the signal: let it end before removing them.
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -n "${KEEP:-}" ] && echo "kept $dir" || rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -194,7 +196,7 @@ EXEC  #= arr
 EVAL "return {redis.call('RL.TOKEN', KEYS[1], 10, 1, 'COST', 4), redis.pcall('RL.FIXED', KEYS[2], 1, 1)}" 2 e$k str$k  #= arr
 EVAL_RO "return redis.call('RL.PEEK', KEYS[1], 'TOKEN', 10, 1)" 1 e$k  #= rl
 FCALL rl_take 1 fc$k 3 1m  #= rl
-EVAL "redis.call('RESTORE', KEYS[2], 0, redis.call('DUMP', KEYS[1]), 'REPLACE') return redis.call('TYPE', KEYS[2])" 2 w$k wr$k  #= ratelimSW
+EVAL "redis.call('RESTORE', KEYS[2], 0, redis.call('DUMP', KEYS[1]), 'REPLACE') return redis.call('TYPE', KEYS[2])" 2 y$k wr$k  #= ratelimSW
 RL.FIXED fg$k 10 1h
 EVAL "local d = redis.call('DUMP', KEYS[1]) local i = string.find(d, string.char(3, 70, 2), 1, true) return redis.pcall('RESTORE', KEYS[2], 0, d:sub(1, i + 10) .. string.char(0) .. d:sub(i + 12))" 2 fg$k forged  #= err:ERR Bad data format | err:ERR DUMP payload version or checksum are wrong
 COPY w$k wc$k REPLACE
