@@ -23,9 +23,12 @@ use redis::{Connection, Value};
 use support::replica::wait_acked;
 use support::{Clock, Server, T0, call, info_field, rl, snapshot};
 
+/// Where a waiter's reply comes, with the real time it took.
+type Pending = mpsc::Receiver<(Result<Value, String>, Duration)>;
+
 /// Sends `line` on a connection of its own in a thread; the reply comes through the channel
 /// with the real time it took.
-fn send(server: &Server, line: &str) -> mpsc::Receiver<(Result<Value, String>, Duration)> {
+fn send(server: &Server, line: &str) -> Pending {
     let (tx, rx) = mpsc::channel();
     let mut con = server.conn();
     let line = line.to_string();
@@ -366,13 +369,7 @@ fn about(reply: [i64; 5], exact: [i64; 3], retry: i64, reset: i64) {
 }
 
 /// A bucket of 2 (one unit an hour) emptied, and a caller waiting for `cost` units.
-fn one_waiter_an_hour_early(
-    cost: u64,
-) -> (
-    Server,
-    Connection,
-    mpsc::Receiver<(Result<Value, String>, Duration)>,
-) {
+fn one_waiter_an_hour_early(cost: u64) -> (Server, Connection, Pending) {
     let server = Server::start_with(Clock::offset(0), &[]);
     let mut con = server.conn();
     about(
