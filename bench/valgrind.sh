@@ -11,12 +11,18 @@
 # DEBUG DIGEST(-VALUE), DEBUG RELOAD, BGREWRITEAOF, a restart from the AOF, keyspace events.
 # Both servers shut down cleanly after FLUSHALL.
 #
+# Every reply is checked (bench/replies.py): each workload line says what it must get (a
+# limiting reply of five integers, an integer, OK, or the exact error a bad call earns);
+# an error reply a line does not expect fails the run, and so does an expected error that
+# never came. Every WAIT must reply 1 (the replica acknowledged).
+#
 # Fails on any invalid read, write or free, any use of uninitialised memory, any mismatched
 # free, and any definitely or indirectly lost block with a frame in the module
 # (libredis_ratelimit, redis_ratelimit::, ratelimit_core::, redis_module::); prints each
-# process's error and leak summary. Fails too on any panic the module caught (the line
-# `ratelimit: internal error` its panic hook writes in a server's log): an error reply that
-# hides a bug is not one of the workload's deliberate errors.
+# process's error and leak summary. Fails if valgrind's own exit status for a server is not 0
+# (--error-exitcode=99: an error it counted, a leak of a kind it is told to count), or the
+# server did not exit cleanly. Fails too on any panic the module caught (the line
+# `ratelimit: internal error` its panic hook writes in a server's log).
 #
 #   [RL_SERVER=redis|valkey|/path/to/server] bench/valgrind.sh [ROUNDS]   (default 40)
 #
@@ -41,6 +47,8 @@ dir=$(mktemp -d)
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Valgrind still writes its logs after the signal: let it end before removing them.
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     [ -n "${KEEP:-}" ] && echo "kept $dir" || rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -75,12 +83,24 @@ start() {
     exit 1
 }
 
-# stop NAME PORT: SHUTDOWN, and wait for valgrind's leak check.
+# stop NAME PORT: SHUTDOWN, and wait for valgrind's leak check; valgrind's exit status
+# (99: errors it counted) is recorded, and fails the run at the end.
 stop() {
-    local pid
+    local pid status=0
     pid=$(eval "echo \$${1}_pid")
     redis-cli -p "$2" SHUTDOWN >/dev/null 2>&1 || true
-    wait "$pid" || echo "$1 (pid $pid) exited with $?"
+    wait "$pid" || status=$?
+    echo "$1 (pid $pid) exited with $status" | tee -a "$dir/exits"
+}
+
+# replicated: WAIT for the replica, which must acknowledge.
+replicated() {
+    local acked
+    acked=$(redis-cli -p "$master_port" WAIT 1 30000)
+    if [ "$acked" != 1 ]; then
+        echo "WAIT 1 30000 replied '$acked': the replica did not acknowledge" >&2
+        exit 1
+    fi
 }
 
 wait_rewrite() {
@@ -106,15 +126,17 @@ wait_linked() {
     exit 1
 }
 
-# run PORT [redis-cli args]: sends the workload read from stdin, one command a line (and
-# counts the lines: run is the end of a pipeline, a subshell).
+# run PORT [--resp3]: sends the workload read from stdin, one command a line, and checks
+# every reply against what the line expects (bench/replies.py); counts commands and error
+# replies in $dir/counts (run is the end of a pipeline, a subshell). An unexpected reply
+# fails the run at once.
 run() {
-    local port=$1 file
+    local port=$1
     shift
-    file=$(mktemp "$dir/workload.XXXXXX")
-    cat >"$file"
-    wc -l <"$file" >>"$dir/counts"
-    redis-cli -p "$port" "$@" <"$file" >>"$dir/replies" 2>&1
+    if ! python3 bench/replies.py "$port" "$@" --count "$dir/counts"; then
+        echo "unexpected replies (above)" >&2
+        exit 1
+    fi
 }
 
 # A mixed round on a random key of each kind: everything but the whole-server commands.
@@ -137,7 +159,7 @@ RL.SLIDING h$k 1000 64ms
 RL.SLIDING h$k 1000 64ms COST 3
 RL.SLIDING h$k 1000 64ms
 RL.SLIDING h$k 1000 64ms
-MEMORY USAGE h$k
+MEMORY USAGE h$k  #= int | nil
 RL.SLIDING w$k 1000 1s COST 7
 RL.SLIDING w$k 1000 2s REFUND 3
 RL.SLIDING x$k 2 1h COST 5 BLOCK 2s
@@ -150,46 +172,48 @@ CL.THROTTLE c$k 4 1 1
 SET cell$k $tat PX 30000
 CL.THROTTLE cell$k 4 1 1
 SET str$k x
-RL.TOKEN str$k 1 1
-CL.THROTTLE str$k 1 1 1
-RL.FIXED s$k 1 1m
+RL.TOKEN str$k 1 1  #= err:WRONGTYPE 
+CL.THROTTLE str$k 1 1 1  #= err:WRONGTYPE 
+RL.SLIDING y$k 10 1h
+RL.FIXED y$k 1 1m  #= err:WRONGTYPE 
 RL.PEEK w$k SLIDING 1000 1s COST 3
 RL.PEEK t$k token 10 1
-RL.PEEK str$k FIXED 1 1
-RL.RESET b$k x$k
-RL.RESET f$k str$k
-RL.FIXED bad 0 1s
-RL.SLIDING bad 1 10y
-RL.TOKEN bad 1 1 COST 1 REFUND 1
-RL.TOKEN bad 3651 1 PER 1d
-CL.THROTTLE bad -1 1 1
-RL.PEEK bad NOPE 1 1
-RL.STATE forged "\x03F\x02\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x00\x00\x00\x00\x00\x00"
-MULTI
-RL.FIXED m$k 5 10s
-RL.SLIDING ms$k 5 10s COST 2
-RL.TOKEN mt$k 5 1 BLOCK 1s COST 9
-EXEC
-EVAL "return {redis.call('RL.TOKEN', KEYS[1], 10, 1, 'COST', 4), redis.pcall('RL.FIXED', KEYS[2], 1, 1)}" 2 e$k str$k
-EVAL_RO "return redis.call('RL.PEEK', KEYS[1], 'TOKEN', 10, 1)" 1 e$k
-FCALL rl_take 1 fc$k 3 1m
-EVAL "redis.call('RESTORE', KEYS[2], 0, redis.call('DUMP', KEYS[1]), 'REPLACE') return redis.call('TYPE', KEYS[2])" 2 w$k wr$k
-EVAL "local d = redis.call('DUMP', KEYS[1]) local i = string.find(d, string.char(3, 70, 2), 1, true) return redis.pcall('RESTORE', KEYS[2], 0, d:sub(1, i + 10) .. string.char(0) .. d:sub(i + 12))" 2 f$k forged
+RL.PEEK str$k FIXED 1 1  #= err:WRONGTYPE 
+RL.RESET b$k x$k  #= int
+RL.RESET f$k str$k  #= err:WRONGTYPE RL.RESET deletes rate limiters only
+RL.FIXED bad 0 1s  #= err:ERR limit must be at least 1
+RL.SLIDING bad 1 10y  #= err:ERR window must be a duration
+RL.TOKEN bad 1 1 COST 1 REFUND 1  #= err:ERR COST and REFUND exclude each other
+RL.TOKEN bad 3651 1 PER 1d  #= err:ERR capacity / rate * PER must be at most 3650d
+CL.THROTTLE bad -1 1 1  #= err:ERR max_burst must not be negative
+RL.PEEK bad NOPE 1 1  #= err:ERR unknown algorithm
+RL.STATE forged "\x03F\x02\x00\x00\x00\x00\x00\x00\x00\x01\x01\x00\x00\x00\x00\x00\x00\x00"  #= err:ERR RL.STATE only applies state sent by a master
+MULTI  #= ok
+RL.FIXED m$k 5 10s  #= queued
+RL.SLIDING ms$k 5 10s COST 2  #= queued
+RL.TOKEN mt$k 5 1 BLOCK 1s COST 9  #= queued
+EXEC  #= arr
+EVAL "return {redis.call('RL.TOKEN', KEYS[1], 10, 1, 'COST', 4), redis.pcall('RL.FIXED', KEYS[2], 1, 1)}" 2 e$k str$k  #= arr
+EVAL_RO "return redis.call('RL.PEEK', KEYS[1], 'TOKEN', 10, 1)" 1 e$k  #= rl
+FCALL rl_take 1 fc$k 3 1m  #= rl
+EVAL "redis.call('RESTORE', KEYS[2], 0, redis.call('DUMP', KEYS[1]), 'REPLACE') return redis.call('TYPE', KEYS[2])" 2 y$k wr$k  #= ratelimSW
+RL.FIXED fg$k 10 1h
+EVAL "local d = redis.call('DUMP', KEYS[1]) local i = string.find(d, string.char(3, 70, 2), 1, true) return redis.pcall('RESTORE', KEYS[2], 0, d:sub(1, i + 10) .. string.char(0) .. d:sub(i + 12))" 2 fg$k forged  #= err:ERR Bad data format | err:ERR DUMP payload version or checksum are wrong
 COPY w$k wc$k REPLACE
 COPY fbig$k fb2$k DB 1 REPLACE
-RENAME t$k tr$k
-RENAME tr$k t$k
+RENAME t$k tr$k  #= ok | err:ERR no such key
+RENAME tr$k t$k  #= ok | err:ERR no such key
 PEXPIRE s$k 5
 PEXPIRE w$k 600000
 PERSIST w$k
 RL.SLIDING w$k 1000 1s COST 1
 MOVE x$k 1
-MEMORY USAGE w$k
-MEMORY USAGE tbig$k
-MEMORY USAGE f$k
-TYPE w$k
+MEMORY USAGE w$k  #= int
+MEMORY USAGE tbig$k  #= int | nil
+MEMORY USAGE f$k  #= int | nil
+TYPE w$k  #= ratelimSW
 DEBUG DIGEST-VALUE w$k fbig$k t$k
-DUMP tbig$k
+DUMP tbig$k  #= str | nil
 DEL c$k
 UNLINK m$k ms$k
 EOF
@@ -233,27 +257,27 @@ for r in $(seq "$rounds"); do
     if [ $((r % 10)) -eq 0 ]; then server_round; fi
 done | run "$master_port"
 wait_rewrite
-for _ in $(seq $((rounds / 4))); do round; done | run "$master_port" -3
+for _ in $(seq $((rounds / 4))); do round; done | run "$master_port" --resp3
 echo "DEBUG RELOAD" | run "$master_port"
 echo "BGREWRITEAOF" | run "$master_port"
 wait_rewrite
-redis-cli -p "$master_port" WAIT 1 30000 >/dev/null
+replicated
 
 echo "== phase 3: the master restarts from its AOF"
 stop master "$master_port"
 start master "$master_port" --aof-use-rdb-preamble no
 wait_linked
 for _ in $(seq $((rounds / 4))); do round; done | run "$master_port"
-redis-cli -p "$master_port" WAIT 1 30000 >/dev/null
+replicated
 echo "FLUSHALL SYNC" | run "$master_port"
-redis-cli -p "$master_port" WAIT 1 30000 >/dev/null
+replicated
 stop replica "$replica_port"
 stop master "$master_port"
 pids=()
 
 ops=$(awk '{n += $1} END {print n}' "$dir/counts")
-errors=$(grep -a -c -E '^(ERR|WRONGTYPE) ' "$dir/replies" || true)
-echo "== $ops commands sent in $((SECONDS - started)) s ($errors error replies, most of them on purpose); valgrind logs:"
+errors=$(awk '{n += $2} END {print n}' "$dir/counts")
+echo "== $ops commands sent in $((SECONDS - started)) s, every reply as its line expects ($errors of them the errors bad calls must get); valgrind logs:"
 python3 - "$dir" <<'PY'
 import glob, os, re, sys
 
@@ -299,7 +323,15 @@ for path in logs:
     if not summary:
         failed = True
         print(f"  FAIL: {name} has no error summary (did the process end normally?)")
+# A master, a replica and the restarted master at least (and their fork children).
+if len({re.match(r"(\w+)\.", os.path.basename(p)).group(1) for p in logs}) < 2 or len(logs) < 3:
+    failed = True
+    print(f"  FAIL: {len(logs)} valgrind logs; a master, a replica and the master restarted write 3 at least")
 print(f"  {len(logs)} processes: {totals[0]} errors, {totals[1]} suppressed (LZF, bench/valgrind.supp)")
+for line in open(os.path.join(sys.argv[1], "exits")):
+    if not line.strip().endswith(" exited with 0"):
+        failed = True
+        print(f"  FAIL: {line.strip()} (valgrind's --error-exitcode is 99)")
 for log in sorted(glob.glob(os.path.join(sys.argv[1], "*", "server.log"))):
     for line in open(log, errors="replace"):
         if "ratelimit: internal error" in line:

@@ -8,7 +8,7 @@ use ratelimit_testkit as support;
 use redis::Value;
 use support::cluster::Cluster;
 use support::replica::{assert_same_keys, wait_acked};
-use support::{Clock, Server, T0, call, int, rl};
+use support::{Clock, Server, T0, call, int, rl, snapshot};
 
 /// The reply of `RL.ALL`: allowed, retry_after_ms, and each limit's five figures.
 fn all(con: &mut redis::Connection, line: &str) -> Result<(i64, i64, Vec<[i64; 5]>), String> {
@@ -184,18 +184,40 @@ fn bad_calls_are_refused_naming_what_is_wrong() {
 fn effects_replicate_to_a_replica_an_hour_behind() {
     let master = Server::start();
     let replica = Server::replica_of(&master, Clock::pinned(T0 - 3_600_000), &[]);
-    let mut con = master.conn();
+    let (mut con, mut on_replica) = (master.conn(), replica.conn());
     let keys = ["{u}:token", "{u}:fixed", "{u}:sliding"];
-    for step in 0..40 {
+    // Costs 1, 2, 3, … every 700 ms: the token bucket and the sliding window always have
+    // room, the fixed window's 60 run out at step 30 (10 cycles of 6), which starts a 5 s
+    // block; the block runs out at step 38 with the window still used up, so a second block
+    // starts. Every other step takes its units from all three.
+    let (mut allowed, mut wrote) = (0, Vec::new());
+    for step in 0..40i64 {
+        let cost = 1 + step % 3;
         let line = format!(
-            "{KEYS3} TOKEN 10 1 FIXED 2 1m BLOCK 90s SLIDING 5 1m COST {}",
-            step % 3
+            "{KEYS3} TOKEN 100 10 COST {cost} FIXED 60 1m BLOCK 5s COST {cost} \
+             SLIDING 100 1m COST {cost}"
         );
-        all(&mut con, &line).unwrap();
+        let before = keys.map(|k| snapshot(&mut con, k));
+        allowed += all(&mut con, &line).unwrap().0;
+        if keys.map(|k| snapshot(&mut con, k)) != before {
+            wrote.push(step);
+        }
+        if step % 10 == 9 {
+            wait_acked(&mut con);
+            // Denied since step 30, nothing taken: the token bucket has refilled by step 39
+            // and its key is gone (on both).
+            let live = assert_same_keys(&mut con, &mut on_replica, &keys);
+            assert_eq!(
+                live,
+                if step < 30 { 3 } else { 2 },
+                "step {step}: keys live on both"
+            );
+        }
         master.clock.advance(700);
     }
-    wait_acked(&mut con);
-    assert_same_keys(&mut con, &mut replica.conn(), &keys);
+    assert_eq!(allowed, 30);
+    let expected: Vec<i64> = (0..=30).chain([38]).collect();
+    assert_eq!(wrote, expected, "the steps that wrote");
 }
 
 #[test]

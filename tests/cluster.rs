@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use redis::Value;
 use support::cluster::{Cluster, Node};
 use support::replica::wait_aof_rewritten;
-use support::{Clock, Server, call, fingerprint, int, rl};
+use support::{Clock, Server, Snapshot, call, int, rl, snapshot};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -86,20 +86,20 @@ fn wait_replicated(cluster: &Cluster) {
     }
 }
 
-/// Every key's digest and expiry on its master, compared with its replica's.
+/// Every key's `DUMP` and expiry on its master, compared with its replica's; how many live.
 fn assert_replicas_identical(cluster: &Cluster, keys: usize) -> usize {
     let mut compared = 0;
     for key in (0..keys).map(|k| format!("k{k}")) {
         let (master, replica) = cluster.owner_and_replica(&key);
         let replica = replica.expect("every master has a replica");
-        let on_master = fingerprint(&mut cluster.direct(master.port), &key);
-        let on_replica = fingerprint(&mut cluster.direct(replica.port), &key);
+        let on_master = snapshot(&mut cluster.direct(master.port), &key);
+        let on_replica = snapshot(&mut cluster.direct(replica.port), &key);
         assert_eq!(
             on_replica, on_master,
             "{key} on {} vs {}",
             replica.port, master.port
         );
-        compared += usize::from(on_master.1 > 0);
+        compared += usize::from(on_master.live());
     }
     compared
 }
@@ -193,13 +193,9 @@ fn replicas_with_skewed_clocks_hold_identical_states() {
 }
 
 /// The state, expiry and a dry-run decision of a key on a node.
-fn observe(
-    con: &mut impl redis::ConnectionLike,
-    key: &str,
-    line: &str,
-) -> ((String, i64), [i64; 5]) {
+fn observe(con: &mut impl redis::ConnectionLike, key: &str, line: &str) -> (Snapshot, [i64; 5]) {
     (
-        fingerprint(con, key),
+        snapshot(con, key),
         rl(con, &format!("{line} DRYRUN")).unwrap(),
     )
 }
@@ -364,11 +360,11 @@ fn resharding_under_load_keeps_states_and_expiries() {
         .into_iter()
         .find(|n| n.master.is_none() && n.id != source.id)
         .unwrap();
-    let before: BTreeMap<String, (String, i64)> = (0..KEYS)
+    let before: BTreeMap<String, Snapshot> = (0..KEYS)
         .map(|k| {
             (
                 key(k),
-                fingerprint(&mut cluster.server(source.port).conn(), &key(k)),
+                snapshot(&mut cluster.server(source.port).conn(), &key(k)),
             )
         })
         .collect();
@@ -401,9 +397,10 @@ fn resharding_under_load_keeps_states_and_expiries() {
     assert_eq!(owner.id, target.id);
     let mut con = cluster.server(target.port).conn();
     let mut shifted = 0;
-    for (k, (digest, expiry)) in &before {
-        let (digest_after, expiry_after) = fingerprint(&mut con, k);
-        assert_eq!(&digest_after, digest, "{k}: the same state after the move");
+    for (k, Snapshot { dump, expiry }) in &before {
+        let after = snapshot(&mut con, k);
+        assert_eq!(&after.dump, dump, "{k}: the same state after the move");
+        let expiry_after = after.expiry;
         // MIGRATE carries a TTL relative to the source's clock and the target adds its own:
         // the expiry can only move later, by the time the transfer took.
         assert!(
@@ -499,16 +496,46 @@ fn nodes_restarted_from_rdb_and_aof_rejoin_with_identical_states() {
         rl(&mut client, &random_call(&mut rng, KEYS)).unwrap();
     }
     wait_replicated(&cluster);
-    let snapshot: Vec<_> = (0..KEYS)
+    let expected: Vec<_> = (0..KEYS)
         .map(|k| {
             let key = format!("k{k}");
             let (m, _) = cluster.owner_and_replica(&key);
-            fingerprint(&mut cluster.direct(m.port), &key)
+            snapshot(&mut cluster.direct(m.port), &key)
         })
         .collect();
 
     // The replica from an RDB file, the master from its AOF.
     call(&mut cluster.server(replica.port).conn(), "SAVE").unwrap();
+    // What the RDB holds, read before anything can resync it: the file loaded by a
+    // standalone server (no master to sync from) holds every key of the replica's slots
+    // with the master's bytes and expiries.
+    let rdb = tempfile::TempDir::new().unwrap();
+    std::fs::copy(
+        cluster.server(replica.port).dir().join("dump.rdb"),
+        rdb.path().join("dump.rdb"),
+    )
+    .unwrap();
+    let loaded = Server::start_with(Clock::offset(0), &["--dir", rdb.path().to_str().unwrap()]);
+    let mut loaded_con = loaded.conn();
+    let mut in_rdb = 0;
+    for (k, expected) in expected.iter().enumerate() {
+        let key = format!("k{k}");
+        let (m, _) = cluster.owner_and_replica(&key);
+        if m.id == master.id {
+            assert_eq!(
+                &snapshot(&mut loaded_con, &key),
+                expected,
+                "{key} in the RDB"
+            );
+            in_rdb += i64::from(expected.dump.is_some());
+        }
+    }
+    assert_eq!(int(&mut loaded_con, "DBSIZE"), in_rdb, "keys in the RDB");
+    assert!(
+        in_rdb > 50,
+        "only {in_rdb} of {KEYS} keys in the replica's slots"
+    );
+    drop(loaded);
     cluster.server_mut(replica.port).restart();
     cluster.server_mut(master.port).restart();
     cluster.wait_ready();
@@ -525,16 +552,16 @@ fn nodes_restarted_from_rdb_and_aof_rejoin_with_identical_states() {
             .contains("Done loading RDB")
     );
     wait_replicated(&cluster);
-    for (k, expected) in snapshot.iter().enumerate() {
+    for (k, expected) in expected.iter().enumerate() {
         let key = format!("k{k}");
         let (m, r) = cluster.owner_and_replica(&key);
         assert_eq!(
-            &fingerprint(&mut cluster.direct(m.port), &key),
+            &snapshot(&mut cluster.direct(m.port), &key),
             expected,
             "{key} on its master"
         );
         assert_eq!(
-            &fingerprint(&mut cluster.direct(r.unwrap().port), &key),
+            &snapshot(&mut cluster.direct(r.unwrap().port), &key),
             expected,
             "{key} on its replica"
         );

@@ -5,7 +5,7 @@ use ratelimit_testkit as support;
 
 use redis::Value;
 use support::dump::crc64;
-use support::{Server, T0, call, fingerprint, info, int, rl};
+use support::{Server, T0, call, digest, info, int, rl, snapshot};
 
 #[test]
 fn token_burst_of_101_calls() {
@@ -183,7 +183,7 @@ fn cost_and_dryrun() {
         rl(&mut con, "RL.TOKEN d 10 1 cost 4").unwrap(),
         [1, 10, 6, 0, 4000]
     );
-    let before = fingerprint(&mut con, "d");
+    let before = snapshot(&mut con, "d");
     assert_eq!(
         rl(&mut con, "RL.TOKEN d 10 1 COST 6 dryrun").unwrap(),
         [1, 10, 0, 0, 10_000]
@@ -201,7 +201,7 @@ fn cost_and_dryrun() {
         rl(&mut con, "RL.TOKEN d 20 1 PER 1m DRYRUN").unwrap(),
         [1, 20, 18, 0, 64_000]
     );
-    assert_eq!(fingerprint(&mut con, "d"), before, "DRYRUN changes nothing");
+    assert_eq!(snapshot(&mut con, "d"), before, "DRYRUN changes nothing");
     assert_eq!(
         rl(&mut con, "RL.TOKEN d 10 1 COST 0").unwrap(),
         [1, 10, 6, 0, 4000]
@@ -241,7 +241,7 @@ fn wrongtype_both_ways() {
     rl(&mut con, "RL.TOKEN t 5 1").unwrap();
     let before: Vec<_> = ["f", "s", "t"]
         .iter()
-        .map(|k| fingerprint(&mut con, k))
+        .map(|k| snapshot(&mut con, k))
         .collect();
     for line in ["GET f", "INCR s", "HGET t x"] {
         assert_eq!(call(&mut con, line), Err(WRONGTYPE.into()), "{line}");
@@ -256,7 +256,7 @@ fn wrongtype_both_ways() {
     }
     let after: Vec<_> = ["f", "s", "t"]
         .iter()
-        .map(|k| fingerprint(&mut con, k))
+        .map(|k| snapshot(&mut con, k))
         .collect();
     assert_eq!(before, after);
     let types: Vec<String> = ["f", "s", "t"]
@@ -275,7 +275,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let server = Server::start();
     let mut con = server.conn();
     rl(&mut con, "RL.TOKEN k 5 1").unwrap();
-    let before = fingerprint(&mut con, "k");
+    let before = snapshot(&mut con, "k");
     let cases = [
         ("RL.FIXED k 10",                          "ERR wrong number of arguments for 'RL.FIXED' command"),
         ("RL.TOKEN k",                             "ERR wrong number of arguments for 'RL.TOKEN' command"),
@@ -314,7 +314,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         assert_eq!(rl(&mut con, line), Err(error.to_string()), "{line}");
     }
     assert_eq!(call(&mut con, "PING"), Ok(Value::SimpleString("PONG".into())));
-    assert_eq!(fingerprint(&mut con, "k"), before);
+    assert_eq!(snapshot(&mut con, "k"), before);
     assert_eq!(int(&mut con, "DBSIZE"), 1);
 }
 
@@ -450,11 +450,66 @@ fn dump_restore_and_copy_keep_the_state() {
             .query(&mut con)
             .unwrap();
         int(&mut con, &format!("COPY {key} {key}3"));
-        let original = fingerprint(&mut con, key);
-        assert_eq!(fingerprint(&mut con, &format!("{key}2")), original);
-        assert_eq!(fingerprint(&mut con, &format!("{key}3")), original);
+        let original = snapshot(&mut con, key);
+        assert_eq!(snapshot(&mut con, &format!("{key}2")), original);
+        assert_eq!(snapshot(&mut con, &format!("{key}3")), original);
     }
     assert_eq!(rl(&mut con, "RL.TOKEN t3 5 1").unwrap(), [1, 5, 0, 0, 5000]);
+}
+
+/// The module's digest callback (`DEBUG DIGEST-VALUE`), checked against the bytes the server
+/// itself writes (`DUMP`): states that differ in one field (a count, a window's end, a
+/// bucket, a level, a refill time, a block, the algorithm) never share a digest, and equal
+/// states always do. The other suites compare `DUMP`s, so this is where the digest is tested.
+#[test]
+fn digests_differ_exactly_when_states_differ() {
+    let server = Server::start();
+    let mut con = server.conn();
+    #[rustfmt::skip]
+    let calls: &[(u64, &str)] = &[
+        (0,   "RL.FIXED f1 10 1m"),
+        (0,   "RL.FIXED f2 10 1m COST 2"),       // another count
+        (0,   "RL.FIXED f3 10 2m"),              // another window (its end: T0 + 2m)
+        (0,   "RL.FIXED f4 1 1m"),
+        (0,   "RL.FIXED f4 1 1m BLOCK 1h"),      // the same count, blocked
+        (0,   "RL.SLIDING s1 10 1m"),            // f1's figures, another algorithm
+        (0,   "RL.SLIDING s2 10 1m COST 2"),
+        (0,   "RL.SLIDING s3 10 2m"),
+        (0,   "RL.TOKEN t1 10 1 PER 1m"),
+        (0,   "RL.TOKEN t2 10 1 PER 1m COST 2"), // another level
+        (0,   "RL.TOKEN t3 10 2 PER 1m"),        // another refill rate
+        (0,   "RL.FIXED same 10 1m"),            // f1's state, made apart from it
+        (700, "RL.SLIDING s4 10 1m"),            // s1's count, a later bucket
+        (700, "RL.TOKEN t4 10 1 PER 1m"),        // t1's level, a later time
+    ];
+    for (at, line) in calls {
+        server.clock.set(T0 + at);
+        rl(&mut con, line).unwrap();
+    }
+    int(&mut con, "COPY t2 t2copy");
+    let keys = [
+        "f1", "f2", "f3", "f4", "s1", "s2", "s3", "s4", "t1", "t2", "t3", "t4", "same", "t2copy",
+    ];
+    let seen: Vec<_> = keys
+        .iter()
+        .map(|k| (k, snapshot(&mut con, k).dump.unwrap(), digest(&mut con, k)))
+        .collect();
+    let mut equal_pairs = Vec::new();
+    for (i, (a, a_dump, a_digest)) in seen.iter().enumerate() {
+        for (b, b_dump, b_digest) in &seen[i + 1..] {
+            let same_state = a_dump == b_dump;
+            assert_eq!(
+                a_digest == b_digest,
+                same_state,
+                "{a} and {b}: {a_digest} {b_digest}"
+            );
+            if same_state {
+                equal_pairs.push((**a, **b));
+            }
+        }
+    }
+    // Only the two pairs made equal are equal: every other state differs from the rest.
+    assert_eq!(equal_pairs, [("f1", "same"), ("t2", "t2copy")]);
 }
 
 #[test]
@@ -604,7 +659,7 @@ fn a_crafted_restore_payload_is_refused_without_harm() {
         .arg("ABSTTL")
         .query(&mut con);
     let _: () = restore.unwrap();
-    assert_eq!(fingerprint(&mut con, "copy"), fingerprint(&mut con, "f"));
+    assert_eq!(snapshot(&mut con, "copy"), snapshot(&mut con, "f"));
 }
 
 #[test]
@@ -643,7 +698,7 @@ fn a_version_1_token_bucket_restores_as_the_same_bucket() {
         .arg("ABSTTL")
         .query(&mut con)
         .unwrap();
-    assert_eq!(fingerprint(&mut con, "old"), fingerprint(&mut con, "t"));
+    assert_eq!(snapshot(&mut con, "old"), snapshot(&mut con, "t"));
     server.clock.advance(1_000);
     assert_eq!(
         rl(&mut con, "RL.TOKEN old 10 1").unwrap(),
@@ -801,7 +856,7 @@ fn peek_replies_what_dryrun_would_and_writes_nothing() {
             }
             // A read removes a key its clock has expired (Redis' lazy expiry): do it first.
             int(&mut con, &format!("EXISTS {key}"));
-            let before = fingerprint(&mut con, key);
+            let before = snapshot(&mut con, key);
             for cost in ["", " COST 0", " COST 2", " COST 4"] {
                 let dry = rl(
                     &mut con,
@@ -811,7 +866,7 @@ fn peek_replies_what_dryrun_would_and_writes_nothing() {
                 let peek = rl(&mut con, &format!("RL.PEEK {key} {lower} {args}{cost}"));
                 assert_eq!(peek, dry, "step {step}: {algorithm} {key} {args}{cost}");
             }
-            assert_eq!(fingerprint(&mut con, key), before);
+            assert_eq!(snapshot(&mut con, key), before);
         }
     }
     // From a read-only script.

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, Value};
-use support::{Clock, Server, T0, call, fingerprint, info, info_field, int, rl};
+use support::{Clock, Server, T0, call, info, info_field, int, rl, snapshot};
 
 const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
@@ -43,7 +43,7 @@ fn noeviction_refuses_every_write_and_answers_reads() {
         rl(&mut con, line).unwrap();
     }
     let keys = ["f", "s", "t", "c"];
-    let before = keys.map(|k| fingerprint(&mut con, k));
+    let before = keys.map(|k| snapshot(&mut con, k));
     let counted = decision_counts(&mut con);
     // Fill the server, then set its limit to half of what it uses.
     call(&mut con, "DEBUG POPULATE 20000 filler 100").unwrap();
@@ -92,7 +92,7 @@ fn noeviction_refuses_every_write_and_answers_reads() {
         .unwrap();
     assert_eq!(peeked, [1, 5, 3, 0, 60_000]);
     // Nothing was written, nothing decided.
-    assert_eq!(keys.map(|k| fingerprint(&mut con, k)), before);
+    assert_eq!(keys.map(|k| snapshot(&mut con, k)), before);
     assert_eq!(int(&mut con, "EXISTS new"), 0);
     assert_eq!(decision_counts(&mut con), counted);
 

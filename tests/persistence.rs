@@ -5,7 +5,7 @@ use ratelimit_testkit as support;
 
 use redis::Connection;
 use support::replica::wait_aof_rewritten;
-use support::{Server, T0, call, fingerprint, rl};
+use support::{Server, Snapshot, T0, call, rl, snapshot};
 
 const KEYS: [&str; 6] = ["f1", "f2", "s1", "s2", "t1", "t2"];
 
@@ -35,8 +35,8 @@ fn workload(server: &Server, con: &mut Connection, round: u64) {
     }
 }
 
-/// Every key's digest and expiry, and the reply each would give now.
-fn snapshot(con: &mut Connection) -> Vec<((String, i64), [i64; 5])> {
+/// Every key's `DUMP` and expiry, and the reply each would give now.
+fn observe(con: &mut Connection) -> Vec<(Snapshot, [i64; 5])> {
     KEYS.iter()
         .map(|key| {
             let line = match &key[..1] {
@@ -44,15 +44,15 @@ fn snapshot(con: &mut Connection) -> Vec<((String, i64), [i64; 5])> {
                 "s" => format!("RL.SLIDING {key} 10 30s DRYRUN"),
                 _ => format!("RL.TOKEN {key} 50 3 DRYRUN"),
             };
-            (fingerprint(con, key), rl(con, &line).unwrap())
+            (snapshot(con, key), rl(con, &line).unwrap())
         })
         .collect()
 }
 
-fn assert_kept(before: &[((String, i64), [i64; 5])], after: &[((String, i64), [i64; 5])]) {
+fn assert_kept(before: &[(Snapshot, [i64; 5])], after: &[(Snapshot, [i64; 5])]) {
     for ((key, b), a) in KEYS.iter().zip(before).zip(after) {
         assert_eq!(a, b, "{key}");
-        assert!(b.0.1 > 0, "{key} has an expiry");
+        assert!(b.0.live(), "{key} exists and has an expiry");
     }
 }
 
@@ -61,9 +61,9 @@ fn debug_reload_keeps_states_and_expiries() {
     let server = Server::start();
     let mut con = server.conn();
     workload(&server, &mut con, 0);
-    let before = snapshot(&mut con);
+    let before = observe(&mut con);
     call(&mut con, "DEBUG RELOAD").unwrap();
-    assert_kept(&before, &snapshot(&mut con));
+    assert_kept(&before, &observe(&mut con));
 }
 
 #[test]
@@ -71,11 +71,11 @@ fn rdb_restart_keeps_states_and_expiries() {
     let mut server = Server::start();
     let mut con = server.conn();
     workload(&server, &mut con, 0);
-    let before = snapshot(&mut con);
+    let before = observe(&mut con);
     call(&mut con, "SAVE").unwrap();
     server.restart();
     let mut con = server.conn();
-    assert_kept(&before, &snapshot(&mut con));
+    assert_kept(&before, &observe(&mut con));
     assert!(
         server.log().contains("Done loading RDB, keys loaded: 6"),
         "{}",
@@ -96,10 +96,10 @@ fn aof_restart_after_rewrite_keeps_states_and_expiries() {
         call(&mut con, "BGREWRITEAOF").unwrap();
         wait_aof_rewritten(&mut con);
         workload(&server, &mut con, 1);
-        let before = snapshot(&mut con);
+        let before = observe(&mut con);
         server.restart();
         let mut con = server.conn();
-        assert_kept(&before, &snapshot(&mut con));
+        assert_kept(&before, &observe(&mut con));
 
         // The AOF holds effects only: states and deletions, never a decision to re-run.
         let aof = server.aof_text();
@@ -133,18 +133,18 @@ fn a_ttl_changed_by_hand_survives_aof_loads_and_rewrites() {
         rl(&mut con, "RL.FIXED p 10 1m COST 2").unwrap();
         rl(&mut con, "RL.FIXED e2 10 1m").unwrap();
         let keys = ["p", "e2"];
-        let expected: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
-        assert_eq!((expected[0].1, expected[1].1), (-1, later as i64));
+        let expected: Vec<_> = keys.iter().map(|k| snapshot(&mut con, k)).collect();
+        assert_eq!((expected[0].expiry, expected[1].expiry), (-1, later as i64));
         // From the AOF as written, then from a rewrite.
         server.restart();
         let mut con = server.conn();
-        let loaded: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
+        let loaded: Vec<_> = keys.iter().map(|k| snapshot(&mut con, k)).collect();
         assert_eq!(loaded, expected, "preamble {preamble}: loaded");
         call(&mut con, "BGREWRITEAOF").unwrap();
         wait_aof_rewritten(&mut con);
         server.restart();
         let mut con = server.conn();
-        let rewritten: Vec<_> = keys.iter().map(|k| fingerprint(&mut con, k)).collect();
+        let rewritten: Vec<_> = keys.iter().map(|k| snapshot(&mut con, k)).collect();
         assert_eq!(rewritten, expected, "preamble {preamble}: rewritten");
     }
 }
@@ -185,11 +185,7 @@ fn an_rdb_written_by_encoding_version_2_loads_as_the_same_limiters() {
     let mut old = loaded.conn();
     // Byte for byte (digests encode the current version) and expiry for expiry.
     for key in ["f", "b", "s", "t", "r"] {
-        assert_eq!(
-            fingerprint(&mut old, key),
-            fingerprint(&mut con, key),
-            "{key}"
-        );
+        assert_eq!(snapshot(&mut old, key), snapshot(&mut con, key), "{key}");
     }
     // And they go on deciding alike.
     for line in [

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::Value;
 use support::replica::{aof_rewriting, assert_same_keys, expire_due, wait_acked, wait_until};
-use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
+use support::{Clock, Server, T0, call, info_field, int, rl, snapshot};
 
 const HOUR: u64 = 3_600_000;
 
@@ -184,13 +184,13 @@ fn a_replica_restarted_from_its_own_aof_keeps_every_state() {
     rl(&mut m, "RL.TOKEN gone 10 1 COST 0").unwrap();
     wait_acked(&mut m);
     let keys = ["f", "s", "t", "gone"];
-    let expected: Vec<_> = keys.iter().map(|k| fingerprint(&mut m, k)).collect();
+    let expected: Vec<_> = keys.iter().map(|k| snapshot(&mut m, k)).collect();
     assert_eq!(int(&mut m, "DBSIZE"), 3);
     // The master is gone; the replica comes back from its AOF alone.
     master.kill();
     replica.restart();
     let mut r = replica.conn();
-    let restored: Vec<_> = keys.iter().map(|k| fingerprint(&mut r, k)).collect();
+    let restored: Vec<_> = keys.iter().map(|k| snapshot(&mut r, k)).collect();
     assert_eq!(restored, expected);
 }
 
@@ -248,6 +248,6 @@ fn a_ttl_changed_by_hand_holds_on_the_replica_as_on_the_master() {
     // units are forgotten a minute after its last millisecond.
     assert_eq!(int(&mut m, "PEXPIRETIME s"), (T0 + 1_085 + 60_000) as i64);
     for key in ["p", "e", "s"] {
-        assert_eq!(fingerprint(&mut r, key), fingerprint(&mut m, key), "{key}");
+        assert_eq!(snapshot(&mut r, key), snapshot(&mut m, key), "{key}");
     }
 }

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use redis::{Connection, TlsCertificates, Value};
 use support::cluster::Cluster;
 use support::replica::{assert_same_keys, expire_due, wait_acked};
-use support::{Clock, Kind, Server, T0, Tls, call, fingerprint, int, rl, server_kind, tls_missing};
+use support::{Clock, Kind, Server, T0, Tls, call, int, rl, server_kind, snapshot, tls_missing};
 
 const HOUR: u64 = 3_600_000;
 
@@ -272,8 +272,8 @@ fn acl_user_with_rl_token_on_user_keys_is_refused_the_rest() {
     wait_acked(&mut admin);
     let mut on_replica = replica.conn();
     assert_eq!(
-        fingerprint(&mut on_replica, "user:42"),
-        fingerprint(&mut admin, "user:42")
+        snapshot(&mut on_replica, "user:42"),
+        snapshot(&mut admin, "user:42")
     );
     assert_eq!(int(&mut on_replica, "DBSIZE"), 1);
 }
@@ -345,9 +345,9 @@ fn tls_cluster_routes_and_replicates_over_tls() {
     for key in (0..KEYS).flat_map(|i| [format!("k{i}"), format!("{{k{i}}}:c")]) {
         let (master, replica) = cluster.owner_and_replica(&key);
         let replica = replica.expect("every master has a replica");
-        let on_master = fingerprint(&mut cluster.direct(master.port), &key);
-        assert!(on_master.1 > 0, "{key} on its master");
-        while fingerprint(&mut cluster.direct(replica.port), &key) != on_master {
+        let on_master = snapshot(&mut cluster.direct(master.port), &key);
+        assert!(on_master.live(), "{key} on its master");
+        while snapshot(&mut cluster.direct(replica.port), &key) != on_master {
             assert!(Instant::now() < deadline, "{key} did not reach its replica");
             std::thread::sleep(Duration::from_millis(20));
         }

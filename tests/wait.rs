@@ -1,10 +1,15 @@
 //! `WAIT timeout`: a denied call waits for its units instead of being denied. Pinned clocks
 //! decide; the module's timers run on real time on Redis, so each wait here also lets a few
-//! hundred real milliseconds pass (Valkey's follow its wall clock: see `pinned_timers`). Exact replies; arrival order kept whatever the costs; calls that
-//! do not wait denied behind waiters; timeouts, calls that never fit and calls too late
-//! answered as denials; a disconnected waiter takes nothing; `MULTI` and scripts decide at
-//! once; what a woken call takes replicates as `RL.STATE` (the replica and the AOF never see
-//! the blocking command); `RL.ALL` waits for all its limits.
+//! hundred real milliseconds pass (Valkey's follow its wall clock: see `pinned_timers`; each
+//! pinned test that needs a timer has a real-clock counterpart run on both servers). Exact
+//! replies; arrival order kept whatever the costs; calls that do not wait, dry runs and
+//! `RL.PEEK` denied behind waiters; `REFUND` and `RL.RESET` waking the first waiter at once;
+//! timeouts, calls that never fit and calls too late answered as denials; a disconnected
+//! waiter takes nothing; `MULTI` and scripts decide at once; what a woken call takes
+//! replicates as `RL.STATE` (the replica and the AOF never see the blocking command);
+//! `RL.ALL` waits for all its limits. No test sleeps to see that a waiter is not answered:
+//! the server's own count of blocked clients says so, and an overtaking waiter would change
+//! the exact figures the later replies assert.
 
 use ratelimit_testkit as support;
 
@@ -16,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
 use support::replica::wait_acked;
-use support::{Clock, Server, T0, call, fingerprint, info_field, rl};
+use support::{Clock, Server, T0, call, info_field, rl, snapshot};
+
+/// Where a waiter's reply comes, with the real time it took.
+type Pending = mpsc::Receiver<(Result<Value, String>, Duration)>;
 
 /// Sends `line` on a connection of its own in a thread; the reply comes through the channel
 /// with the real time it took.
-fn send(server: &Server, line: &str) -> mpsc::Receiver<(Result<Value, String>, Duration)> {
+fn send(server: &Server, line: &str) -> Pending {
     let (tx, rx) = mpsc::channel();
     let mut con = server.conn();
     let line = line.to_string();
@@ -61,11 +69,6 @@ fn blocked(con: &mut Connection, n: usize) {
     }
 }
 
-/// A reply that has not come yet.
-fn pending<T>(rx: &mpsc::Receiver<T>) -> bool {
-    rx.recv_timeout(Duration::from_millis(150)).is_err()
-}
-
 const REPLY: Duration = Duration::from_secs(10);
 
 /// The reply of a waiter.
@@ -76,9 +79,11 @@ fn woken<T>(_con: &mut Connection, rx: &mpsc::Receiver<T>, what: &str) -> T {
 
 /// Whether the server's module timers run on real time while a test pins its wall clock.
 /// Valkey 9.1's run on the wall clock as it reads it (TSC time added to its last reading), so
-/// under a pinned clock they fire late or not at all: the tests that need a timer to wake a
-/// waiter at a pinned moment run on Redis only, and `waiters_wake_on_a_moving_clock` checks
-/// both servers on real time.
+/// under a pinned clock they fire late or not at all (seen here: even a timer armed for 0 ms,
+/// as a refund's wake is, missed its 10 s in one run of three): the tests that need a timer
+/// to wake a waiter at a pinned moment run on Redis only. Each has a real-clock counterpart
+/// that asserts the same order on both servers: `arrival_order_holds_on_a_real_clock`,
+/// `waiters_wake_on_a_moving_clock`, the refund, reset and peek tests below.
 fn pinned_timers() -> bool {
     if support::server_kind() == support::Kind::Valkey {
         eprintln!("skipped on Valkey: its module timers follow the pinned wall clock");
@@ -98,9 +103,9 @@ fn a_denied_call_waits_for_its_units_and_takes_them() {
         rl(&mut con, "RL.FIXED k 2 300ms COST 2"),
         Ok([1, 2, 0, 0, 300])
     );
+    // Blocked (the server's own count): not answered before its window.
     let waiter = send(&server, "RL.FIXED k 2 300ms WAIT 10s");
     blocked(&mut con, 1);
-    assert!(pending(&waiter), "answered before its window");
     let waiting = |con: &mut Connection| info_field(con, "ratelimit", "ratelimit_waiting");
     assert_eq!(waiting(&mut con), "1");
     // The next window: the waiter takes its unit there.
@@ -142,8 +147,10 @@ fn arrival_order_holds_whatever_the_costs() {
     let second = send(&server, "RL.TOKEN b 5 1 PER 100ms COST 1 WAIT 10s");
     blocked(&mut con, 2);
     // One unit is back: enough for the second, not for the first, and the second waits.
+    // (Had it overtaken, it would have taken that unit: the first would not be allowed at
+    // 300 ms, and every figure below would differ.)
     server.clock.advance(100);
-    assert!(pending(&second), "the second overtook the first");
+    blocked(&mut con, 2);
     // A call that does not wait is denied behind them, its unit there or not: it may
     // retry when the first waiter is due (at 300 ms), and it leaves the bucket as it is.
     assert_eq!(
@@ -157,10 +164,8 @@ fn arrival_order_holds_whatever_the_costs() {
     server.clock.advance(200);
     let (reply, _) = woken(&mut con, &first, "first woken");
     assert_eq!(figures(&reply), [1, 5, 0, 0, 500]);
-    assert!(
-        pending(&second),
-        "the second took a unit that was not there"
-    );
+    // The second still waits (no unit is there for it): the server counts it blocked.
+    blocked(&mut con, 1);
     server.clock.advance(100);
     let (reply, _) = woken(&mut con, &second, "second woken");
     assert_eq!(figures(&reply), [1, 5, 0, 0, 500]);
@@ -305,7 +310,7 @@ fn what_a_woken_call_takes_replicates_as_its_effect() {
     let (reply, _) = woken(&mut m, &waiter, "woken");
     assert_eq!(figures(&reply), [1, 3, 1, 0, 304]);
     wait_acked(&mut m);
-    assert_eq!(fingerprint(&mut r, "s"), fingerprint(&mut m, "s"));
+    assert_eq!(snapshot(&mut r, "s"), snapshot(&mut m, "s"));
     // The replica and the AOF saw effects: no RL.SLIDING ever reached the replica, and the
     // AOF holds no WAIT.
     assert_eq!(replica.command_calls("RL.SLIDING"), 0);
@@ -329,9 +334,9 @@ fn all_waits_for_every_limit_and_keeps_the_order() {
     let waiter = send(&server, &format!("{specs} WAIT 10s"));
     blocked(&mut con, 1);
     // A single limit on b waits behind it, though b has units.
+    // (Had it overtaken, b would hold one unit more and its reset below would be 300.)
     let behind = send(&server, "RL.FIXED {u}:b 5 300ms WAIT 10s");
     blocked(&mut con, 2);
-    assert!(pending(&behind), "overtook the call of two limits");
     server.clock.advance(310);
     let (reply, _) = woken(&mut con, &waiter, "woken");
     let Ok(Value::Array(items)) = reply else {
@@ -343,6 +348,146 @@ fn all_waits_for_every_limit_and_keeps_the_order() {
     assert_eq!(figures(&Ok(items[3].clone())), [1, 5, 4, 0, 290]);
     let (reply, _) = woken(&mut con, &behind, "woken next");
     assert_eq!(figures(&reply), [1, 5, 3, 0, 290]);
+}
+
+/// The tests below run on a real clock, so on every server (Valkey's module timers do not
+/// follow a pinned clock: see `pinned_timers`): their buckets refill one unit an hour,
+/// so nothing but what a test does can answer a waiter, and every figure is exact
+/// but the times, which are checked to within the second the test may take.
+const SLOW: &str = "RL.TOKEN k 2 1 PER 1h";
+
+/// `allowed, limit, remaining` exactly, and `retry_after`, `reset_after` within a second
+/// below what they were at the start of the test.
+fn about(reply: [i64; 5], exact: [i64; 3], retry: i64, reset: i64) {
+    assert_eq!(reply[..3], exact, "{reply:?}");
+    for (got, at_start) in [(reply[3], retry), (reply[4], reset)] {
+        assert!(
+            (at_start - 1000..=at_start).contains(&got),
+            "{reply:?}: {got} for {at_start}"
+        );
+    }
+}
+
+/// A bucket of 2 (one unit an hour) emptied, and a caller waiting for `cost` units.
+fn one_waiter_an_hour_early(cost: u64) -> (Server, Connection, Pending) {
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let mut con = server.conn();
+    about(
+        rl(&mut con, &format!("{SLOW} COST 2")).unwrap(),
+        [1, 2, 0],
+        0,
+        7_200_000,
+    );
+    let rx = send(&server, &format!("{SLOW} COST {cost} WAIT 2h"));
+    blocked(&mut con, 1);
+    (server, con, rx)
+}
+
+#[test]
+fn a_refund_wakes_the_first_waiter_at_once() {
+    let (_server, mut con, waiter) = one_waiter_an_hour_early(1);
+    // The refund is not a take: it is not queued behind the waiter, and gives one unit back,
+    // which the waiter takes at once (its own unit is an hour away).
+    about(
+        rl(&mut con, &format!("{SLOW} REFUND 1")).unwrap(),
+        [1, 2, 1],
+        0,
+        3_600_000,
+    );
+    let (reply, took) = woken(&mut con, &waiter, "woken by the refund");
+    about(figures(&reply), [1, 2, 0], 0, 7_200_000);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    blocked(&mut con, 0);
+}
+
+#[test]
+fn a_reset_wakes_the_first_waiter_at_once() {
+    let (_server, mut con, waiter) = one_waiter_an_hour_early(2);
+    assert_eq!(call(&mut con, "RL.RESET k"), Ok(Value::Int(1)));
+    // It takes both units of the fresh bucket.
+    let (reply, took) = woken(&mut con, &waiter, "woken by the reset");
+    about(figures(&reply), [1, 2, 0], 0, 7_200_000);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    blocked(&mut con, 0);
+}
+
+#[test]
+fn peek_and_dry_runs_answer_denied_while_callers_wait() {
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let mut con = server.conn();
+    let bucket = "RL.TOKEN k 3 1 PER 1h";
+    about(
+        rl(&mut con, &format!("{bucket} COST 2")).unwrap(),
+        [1, 3, 1],
+        0,
+        7_200_000,
+    );
+    // One unit is there, and nobody waits: allowed.
+    let peek = "RL.PEEK k TOKEN 3 1 PER 1h";
+    about(rl(&mut con, peek).unwrap(), [1, 3, 0], 0, 10_800_000);
+    // A caller waits for two units (one more, in an hour); the unit there is its turn,
+    // not ours: denied, the bucket as it stands, retry when the waiter is due.
+    let waiter = send(&server, &format!("{bucket} COST 2 WAIT 2h"));
+    blocked(&mut con, 1);
+    for line in [peek, &format!("{bucket} DRYRUN"), bucket] {
+        about(rl(&mut con, line).unwrap(), [0, 3, 1], 3_600_000, 7_200_000);
+    }
+    // On another key the same call is allowed: the denial is the waiter's doing.
+    about(
+        rl(&mut con, "RL.PEEK k2 TOKEN 3 1 PER 1h").unwrap(),
+        [1, 3, 2],
+        0,
+        3_600_000,
+    );
+    // The waiter goes (a reset lets it take its two), and peeks see the key alone again.
+    assert_eq!(call(&mut con, "RL.RESET k"), Ok(Value::Int(1)));
+    let (reply, _) = woken(&mut con, &waiter, "woken by the reset");
+    about(figures(&reply), [1, 3, 1], 0, 7_200_000);
+    about(rl(&mut con, peek).unwrap(), [1, 3, 0], 0, 10_800_000);
+}
+
+/// `arrival_order_holds_whatever_the_costs` on a real clock, so on every server: a bucket
+/// of 5 (one unit per 100 ms) emptied; a waiter for 3, then one for 1. The second's unit is
+/// there after 100 ms, but it waits its turn: the first is answered at 300 ms, the second at
+/// 400 ms, and a call that does not wait is denied meanwhile, units there or not.
+#[test]
+fn arrival_order_holds_on_a_real_clock() {
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let mut con = server.conn();
+    let bucket = "RL.TOKEN b 5 1 PER 100ms";
+    let start = Instant::now();
+    assert_eq!(
+        rl(&mut con, &format!("{bucket} COST 5")).unwrap()[..3],
+        [1, 5, 0]
+    );
+    let first = send(&server, &format!("{bucket} COST 3 WAIT 5s"));
+    blocked(&mut con, 1);
+    let second = send(&server, &format!("{bucket} WAIT 5s"));
+    blocked(&mut con, 2);
+    // Polls (no sleep) until a unit is there: denied all along.
+    loop {
+        let peek = rl(&mut con, "RL.PEEK b TOKEN 5 1 PER 100ms").unwrap();
+        assert_eq!(peek[..2], [0, 5], "allowed ahead of two waiters: {peek:?}");
+        if peek[2] >= 1 {
+            break;
+        }
+    }
+    let (reply, _) = woken(&mut con, &first, "first woken");
+    let first_at = start.elapsed();
+    assert_eq!(figures(&reply)[..4], [1, 5, 0, 0]);
+    let (reply, _) = woken(&mut con, &second, "second woken");
+    let second_at = start.elapsed();
+    assert_eq!(figures(&reply)[..4], [1, 5, 0, 0]);
+    // The server read its clock no earlier than the millisecond `start` falls in.
+    assert!(
+        first_at >= Duration::from_millis(299),
+        "first at {first_at:?}"
+    );
+    assert!(
+        second_at >= Duration::from_millis(399),
+        "second at {second_at:?}"
+    );
+    blocked(&mut con, 0);
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! wait for 1 unit each: the i-th reply of a key is due `(i + 1) × 100 ms` after its bucket
 //! was emptied. Prints how late each waiter
 //! is answered after its unit is due, and the latency of `PING` on another connection
-//! meanwhile; asserts that every waiter was allowed, in time, and that the server answered.
+//! meanwhile; asserts that every waiter was allowed, none before its unit was due, and that
+//! the server answered.
 //!
 //! `RL_WAIT_KEYS` and `RL_WAIT_PER_KEY` change the figures (default 1,000 and 10).
 
@@ -85,7 +86,7 @@ fn ten_thousand_waiters_on_a_thousand_keys() {
             let before = wall_ms();
             let reply = rl(&mut con, &format!("{} COST {per_key}", bucket(k))).unwrap();
             assert_eq!(reply[0], 1);
-            emptied.push((before + wall_ms()) / 2.0);
+            emptied.push(((before + wall_ms()) / 2.0, before));
         }
         // PING meanwhile, from a thread of its own (not the runtime the waiters share).
         let pinger = std::thread::spawn(move || {
@@ -141,12 +142,20 @@ fn ten_thousand_waiters_on_a_thousand_keys() {
         // The first units are due while the 10,000 calls arrive (Redis takes a few hundred
         // ms to block them all): what is due from 400 ms on is counted apart, as the steady
         // state.
+        // No reply may come before its unit: the server read its clock (whole ms, the same
+        // real clock as here) no earlier than the millisecond `before` falls in, so unit i is
+        // due no earlier than before - 1 + (i + 1) × 100 ms.
         let settled = sent_wall + 400.0;
-        let (mut late, mut steady) = (Vec::new(), Vec::new());
+        let (mut late, mut steady, mut early) = (Vec::new(), Vec::new(), Vec::new());
         for (k, times) in replies.iter_mut().enumerate() {
             times.sort_by(|a, b| a.0.total_cmp(&b.0));
             for (i, (at, sent_at)) in times.iter().enumerate() {
-                let due = (emptied[k] + 100.0 * (i + 1) as f64).max(*sent_at);
+                let (emptied, before) = emptied[k];
+                let unit = 100.0 * (i + 1) as f64;
+                if *at < before - 1.0 + unit {
+                    early.push((k, i, at - (before + unit)));
+                }
+                let due = (emptied + unit).max(*sent_at);
                 late.push(at - due);
                 if due >= settled && i > 0 {
                     steady.push(at - due);
@@ -202,5 +211,11 @@ fn ten_thousand_waiters_on_a_thousand_keys() {
         println!("server LATENCY LATEST (event, time, latest ms, max ms): {latest:?}");
         assert_eq!(denied, 0);
         assert_eq!(late.len(), keys * per_key);
+        assert!(
+            early.is_empty(),
+            "{} waiters answered before their unit was due (key, rank, ms after due): {:?}",
+            early.len(),
+            &early[..early.len().min(20)]
+        );
     });
 }

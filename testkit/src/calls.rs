@@ -1,6 +1,6 @@
 //! Commands as the tests send them: a line of words in, the reply or the whole error text
 //! out ([`call`]), and the shapes the tests read (an `RL.*` reply's five figures, an integer,
-//! an `INFO` field, a key's fingerprint).
+//! an `INFO` field, a key's snapshot and digest).
 
 use redis::{ConnectionLike, Value};
 
@@ -66,12 +66,42 @@ pub fn info_field(con: &mut impl ConnectionLike, section: &str, field: &str) -> 
         .to_string()
 }
 
-/// `DEBUG DIGEST-VALUE` of a key and its absolute expiry: equal on two servers means the
-/// same bytes and the same TTL.
-pub fn fingerprint(con: &mut impl ConnectionLike, key: &str) -> (String, i64) {
-    let digest = match call(con, &format!("DEBUG DIGEST-VALUE {key}")) {
+/// A key as the server itself writes it: its `DUMP` payload (`None` if the key does not
+/// exist) and its absolute expiry (`PEXPIRETIME`: ms since the epoch, -1 without one, -2
+/// without the key). Both are produced by the server, not by the module's own digest
+/// callback: two servers (or one server before and after) that agree on every key's
+/// snapshot hold the same bytes with the same expiries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub dump: Option<Vec<u8>>,
+    pub expiry: i64,
+}
+
+impl Snapshot {
+    /// Whether the key exists and expires (every limiter key does).
+    pub fn live(&self) -> bool {
+        self.dump.is_some() && self.expiry > 0
+    }
+}
+
+/// The [`Snapshot`] of `key`.
+pub fn snapshot(con: &mut impl ConnectionLike, key: &str) -> Snapshot {
+    let dump = match call(con, &format!("DUMP {key}")) {
+        Ok(Value::BulkString(bytes)) => Some(bytes),
+        Ok(Value::Nil) => None,
+        other => panic!("DUMP {key}: {other:?}"),
+    };
+    Snapshot {
+        dump,
+        expiry: int(con, &format!("PEXPIRETIME {key}")),
+    }
+}
+
+/// `DEBUG DIGEST-VALUE` of a key: the module's own digest callback for its types, so it
+/// is checked against states (tests/commands.rs), never used to compare them.
+pub fn digest(con: &mut impl ConnectionLike, key: &str) -> String {
+    match call(con, &format!("DEBUG DIGEST-VALUE {key}")) {
         Ok(Value::Array(items)) => format!("{items:?}"),
         other => panic!("digest of {key}: {other:?}"),
-    };
-    (digest, int(con, &format!("PEXPIRETIME {key}")))
+    }
 }

@@ -5,7 +5,7 @@
 //! Feature `servers` (default) brings the servers: real server processes with the freshly
 //! built module, on free ports, in temporary directories, with a clock the test controls,
 //! stopped (by pid) in `Drop`, and everything that talks to them (it pulls in `redis`,
-//! `rustls`, `rcgen`, `tempfile`). Without it ([`dump`], [`http`] and [`measure`] alone) the kit has no
+//! `rustls`, `rcgen`, `tempfile`). Without it ([`dump`], [`http`], [`measure`] and [`caught_panic`] alone) the kit has no
 //! dependency, which is how the fuzz crate uses it.
 //!
 //! `RL_SERVER` picks the server program, once for every test: unset or `redis` runs
@@ -29,6 +29,7 @@
 pub mod dump;
 pub mod http;
 pub mod measure;
+mod panic;
 
 #[cfg(feature = "servers")]
 mod calls;
@@ -41,11 +42,14 @@ mod server;
 #[cfg(feature = "servers")]
 mod tls;
 
+/// The former name of [`snapshot`], kept for `tests/partition.rs` until it uses the new one.
 #[cfg(feature = "servers")]
-pub use calls::{call, fingerprint, info, info_field, int, rl};
+pub use calls::snapshot as fingerprint;
 #[cfg(feature = "servers")]
-pub use server::{
-    CAUGHT_PANIC, Clock, Kind, Server, T0, caught_panic, free_port, module_path, server_kind,
-};
+pub use calls::{Snapshot, call, digest, info, info_field, int, rl, snapshot};
+#[cfg(feature = "servers")]
+pub use server::{Clock, Kind, Server, T0, free_port, module_path, server_kind};
 #[cfg(feature = "servers")]
 pub use tls::{Tls, tls_missing};
+
+pub use panic::{CAUGHT_PANIC, caught_panic};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::ConnectionLike;
 
-use crate::{Clock, Server, fingerprint, info_field, int};
+use crate::{Clock, Server, info_field, int, snapshot};
 
 /// How long the waits here wait before failing the test.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -73,8 +73,9 @@ pub fn expire_due<K: AsRef<str>>(master: &mut impl ConnectionLike, keys: &[K]) {
     wait_acked(master);
 }
 
-/// Asserts that every key has the same fingerprint (digest and absolute expiry) on the
-/// replica as on the master; returns how many of them are live there (hold an expiry).
+/// Asserts that every key has the same [`Snapshot`](crate::Snapshot) (`DUMP` bytes and
+/// absolute expiry) on the replica as on the master; returns how many of them are live
+/// there (exist and expire).
 pub fn assert_same_keys<K: AsRef<str>>(
     master: &mut impl ConnectionLike,
     replica: &mut impl ConnectionLike,
@@ -83,9 +84,9 @@ pub fn assert_same_keys<K: AsRef<str>>(
     let mut live = 0;
     for key in keys {
         let key = key.as_ref();
-        let on_master = fingerprint(master, key);
-        assert_eq!(fingerprint(replica, key), on_master, "{key}");
-        live += usize::from(on_master.1 > 0);
+        let on_master = snapshot(master, key);
+        assert_eq!(snapshot(replica, key), on_master, "{key}");
+        live += usize::from(on_master.live());
     }
     live
 }

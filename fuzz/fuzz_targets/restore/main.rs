@@ -17,6 +17,9 @@
 //! CRC-64 (checked byte for byte against Redis' own `DUMP` output at start), sends
 //! `RESTORE k 0 <payload> REPLACE`, and asserts:
 //! - the server answers `PING` after every payload;
+//! - no reply is the guard's `ERR internal error`, and the server log gains no line of a
+//!   panic the module caught (read after every payload, whatever `RESTORE` replied: a panic
+//!   in `rdb_load` on a payload the model refuses too would otherwise pass as a refusal);
 //! - `RESTORE` succeeds exactly when the model (`rdb::load`: the test kit's `dump`, imported
 //!   as `rdb`; and `ratelimit_core`'s decoder) says it must, and a refused payload leaves no
 //!   key;
@@ -42,6 +45,7 @@ use libfuzzer_sys::fuzz_target;
 use ratelimit_core::codec::Encoded;
 use ratelimit_core::{FixedState, Record, SlidingState, TokenState};
 
+use ratelimit_testkit::caught_panic;
 use ratelimit_testkit::dump as rdb;
 use rdb::{Loaded, MODULE_1, MODULE_2, TYPES};
 use resp::{Client, Reply};
@@ -50,6 +54,10 @@ use server::Server;
 struct Harness {
     server: Server,
     client: Client,
+    /// How much of the server log has been searched for caught panics.
+    log_read: u64,
+    /// The guard's error reply (`Error::Internal`), which no payload may get.
+    internal_error: String,
     /// The RDB version the server writes in its `DUMP` footers.
     rdb_version: u16,
     /// Whether the server reads RDB type 6 (Redis 7.0 does; Valkey 9 refuses it).
@@ -66,10 +74,13 @@ fn harness() -> &'static Mutex<Harness> {
         let mut harness = Harness {
             server,
             client,
+            log_read: 0,
+            internal_error: redis_ratelimit::fuzzing::Error::Internal.to_string(),
             rdb_version: 0,
             reads_module_1: true,
         };
         harness.calibrate();
+        harness.check_log();
         server::at_exit(|| {
             eprintln!(
                 "restore: {} payloads accepted, {} refused",
@@ -208,10 +219,30 @@ impl Harness {
     }
 
     fn replies(&mut self) -> Vec<Reply> {
-        match self.client.replies() {
+        let replies = match self.client.replies() {
             Ok(replies) => replies,
             Err(e) => self.fail(format_args!("the server does not answer: {e}")),
+        };
+        if let Some(e) = replies.iter().find_map(|r| r.error_within(&self.internal_error)) {
+            self.fail(format_args!("the guard caught a panic: {e:?}, replies {replies:?}"));
         }
+        replies
+    }
+
+    /// Fails if the server log gained a caught panic's line since the last look (a panic in
+    /// a callback, `rdb_load` or `free`, shows only there). The hook writes it before the
+    /// command that panicked replies, so it is there once the replies are read.
+    fn check_log(&mut self) {
+        let len = std::fs::metadata(&self.server.log).map_or(0, |m| m.len());
+        if len == self.log_read {
+            return;
+        }
+        let log = std::fs::read(&self.server.log).unwrap_or_default();
+        let new = String::from_utf8_lossy(log.get(self.log_read as usize..).unwrap_or_default());
+        if let Some(line) = caught_panic(&new) {
+            self.fail(format_args!("the module caught a panic: {line}"));
+        }
+        self.log_read = log.len() as u64;
     }
 
     /// Checks a `DUMP` reply: version and CRC right, and the model reads a value of
@@ -261,6 +292,11 @@ impl Harness {
     }
 
     fn run(&mut self, input: &Input) {
+        self.restore(input);
+        self.check_log();
+    }
+
+    fn restore(&mut self, input: &Input) {
         let payload = rdb::envelope(input.rdb_type, input.id, &input.section(), self.rdb_version);
         let expected = predict(&payload, self.reads_module_1);
         self.client

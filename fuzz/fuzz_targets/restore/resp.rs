@@ -35,6 +35,15 @@ impl Reply {
         }
     }
 
+    /// This error, or an error starting with `prefix` nested in this array.
+    pub fn error_within(&self, prefix: &str) -> Option<&str> {
+        match self {
+            Reply::Error(e) if e.starts_with(prefix) => Some(e),
+            Reply::Array(Some(items)) => items.iter().find_map(|r| r.error_within(prefix)),
+            _ => None,
+        }
+    }
+
     /// An array of integers, as the limiting commands reply.
     pub fn integers(&self) -> Option<Vec<i64>> {
         match self {
