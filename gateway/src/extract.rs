@@ -1,6 +1,7 @@
 //! What the routes read from a request: the client's address (found by the guard), the API key
 //! of `Authorization: Bearer`, the authenticated user and admin (extractors that count a wrong
-//! key against the client's IP), bounded JSON bodies and user ids of the path.
+//! key against the client's IP), the request a proxy's forward-auth subrequest describes,
+//! bounded JSON bodies and user ids of the path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,9 +9,9 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
-use crate::domain::User;
+use crate::domain::{MAX_REQUEST_TYPE, User};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -84,6 +85,54 @@ impl FromRequestParts<AppStateRef> for Admin {
             return Err(AppError::forbidden("this route is for admins"));
         }
         Ok(Admin(user))
+    }
+}
+
+/// The request a proxy asks about in a forward-auth subrequest, as the history records it:
+/// `X-Forwarded-Method` and the path of `X-Forwarded-Uri` (the query is left out: it is not
+/// the request's type, and may carry secrets), `GET /api/items`, cut to the history's
+/// [`MAX_REQUEST_TYPE`] bytes. Missing or malformed headers are a proxy not configured for
+/// forward auth: `400`.
+pub struct Forwarded(pub String);
+
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+
+impl<S: Send + Sync> FromRequestParts<S> for Forwarded {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
+        let header = |name: &HeaderName| {
+            let value = parts.headers.get(name).ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "{name} is required: /auth answers a proxy's forward-auth subrequest, \
+                     which names the request in X-Forwarded-Method and X-Forwarded-Uri"
+                ))
+            })?;
+            value
+                .to_str()
+                .map_err(|_| AppError::bad_request(format!("{name} must be visible ASCII")))
+        };
+        let method = header(&X_FORWARDED_METHOD)?;
+        let uri = header(&X_FORWARDED_URI)?;
+        if Method::from_bytes(method.as_bytes()).is_err() {
+            return Err(AppError::bad_request(format!(
+                "{X_FORWARDED_METHOD} must be a method, not {method:?}"
+            )));
+        }
+        let path = uri.split(['?', '#']).next().unwrap_or_default();
+        if !path.starts_with('/') {
+            return Err(AppError::bad_request(format!(
+                "{X_FORWARDED_URI} must be a path (/…), not {uri:?}"
+            )));
+        }
+        let mut request_type = format!("{method} {path}");
+        let end = (0..=MAX_REQUEST_TYPE.min(request_type.len()))
+            .rev()
+            .find(|&i| request_type.is_char_boundary(i))
+            .unwrap_or_default();
+        request_type.truncate(end);
+        Ok(Forwarded(request_type))
     }
 }
 

@@ -1,30 +1,32 @@
 //! The HTTP layer's routes: the one `Router` over the state every handler shares, the guard every
 //! request passes (the client IP, IP blocks) and the metrics of every request, and the
 //! handlers, which parse a request, ask the service and write its answer (the `429` of a
-//! denied request is the tower layer's). What a block keys on, which header is believed and
-//! what is public: SECURITY.md.
+//! denied request is the tower layer's). `POST /requests` and a proxy's forward-auth
+//! subrequest (`/auth`) admit a request through one path (`admit`). What a block keys on,
+//! which header is believed and what is public: SECURITY.md.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use ratelimit_client::Policy;
 use ratelimit_tower::{Problem, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::domain::{
-    Role, api_key, check_request_type, check_username, ip_subject, is_request_id, parse_duration,
-    policy_from_json, policy_to_json, rfc3339,
+    Role, User, api_key, check_request_type, check_username, ip_subject, is_request_id,
+    parse_duration, policy_from_json, policy_to_json, rfc3339,
 };
 use crate::error::AppError;
-use crate::extract::{Admin, Authed, ClientAddr, bearer, json_body, user_id};
+use crate::extract::{Admin, Authed, ClientAddr, Forwarded, bearer, json_body, user_id};
 use crate::service::{Analytics, Counts};
 use crate::state::AppState;
 
@@ -41,6 +43,7 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .delete(delete_rate_limit),
         )
         .route("/requests", post(post_request))
+        .route("/auth", any(forward_auth))
         .route("/requests/{user_id}", get(get_history))
         .route("/blocks", get(list_blocks))
         .route("/blocks/{ip}", put(put_block).delete(delete_block))
@@ -238,19 +241,56 @@ async fn post_request(
     let request_type = new
         .request_type
         .ok_or_else(|| AppError::bad_request("request_type is required"))?;
-    check_request_type(&request_type).map_err(AppError::bad_request)?;
-    let admission = state.service.admit(&user, ip, &request_type).await?;
-    let Some((quotas, decisions)) = admission.limits else {
-        return Ok(accepted(&admission.request_id));
-    };
-    if !decisions.allowed {
-        let problem = Problem::too_many_requests(&quotas, &decisions.each, decisions.retry);
-        return Err(AppError::from_problem("rate-limited", problem)
-            .member("request_id", json!(admission.request_id)));
-    }
-    let mut response = accepted(&admission.request_id);
-    headers::insert(response.headers_mut(), &quotas, &decisions.each);
+    let (request_id, fields) = admit(&state, &user, ip, &request_type).await?;
+    let mut response = accepted(&request_id);
+    response.headers_mut().extend(fields);
     Ok(response)
+}
+
+/// A proxy's forward-auth subrequest (Caddy's `forward_auth`, Traefik's `forwardAuth`): the
+/// request it describes in `X-Forwarded-Method` and `X-Forwarded-Uri`, admitted as `POST
+/// /requests` admits one. Allowed: `200` with no body, the `RateLimit` fields and the user's
+/// id in `X-User-Id`, for the proxy to pass upstream; otherwise the API's problem, which the
+/// proxy gives its client.
+async fn forward_auth(
+    State(state): State<AppStateRef>,
+    Forwarded(request_type): Forwarded,
+    Authed(user): Authed,
+    axum::Extension(ClientAddr(ip)): axum::Extension<ClientAddr>,
+) -> Result<Response, AppError> {
+    let (_, fields) = admit(&state, &user, ip, &request_type).await?;
+    let mut response = StatusCode::OK.into_response();
+    response.headers_mut().extend(fields);
+    response
+        .headers_mut()
+        .insert(X_USER_ID, HeaderValue::from(user.id));
+    Ok(response)
+}
+
+/// The header `/auth` names the user in, for the proxy to pass upstream.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+
+/// Admits a request of `user` from `ip` (the one path of `POST /requests` and `/auth`): its id
+/// in the history and the `RateLimit` fields to answer with (none when no limit was checked),
+/// or the tower layer's `429` naming the request when it is denied.
+async fn admit(
+    state: &AppState,
+    user: &User,
+    ip: IpAddr,
+    request_type: &str,
+) -> Result<(String, HeaderMap), AppError> {
+    check_request_type(request_type).map_err(AppError::bad_request)?;
+    let admission = state.service.admit(user, ip, request_type).await?;
+    let mut fields = HeaderMap::new();
+    if let Some((quotas, decisions)) = admission.limits {
+        if !decisions.allowed {
+            let problem = Problem::too_many_requests(&quotas, &decisions.each, decisions.retry);
+            return Err(AppError::from_problem("rate-limited", problem)
+                .member("request_id", json!(admission.request_id)));
+        }
+        headers::insert(&mut fields, &quotas, &decisions.each);
+    }
+    Ok((admission.request_id, fields))
 }
 
 /// The answer to a request allowed (or not limited).

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use ratelimit_testkit::Server;
 pub use ratelimit_testkit::http::Reply;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// The admin key of the environment (at least 32 characters).
@@ -69,6 +69,17 @@ impl Gateway {
         Call {
             gateway: self,
             headers: vec![("X-Forwarded-For".into(), ip.into())],
+            local: None,
+        }
+    }
+
+    /// A request from the loopback address `ip` (`127.0.0.2`) itself, with no header of the
+    /// test's: a peer that is not the trusted proxy when the gateway trusts `127.0.0.1` only.
+    pub fn peer(&self, ip: &str) -> Call<'_> {
+        Call {
+            gateway: self,
+            headers: Vec::new(),
+            local: Some(ip.parse().unwrap()),
         }
     }
 
@@ -98,6 +109,8 @@ impl Gateway {
 pub struct Call<'a> {
     gateway: &'a Gateway,
     headers: Vec<(String, String)>,
+    /// The address the connection comes from (any of 127.0.0.0/8 on loopback).
+    local: Option<IpAddr>,
 }
 
 impl Call<'_> {
@@ -128,7 +141,14 @@ impl Call<'_> {
         }
         request.push_str("\r\n");
         request.push_str(body);
-        let stream = TcpStream::connect(self.gateway.addr).await.unwrap();
+        let stream = match self.local {
+            None => TcpStream::connect(self.gateway.addr).await.unwrap(),
+            Some(ip) => {
+                let socket = TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(ip, 0)).unwrap();
+                socket.connect(self.gateway.addr).await.unwrap()
+            }
+        };
         match &self.gateway.ca {
             None => exchange(stream, &request).await,
             Some(ca) => {
