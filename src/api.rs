@@ -96,5 +96,9 @@ pub fn missing_api() -> Vec<&'static str> {
         RedisModule_GetBlockedClientHandle,
         RedisModule_CreateTimer,
         RedisModule_StopTimer,
+        RedisModule_SubscribeToServerEvent,
+        RedisModule_GetServerInfo,
+        RedisModule_ServerInfoGetFieldUnsigned,
+        RedisModule_FreeServerInfo,
     )
 }

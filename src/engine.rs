@@ -261,21 +261,21 @@ impl<A: Algorithm> Held for Hold<A> {
         match std::mem::replace(&mut self.pending, Pending::Nothing) {
             Pending::Nothing => return,
             Pending::Store(record) => {
-                let encoded = Encoded::of(&record);
+                ctx.replicate_state(name, || Encoded::of(&record));
                 key.store(record, self.expiry);
-                ctx.replicate(name, Some(&encoded));
             }
             Pending::Updated(reset_at, state) => {
                 // SAFETY: the state lives in the value of `key`, which this hold has kept open
                 // since it found it there; nothing has written the key since (a command runs
                 // alone, and a single call's hold is committed before anything else).
-                let encoded = Encoded::of_view(View::of(unsafe { state.as_ref() }));
+                ctx.replicate_state(name, || {
+                    Encoded::of_view(View::of(unsafe { state.as_ref() }))
+                });
                 key.updated(reset_at, self.expiry);
-                ctx.replicate(name, Some(&encoded));
             }
             Pending::Delete => {
                 key.delete();
-                ctx.replicate(name, None);
+                ctx.replicate_delete(name);
                 ctx.notify(KeyEvent::Deleted, name);
                 return;
             }

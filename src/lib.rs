@@ -20,6 +20,7 @@
 //! - `command`: registration (flags, key specs, docs) and the guarded handler runner;
 //! - `storage`: how a state lives in a key, and its RDB / AOF / digest / copy callbacks;
 //! - `redis`: the thin layer over the module API (keys, replies, replication);
+//!   `propagation`: whether an effect can reach a replica, the AOF or a snapshot's count;
 //! - `api`: raw API access; `guard`: no panic ever reaches Redis;
 //! - `fuzzing`: the parsers, for the fuzz targets in `fuzz/` (only under `--cfg fuzzing`).
 
@@ -37,6 +38,7 @@ mod error;
 mod guard;
 mod limit;
 mod peek;
+mod propagation;
 mod queue;
 mod redis;
 mod reply;
@@ -122,6 +124,10 @@ fn init(ctx: &Context, _args: &[RedisString]) -> Status {
             ));
             return Status::Err;
         }
+    }
+    if propagation::start(ctx.ctx).is_err() {
+        ctx.log_warning("ratelimit: could not subscribe to the server's replication events");
+        return Status::Err;
     }
     // SAFETY: a valid load-time context; `info` is a plain function.
     unsafe { api!(RedisModule_RegisterInfoFunc)(ctx.ctx, Some(info)) };

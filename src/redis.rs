@@ -13,6 +13,7 @@ use redis_module::raw;
 
 use crate::api::api;
 use crate::error::Error;
+use crate::propagation;
 use crate::storage::{Stored, Value};
 
 /// A command's context.
@@ -301,25 +302,32 @@ impl Ctx {
         unsafe { api!(RedisModule_ReplicateVerbatim)(self.0) };
     }
 
-    /// Replicates an effect on `key` (to replicas and the AOF): its new state, as
-    /// `RL.STATE <key> <encoded state>`, or its deletion (`None`), as `DEL <key>`.
-    pub fn replicate(self, key: RString, state: Option<&Encoded>) {
-        // SAFETY: format "sb" takes a Redis string, then a pointer and a length; "s" a string.
+    /// Replicates a new state of `key` (to replicas and the AOF) as `RL.STATE <key> <encoded
+    /// state>`, encoded only if something can receive it ([`propagation::needed`]).
+    pub fn replicate_state(self, key: RString, state: impl FnOnce() -> Encoded) {
+        if !propagation::needed(self.flags()) {
+            return;
+        }
+        let state = state();
+        let bytes = state.as_bytes();
+        // SAFETY: format "sb" takes a Redis string, then a pointer and a length.
         unsafe {
-            match state {
-                Some(state) => {
-                    let bytes = state.as_bytes();
-                    api!(RedisModule_Replicate)(
-                        self.0,
-                        c"RL.STATE".as_ptr(),
-                        c"sb".as_ptr(),
-                        key,
-                        bytes.as_ptr(),
-                        bytes.len(),
-                    )
-                }
-                None => api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key),
-            };
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"RL.STATE".as_ptr(),
+                c"sb".as_ptr(),
+                key,
+                bytes.as_ptr(),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Replicates the deletion of `key` as `DEL <key>`, if something can receive it.
+    pub fn replicate_delete(self, key: RString) {
+        if propagation::needed(self.flags()) {
+            // SAFETY: format "s" takes a Redis string.
+            unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key) };
         }
     }
 }

@@ -51,7 +51,7 @@ fn reset(ctx: Ctx, argv: &[RString]) -> Result<(), Error> {
         };
         if matches!(key.holds(), Holds::Module(_)) {
             key.delete();
-            ctx.replicate(key.name(), None);
+            ctx.replicate_delete(key.name());
             ctx.notify(KeyEvent::Deleted, key.name());
             deleted += 1;
         }

@@ -156,13 +156,12 @@ fn adopt(key: &mut Key, bucket: &TokenBucket, now: Timestamp) -> Result<(), Erro
     match bucket.state_at_tat(tat, now) {
         Some(state) => {
             let record = Record::of(state);
-            let encoded = Encoded::of(&record);
+            ctx.replicate_state(key.name(), || Encoded::of(&record));
             key.store(record, None);
-            ctx.replicate(key.name(), Some(&encoded));
         }
         None => {
             key.delete();
-            ctx.replicate(key.name(), None);
+            ctx.replicate_delete(key.name());
         }
     }
     Ok(())

@@ -417,6 +417,14 @@ impl Server {
         self.spawn();
     }
 
+    /// Shuts down and starts again in the same directory, on the same port, with `args` added
+    /// to its arguments (what a `CONFIG SET` made of it, say).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.shutdown();
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self.spawn();
+    }
+
     /// Starts the server again, in the same directory and on the same port, after [`kill`](Self::kill).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "the server is still running");
