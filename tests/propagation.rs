@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::Value;
 use support::replica::{assert_same_keys, wait_acked, wait_aof_rewritten, wait_linked, wait_until};
-use support::{Clock, Server, T0, call, fingerprint, info_field, int, rl};
+use support::{Clock, Server, T0, call, info_field, int, rl, snapshot};
 
 const HOUR: u64 = 3_600_000;
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -232,12 +232,12 @@ fn the_aof_turned_on_during_load_keeps_every_call() {
     stop.store(true, Ordering::Relaxed);
     streaming.join().unwrap();
     run(&server, 10_000, 600);
-    let before: Vec<_> = keys().iter().map(|k| fingerprint(&mut con, k)).collect();
-    assert_eq!(before.iter().filter(|(_, expiry)| *expiry > 0).count(), 300);
+    let before: Vec<_> = keys().iter().map(|k| snapshot(&mut con, k)).collect();
+    assert_eq!(before.iter().filter(|s| s.live()).count(), 300);
     // Back from the AOF alone: no snapshot was ever taken (no save points).
     server.restart_with(&["--appendonly", "yes"]);
     let mut con = server.conn();
-    let after: Vec<_> = keys().iter().map(|k| fingerprint(&mut con, k)).collect();
+    let after: Vec<_> = keys().iter().map(|k| snapshot(&mut con, k)).collect();
     assert_eq!(after, before);
 }
 
