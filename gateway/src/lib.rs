@@ -47,7 +47,13 @@ pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
 /// policies loaded and its address bound).
 async fn build_with_rls(
     config: &Config,
-) -> Result<(axum::Router, Option<tokio::task::JoinHandle<Result<(), BoxError>>>), BoxError> {
+) -> Result<
+    (
+        axum::Router,
+        Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
+    ),
+    BoxError,
+> {
     let store = RedisStore::connect(&config.redis_options()).await?;
     let rls = match config.rls_options() {
         Some(options) => {
@@ -75,7 +81,10 @@ pub async fn run(config: &Config, listener: tokio::net::TcpListener) -> Result<(
     };
     let (app, rls) = build_with_rls(config).await?;
     // The gRPC task ends with this future (dropped or failed).
-    let _abort = rls.as_ref().map(|task| task.abort_handle()).map(AbortOnDrop);
+    let _abort = rls
+        .as_ref()
+        .map(|task| task.abort_handle())
+        .map(AbortOnDrop);
     match rls {
         Some(rls) => tokio::select! {
             () = server::serve(listener, app, tls, limits) => Ok(()),

@@ -74,7 +74,8 @@ pub async fn start(
     if let Some((cert, key)) = &options.tls {
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
     let service = Rls {
         current: Arc::clone(&current),
@@ -311,7 +312,12 @@ fn answer(domain: &str, matched: &[Entry], decisions: &[Option<Decision>]) -> Ra
                     duration_until_reset: Some(pb_duration(d.reset_after)),
                     ..DescriptorStatus::default()
                 };
-                (status, !d.allowed, d.limit - d.remaining.min(d.limit), d.limit)
+                (
+                    status,
+                    !d.allowed,
+                    d.limit - d.remaining.min(d.limit),
+                    d.limit,
+                )
             }
             // Never: every limited descriptor is decided in Redis.
             (RuleLimit::Limited(_), None) => {

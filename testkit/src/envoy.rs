@@ -31,7 +31,9 @@ pub fn envoy_binary() -> PathBuf {
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
     let path = cache.join("redis-ratelimit/bin/envoy");
     assert!(
         path.exists(),
@@ -80,7 +82,10 @@ impl Envoy {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("Envoy exited with {status}:\n{}", self.log());
             }
-            if self.get_admin("/ready").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            if self
+                .get_admin("/ready")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
                 return;
             }
             assert!(

@@ -332,7 +332,8 @@ fn load_level(node: &mut Node, parent: &str, descriptors: &[DescriptorYaml]) -> 
         }
         let mut child = Node::default();
         if let Some(rate_limit) = &d.rate_limit {
-            let rule = rule(rate_limit, d, &path).map_err(|e| format!("descriptor '{path}': {e}"))?;
+            let rule =
+                rule(rate_limit, d, &path).map_err(|e| format!("descriptor '{path}': {e}"))?;
             child.rule = Some(Arc::new(rule));
         }
         load_level(&mut child, &path, &d.descriptors)?;
@@ -376,9 +377,7 @@ fn rule(y: &RateLimitYaml, d: &DescriptorYaml, path: &str) -> Result<Rule, Strin
     let window = match (&y.unit, &y.window) {
         (Some(unit), None) => Unit::parse(unit)
             .ok_or_else(|| {
-                format!(
-                    "invalid unit '{unit}' (second, minute, hour, day, week, month or year)"
-                )
+                format!("invalid unit '{unit}' (second, minute, hour, day, week, month or year)")
             })?
             .window(),
         (None, Some(window)) => Millis::parse(window.as_bytes())
@@ -475,7 +474,10 @@ descriptors:
         // No match, an unknown domain, more entries than the file's depth: no limit.
         assert_eq!(find(&p, "edge", &[("nothing", "x")]), None);
         assert_eq!(find(&p, "other", &[("remote_address", "10.0.0.1")]), None);
-        assert_eq!(find(&p, "edge", &[("remote_address", "1"), ("x", "y")]), None);
+        assert_eq!(
+            find(&p, "edge", &[("remote_address", "1"), ("x", "y")]),
+            None
+        );
         // Nested: the limit at the level of the last entry.
         assert_eq!(find(&p, "edge", &[("tier", "free")]), None);
         assert_eq!(
@@ -483,7 +485,12 @@ descriptors:
             Some("tier_free.user fixed:1000:1d label=tier_free.user")
         );
         assert_eq!(
-            find(&p, "edge", &[("tier", "free"), ("user", "ann"), ("method", "GET")]).as_deref(),
+            find(
+                &p,
+                "edge",
+                &[("tier", "free"), ("user", "ann"), ("method", "GET")]
+            )
+            .as_deref(),
             Some("tier_free.user.method fixed:5:30d label=tier_free.user.method")
         );
         assert_eq!(find(&p, "edge", &[("tier", "paid"), ("user", "ann")]), None);
@@ -507,22 +514,43 @@ descriptors:
     #[test]
     fn bad_files_are_refused_with_the_file_and_the_problem() {
         let cases = [
-            ("domain: d\ndescriptors:\n  - key: a\n    colour: red\n", "p.yaml: descriptors[0]: unknown field `colour`"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
-             "p.yaml: descriptor 'a': invalid unit 'fortnight' (second, minute, hour, day, week, month or year)"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute}\n",
-             "p.yaml: descriptor 'a': a rate_limit needs requests_per_unit"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unlimited: true, unit: minute}\n",
-             "p.yaml: descriptor 'a': an unlimited rate_limit takes no unit, window or algorithm"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {window: 0s, requests_per_unit: 1}\n",
-             "p.yaml: descriptor 'a': invalid window '0s': "),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 1, algorithm: leaky}\n",
-             "p.yaml: descriptor 'a': invalid algorithm 'leaky' (fixed, sliding or token)"),
-            ("domain: d\ndescriptors:\n  - key: a\n  - key: a\n", "p.yaml: duplicate descriptor 'a'"),
-            ("domain: d\ndescriptors:\n  - key: ''\n", "p.yaml: a descriptor under '' has an empty key"),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    colour: red\n",
+                "p.yaml: descriptors[0]: unknown field `colour`",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n",
+                "p.yaml: descriptor 'a': invalid unit 'fortnight' (second, minute, hour, day, week, month or year)",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute}\n",
+                "p.yaml: descriptor 'a': a rate_limit needs requests_per_unit",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unlimited: true, unit: minute}\n",
+                "p.yaml: descriptor 'a': an unlimited rate_limit takes no unit, window or algorithm",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {window: 0s, requests_per_unit: 1}\n",
+                "p.yaml: descriptor 'a': invalid window '0s': ",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 1, algorithm: leaky}\n",
+                "p.yaml: descriptor 'a': invalid algorithm 'leaky' (fixed, sliding or token)",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n  - key: a\n",
+                "p.yaml: duplicate descriptor 'a'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: ''\n",
+                "p.yaml: a descriptor under '' has an empty key",
+            ),
             ("domain: ''\n", "p.yaml: the domain is empty"),
-            ("domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 1, name: x, replaces: [{name: x}]}\n",
-             "p.yaml: descriptor 'a': it replaces its own name 'x'"),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 1, name: x, replaces: [{name: x}]}\n",
+                "p.yaml: descriptor 'a': it replaces its own name 'x'",
+            ),
             ("descriptors: []\n", "p.yaml: missing field `domain`"),
         ];
         for (text, expected) in cases {

@@ -34,7 +34,10 @@ impl Current {
     }
 
     fn set(&self, policies: Policies) {
-        *self.policies.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
+        *self
+            .policies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(policies);
     }
 }
 
