@@ -12,7 +12,7 @@
 //! - `hits_addend`: the descriptor's, else the request's, else 1; 0 reports without taking.
 //! - A limit whose `name` another matched limit `replaces` is dropped from the request.
 //! - Redis unreachable or too slow (`--redis-timeout` per call): the call fails with
-//!   `UNAVAILABLE`, and Envoy's `failure_mode_deny` decides.
+//!   `UNAVAILABLE` (another Redis error: `INTERNAL`), and Envoy's `failure_mode_deny` decides.
 
 pub mod decide;
 pub mod keys;
@@ -176,7 +176,12 @@ impl RateLimitService for Rls {
         }
         let decisions = self.decider.decide(&limited).await.map_err(|e| {
             tracing::warn!(error = %e, "rate limit service: Redis did not decide");
-            Status::unavailable(format!("rate limit store: {e}"))
+            let message = format!("rate limit store: {e}");
+            if e.is_unavailable() {
+                Status::unavailable(message)
+            } else {
+                Status::internal(message)
+            }
         })?;
         let mut by_index: Vec<Option<Decision>> = vec![None; matched.len()];
         for ((i, _, _), decision) in limited.iter().zip(decisions) {
