@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use ratelimit_gateway::Config;
+use ratelimit_testkit::cluster::Cluster;
 use ratelimit_testkit::envoy::Envoy;
 use ratelimit_testkit::{Server, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,23 +94,7 @@ struct Stack {
 impl Stack {
     async fn start(policy: &str) -> Stack {
         let redis = Server::start();
-        let dir = tempfile::TempDir::new().unwrap();
-        let policies = dir.path().join("policies.yaml");
-        std::fs::write(&policies, policy).unwrap();
-        let rls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut config = Config::for_redis(&[redis.url("")]);
-        config.admin_key = Some(ADMIN.into());
-        config.rls_listen = Some(rls);
-        config.rls_config = Some(policies.clone());
-        let gateway = Gateway::start(config).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(rls).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the rate limit service does not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (gateway, rls, policies, dir) = serve(&[redis.url("")], false, policy).await;
         Stack {
             redis,
             gateway,
@@ -168,6 +153,35 @@ impl Stack {
             .await
             .unwrap()
     }
+}
+
+/// The gateway on `redis` (a cluster's nodes with `cluster`), serving the rate limit service
+/// with `policy` in a file of a temporary directory: it, the gRPC address, the file and the
+/// directory.
+async fn serve(
+    redis: &[String],
+    cluster: bool,
+    policy: &str,
+) -> (Gateway, SocketAddr, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let policies = dir.path().join("policies.yaml");
+    std::fs::write(&policies, policy).unwrap();
+    let rls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut config = Config::for_redis(redis);
+    config.cluster = cluster;
+    config.admin_key = Some(ADMIN.into());
+    config.rls_listen = Some(rls);
+    config.rls_config = Some(policies.clone());
+    let gateway = Gateway::start(config).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(rls).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the rate limit service does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (gateway, rls, policies, dir)
 }
 
 /// A request through Envoy, with these headers.
@@ -630,4 +644,57 @@ descriptors:
             "the request has no descriptors"
         )
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_denying_slot_gives_the_others_back() {
+    let cluster = Cluster::start_real();
+    // A day's window: the real clock never crosses its end within the test.
+    let policy = "domain: cl\ndescriptors:\n  - key: a\n    rate_limit: { unit: day, requests_per_unit: 5 }\n  - key: b\n    rate_limit: { unit: day, requests_per_unit: 1 }\n  - key: c\n    rate_limit: { unit: day, requests_per_unit: 5 }\n";
+    let (_gateway, rls, _, _dir) = serve(&cluster.urls(), true, policy).await;
+    let keys = ["rls:fixed:cl|a=x", "rls:fixed:cl|b=x", "rls:fixed:cl|c=x"];
+    // The service's slots are Redis' own, and the three keys sit in three slots.
+    let slots: Vec<u16> = keys.iter().map(|k| cluster.slot(k)).collect();
+    assert_eq!(slots, keys.map(ratelimit_gateway::rls::keys::slot));
+    assert!(slots[0] != slots[1] && slots[1] != slots[2] && slots[0] != slots[2]);
+
+    let mut client = RateLimitServiceClient::connect(format!("http://{rls}"))
+        .await
+        .unwrap();
+    let three = request("cl", &[&[("a", "x")], &[("b", "x")], &[("c", "x")]]);
+    let codes = |r: &RateLimitResponse| -> Vec<(i32, u32)> {
+        r.statuses
+            .iter()
+            .map(|s| (s.code, s.limit_remaining))
+            .collect()
+    };
+    let first = client
+        .should_rate_limit(three.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (first.overall_code, codes(&first)),
+        (1, vec![(1, 4), (1, 0), (1, 4)])
+    );
+    // b denies: a's slot, called first, gives its unit back; c's, after b's, is not called
+    // (reported as it stands). Both hold 4.
+    let second = client.should_rate_limit(three).await.unwrap().into_inner();
+    assert_eq!(
+        (second.overall_code, codes(&second)),
+        (2, vec![(1, 4), (2, 0), (1, 4)])
+    );
+    let mut con = cluster.client();
+    for (key, limit, left) in [(keys[0], 5, 4), (keys[1], 1, 0), (keys[2], 5, 4)] {
+        let reply: Vec<i64> = redis::cmd("RL.PEEK")
+            .arg(key)
+            .arg("FIXED")
+            .arg(limit)
+            .arg(86_400_000)
+            .arg("COST")
+            .arg(0)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(reply[2], left, "{key}");
+    }
 }

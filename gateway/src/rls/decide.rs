@@ -2,7 +2,7 @@
 //! `RL.ALL` call (the client's `check_all`) on a single server; on a Redis Cluster one call
 //! per slot, in the order the slots first appear, stopping at the first slot that denies,
 //! after which the slots already taken get their units back (`REFUND`) and the slots not
-//! called are reported by a dry run. The shadow ones each on its own, at the same time.
+//! called are reported as they stand (a dry run of cost 0). The shadow ones each on its own, at the same time.
 
 use ratelimit_client::{Action, Decision, Error, Limit, RateLimiter};
 use tokio::task::JoinSet;
@@ -63,10 +63,14 @@ impl Decider {
         let mut taken: Vec<usize> = Vec::new();
         let mut denied = false;
         for group in &groups {
-            let calls: Vec<Limit> = group.iter().map(|&i| limits[i].clone()).collect();
             let decided = if denied {
-                self.limiter.dry_run_all(&calls).await
+                // Their state as it stands, as RL.ALL reports the limits it did not take from.
+                let reports: Vec<Limit> = (group.iter())
+                    .map(|&i| Limit::new(limits[i].key(), *limits[i].policy()).cost(0))
+                    .collect();
+                self.limiter.dry_run_all(&reports).await
             } else {
+                let calls: Vec<Limit> = group.iter().map(|&i| limits[i].clone()).collect();
                 self.limiter.check_all(&calls).await
             };
             let decided = match decided {
