@@ -209,10 +209,52 @@ fn bootstrap(port: u16, admin: u16, upstream: u16, rls: u16, domain: &str, deny:
         vec![header("x-shadow", "shadow")],
         vec![header("x-open", "open")],
         vec!["{ remote_address: {} }".to_string()],
-    ]
-    .iter()
-    .map(|actions| format!("                  - actions: [{}]\n", actions.join(", ")))
-    .collect::<String>();
+    ];
+    bootstrap_with(
+        port,
+        admin,
+        upstream,
+        rls,
+        &rls_filter(domain, deny),
+        &rate_limits,
+    )
+}
+
+/// The ratelimit filter, asking the gateway about `domain`.
+fn rls_filter(domain: &str, deny: bool) -> String {
+    format!(
+        r#"          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: {domain}
+              failure_mode_deny: {deny}
+              timeout: 2s
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {{ envoy_grpc: {{ cluster_name: rls }} }}
+"#
+    )
+}
+
+/// The bootstrap with these HTTP filters (before the router) and route `rate_limits` (each
+/// a list of actions).
+fn bootstrap_with(
+    port: u16,
+    admin: u16,
+    upstream: u16,
+    rls: u16,
+    filters: &str,
+    rate_limits: &[Vec<String>],
+) -> String {
+    let rate_limits = if rate_limits.is_empty() {
+        "                  rate_limits: []\n".to_string()
+    } else {
+        let items = (rate_limits.iter())
+            .map(|actions| format!("                  - actions: [{}]\n", actions.join(", ")))
+            .collect::<String>();
+        format!("                  rate_limits:\n{items}")
+    };
     format!(
         r#"admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
@@ -234,19 +276,8 @@ static_resources:
               - match: {{ prefix: "/" }}
                 route:
                   cluster: upstream
-                  rate_limits:
 {rate_limits}          http_filters:
-          - name: envoy.filters.http.ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
-              domain: {domain}
-              failure_mode_deny: {deny}
-              timeout: 2s
-              enable_x_ratelimit_headers: DRAFT_VERSION_03
-              rate_limit_service:
-                transport_api_version: V3
-                grpc_service: {{ envoy_grpc: {{ cluster_name: rls }} }}
-          - name: envoy.filters.http.router
+{filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -696,5 +727,207 @@ async fn on_a_cluster_a_denying_slot_gives_the_others_back() {
             .query(&mut con)
             .unwrap();
         assert_eq!(reply[2], left, "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_flags_grpc_is_served_over_tls() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let redis = Server::start();
+    let tls = ratelimit_testkit::Tls::generate();
+    let dir = tempfile::TempDir::new().unwrap();
+    let (cert, key) = tls.server_pem();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let policies = dir.path().join("p.yaml");
+    std::fs::write(
+        &policies,
+        "domain: t\ndescriptors:\n  - key: k\n    rate_limit: { unit: minute, requests_per_unit: 1 }\n",
+    )
+    .unwrap();
+    let rls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut config = Config::for_redis(&[redis.url("")]);
+    config.tls_cert = Some(cert_file);
+    config.tls_key = Some(key_file);
+    config.rls_listen = Some(rls);
+    config.rls_config = Some(policies);
+    let _gateway = Gateway::start(config).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(rls).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the rate limit service does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let trusted = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(tls.ca_pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{rls}"))
+        .unwrap()
+        .tls_config(trusted)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a TLS connection trusting the test CA");
+    let mut client = RateLimitServiceClient::new(channel);
+    let codes: Vec<i32> = {
+        let mut codes = Vec::new();
+        for _ in 0..2 {
+            let r = client
+                .should_rate_limit(request("t", &[&[("k", "v")]]))
+                .await
+                .unwrap();
+            codes.push(r.into_inner().overall_code);
+        }
+        codes
+    };
+    assert_eq!(codes, [1, 2]);
+    // Plaintext gRPC is not served on that port.
+    let plain = RateLimitServiceClient::connect(format!("http://{rls}")).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c
+            .should_rate_limit(request("t", &[&[("k", "v")]]))
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+}
+
+#[tokio::test]
+async fn a_policy_file_that_does_not_parse_stops_the_start() {
+    let redis = Server::start();
+    let dir = tempfile::TempDir::new().unwrap();
+    let policies = dir.path().join("bad.yaml");
+    std::fs::write(
+        &policies,
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: fortnight, requests_per_unit: 1 }\n",
+    )
+    .unwrap();
+    let mut config = Config::for_redis(&[redis.url("")]);
+    config.rls_listen = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    config.rls_config = Some(policies.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = ratelimit_gateway::run(&config, listener).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: descriptor 'k': invalid unit 'fortnight' (second, minute, hour, day, week, month or year)",
+            policies.display()
+        )
+    );
+}
+
+/// The local_ratelimit filter, with a bucket no load empties.
+const LOCAL_FILTER: &str = r#"          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: local
+              token_bucket: { max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s }
+              filter_enabled: { runtime_key: local_enabled, default_value: { numerator: 100, denominator: HUNDRED } }
+              filter_enforced: { runtime_key: local_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
+"#;
+
+/// GETs through Envoy on `connections` keep-alive connections for `length`: requests per
+/// second and the p50 and p99 latencies. Every answer must be a 200.
+async fn load(port: u16, connections: usize, length: Duration) -> (f64, Duration, Duration) {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..connections {
+        tasks.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            stream.set_nodelay(true).unwrap();
+            let request =
+                format!("GET / HTTP/1.1\r\nHost: bench\r\nx-user: u{c}\r\nx-team: t{c}\r\n\r\n");
+            let mut latencies = Vec::new();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while started.elapsed() < length {
+                let sent = Instant::now();
+                stream.write_all(request.as_bytes()).await.unwrap();
+                // One whole response: its head, then content-length bytes.
+                let (head_end, body) = loop {
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        assert!(head.starts_with("http/1.1 200"), "{head}");
+                        let body = (head.lines())
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        break (end + 4, body);
+                    }
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "Envoy closed the connection");
+                    buffer.extend_from_slice(&chunk[..n]);
+                };
+                while buffer.len() < head_end + body {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "Envoy closed the connection");
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                buffer.drain(..head_end + body);
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    (all.len() as f64 / elapsed, at(0.50), at(0.99))
+}
+
+/// Envoy without a rate limit filter, with local_ratelimit, and asking this service about 1
+/// and 3 descriptors (all allowed), on the same upstream. `bench/envoy.sh` runs it:
+/// `RL_BENCH_SECONDS` (default 5) per round, `RL_BENCH_CONNECTIONS` (default 16).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: bench/envoy.sh"]
+async fn measure_envoy_paths() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().unwrap())
+    };
+    let length = Duration::from_secs(env("RL_BENCH_SECONDS", 5));
+    let connections = env("RL_BENCH_CONNECTIONS", 16) as usize;
+    let policy = "domain: bench\ndescriptors:\n  - key: user\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n  - key: team\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n  - key: remote_address\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n";
+    let stack = Stack::start(policy).await;
+    let upstream = Upstream::start().await;
+    let header = |name: &str, key: &str| {
+        format!("{{ request_headers: {{ header_name: {name}, descriptor_key: {key} }} }}")
+    };
+    let one = vec![vec![header("x-user", "user")]];
+    let three = vec![
+        vec![header("x-user", "user")],
+        vec![header("x-team", "team")],
+        vec!["{ remote_address: {} }".to_string()],
+    ];
+    let rls_filter = rls_filter("bench", true);
+    let rounds: [(&str, &str, &[Vec<String>]); 4] = [
+        ("no rate limit filter", "", &[]),
+        ("local_ratelimit", LOCAL_FILTER, &[]),
+        ("this service, 1 descriptor", &rls_filter, &one),
+        ("this service, 3 descriptors", &rls_filter, &three),
+    ];
+    println!(
+        "{connections} connections, {} s a round, Envoy --concurrency 1",
+        length.as_secs()
+    );
+    let mut base = None;
+    for (name, filters, rate_limits) in rounds {
+        let (rls, up) = (stack.rls.port(), upstream.port);
+        let envoy =
+            Envoy::start(|port, admin| bootstrap_with(port, admin, up, rls, filters, rate_limits));
+        let _ = load(envoy.port, connections, Duration::from_millis(500)).await;
+        let (rps, p50, p99) = load(envoy.port, connections, length).await;
+        let ratio = rps / *base.get_or_insert(rps);
+        println!("{name:<30} {rps:>9.0} req/s ({ratio:.2}x)  p50 {p50:>8.2?}  p99 {p99:>8.2?}");
     }
 }
