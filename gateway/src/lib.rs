@@ -40,20 +40,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connects to Redis and builds the app of this configuration.
 pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
     let store = RedisStore::connect(&config.redis_options()).await?;
-    Ok(app(Arc::new(AppState::new(config, Arc::new(store)))))
+    Ok(app_on(config, store))
 }
+
+fn app_on(config: &Config, store: RedisStore) -> axum::Router {
+    app(Arc::new(AppState::new(config, Arc::new(store))))
+}
+
+/// The task serving Envoy's rate limit service.
+type RlsTask = tokio::task::JoinHandle<Result<(), BoxError>>;
 
 /// The app, and Envoy's rate limit service on the same connection if it is configured (its
 /// policies loaded and its address bound).
-async fn build_with_rls(
-    config: &Config,
-) -> Result<
-    (
-        axum::Router,
-        Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
-    ),
-    BoxError,
-> {
+async fn build_with_rls(config: &Config) -> Result<(axum::Router, Option<RlsTask>), BoxError> {
     let store = RedisStore::connect(&config.redis_options()).await?;
     let rls = match config.rls_options() {
         Some(options) => {
@@ -62,7 +61,7 @@ async fn build_with_rls(
         }
         None => None,
     };
-    Ok((app(Arc::new(AppState::new(config, Arc::new(store)))), rls))
+    Ok((app_on(config, store), rls))
 }
 
 /// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) within its
