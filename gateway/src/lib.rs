@@ -13,11 +13,13 @@
 //!   speaks Redis.
 //! - [`domain`]: users, keys, policies, history entries and blocks, free of HTTP and Redis.
 //! - [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
+//! - [`rls`]: Envoy's rate limit service over gRPC, beside the HTTP API, on the same store.
 
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod rls;
 pub mod routes;
 pub mod server;
 pub mod service;
@@ -38,7 +40,28 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connects to Redis and builds the app of this configuration.
 pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
     let store = RedisStore::connect(&config.redis_options()).await?;
-    Ok(app(Arc::new(AppState::new(config, Arc::new(store)))))
+    Ok(app_on(config, store))
+}
+
+fn app_on(config: &Config, store: RedisStore) -> axum::Router {
+    app(Arc::new(AppState::new(config, Arc::new(store))))
+}
+
+/// The task serving Envoy's rate limit service.
+type RlsTask = tokio::task::JoinHandle<Result<(), BoxError>>;
+
+/// The app, and Envoy's rate limit service on the same connection if it is configured (its
+/// policies loaded and its address bound).
+async fn build_with_rls(config: &Config) -> Result<(axum::Router, Option<RlsTask>), BoxError> {
+    let store = RedisStore::connect(&config.redis_options()).await?;
+    let rls = match config.rls_options() {
+        Some(options) => {
+            let serving = rls::start(&options, store.limiter().clone()).await?;
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
+    Ok((app_on(config, store), rls))
 }
 
 /// Serves the configuration's app on `listener` (HTTPS with --tls-cert/--tls-key) within its
@@ -55,7 +78,33 @@ pub async fn run(config: &Config, listener: tokio::net::TcpListener) -> Result<(
         request_timeout: config.request_timeout,
         max_connections: server::fit_open_files(config.max_connections as usize),
     };
-    let app = build(config).await?;
-    server::serve(listener, app, tls, limits).await;
-    Ok(())
+    let (app, rls) = build_with_rls(config).await?;
+    // The gRPC task ends with this future (dropped or failed).
+    let _abort = rls
+        .as_ref()
+        .map(|task| task.abort_handle())
+        .map(AbortOnDrop);
+    match rls {
+        Some(rls) => tokio::select! {
+            () = server::serve(listener, app, tls, limits) => Ok(()),
+            ended = rls => match ended {
+                Ok(Ok(())) => Err("the rate limit service stopped".into()),
+                Ok(Err(e)) => Err(format!("rate limit service: {e}").into()),
+                Err(e) => Err(format!("rate limit service: {e}").into()),
+            },
+        },
+        None => {
+            server::serve(listener, app, tls, limits).await;
+            Ok(())
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

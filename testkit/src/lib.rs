@@ -23,6 +23,8 @@
 //! A server started with a [`Tls`] ([`Server::start_tls`]) serves TLS only, and every
 //! connection the kit makes to it, the readiness check's included, is a `rediss://` one.
 //!
+//! A real Envoy proxy ([`envoy`]), for the gateway's rate limit service.
+//!
 //! A master and its replica ([`replica`]): start one linked, wait for acknowledgements or an
 //! AOF rewrite, and compare their keys.
 
@@ -35,6 +37,8 @@ mod panic;
 mod calls;
 #[cfg(feature = "servers")]
 pub mod cluster;
+#[cfg(feature = "servers")]
+pub mod envoy;
 #[cfg(feature = "servers")]
 pub mod replica;
 #[cfg(feature = "servers")]

@@ -137,6 +137,11 @@ impl RedisStore {
         })
     }
 
+    /// The limiter over this store's connection (the Envoy rate limit service decides on it).
+    pub fn limiter(&self) -> &RateLimiter<Conn> {
+        &self.limiter
+    }
+
     async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
         let mut con = self.con.clone();
         Ok(cmd
