@@ -10,6 +10,11 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
+# The client's tests check check_all on a module without RL.ALL: the build before it (built
+# once per machine, then kept in ~/.cache/redis-ratelimit).
+RL_MODULE_WITHOUT_ALL="${RL_MODULE_WITHOUT_ALL:-$(scripts/module-without-all.sh)}"
+export RL_MODULE_WITHOUT_ALL
+
 if [ -n "${RL_SERVER:-}" ]; then servers=("$RL_SERVER"); else servers=(redis valkey); fi
 # The first server's run takes every test of the workspace, the next ones the integration
 # suites only.
