@@ -35,10 +35,12 @@ if distinct then
   end
   if dry_run then args[#args + 1] = 'DRYRUN' end
   local reply = redis.pcall('RL.ALL', unpack(args))
-  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0) or
-  -- "ERR unknown command" (later servers). Any other error is the call's own.
-  local unknown = type(reply) == 'table' and reply.err ~= nil
-    and (string.find(reply.err, 'nknown Redis command', 1, true) or string.find(reply.err, 'unknown command', 1, true))
+  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0),
+  -- "Unknown command called from script" (Valkey 9.1) or "ERR unknown command" (later
+  -- servers). Any other error is the call's own.
+  local err = type(reply) == 'table' and reply.err ~= nil and string.lower(reply.err)
+  local unknown = err
+    and (string.find(err, 'unknown redis command', 1, true) or string.find(err, 'unknown command', 1, true))
   if not unknown then return reply end
 end
 
