@@ -298,7 +298,12 @@ fn measure(
         let now = cut.elapsed();
         assert!(now < deadline, "no outcome after {now:?}: {f:?}");
         for (i, line) in lines.iter().enumerate() {
-            match rl(&mut isolated, line) {
+            let answer = rl(&mut isolated, line);
+            if no_answer(&answer) {
+                isolated = connect(&format!("redis://{}:{master_port}/", addresses.client));
+                continue;
+            }
+            match answer {
                 Ok(reply) if f.first_refusal.is_empty() => {
                     f.isolated_calls += 1;
                     *[&mut f.isolated_fixed, &mut f.isolated_token][i] += reply[0];
@@ -315,6 +320,10 @@ fn measure(
                 }
             }
             let answer = rl(&mut majority, line);
+            if no_answer(&answer) {
+                majority = connect(&format!("redis://127.0.0.1:{majority_port}/"));
+                continue;
+            }
             // Before the promotion the replica redirects (MOVED), and the majority side is
             // down (CLUSTERDOWN) while a slot has no master.
             let redirected = answer
@@ -404,6 +413,13 @@ fn measure(
         "the majority's count"
     );
     f
+}
+
+/// Whether a call got no reply in time (the connection's read timeout on a busy machine): no
+/// answer, neither a decision nor a refusal. The connection is replaced, since a late reply
+/// would be read as the next call's.
+fn no_answer(answer: &Result<[i64; 5], String>) -> bool {
+    answer.as_ref().is_err_and(|e| e.starts_with("? "))
 }
 
 /// The port a `MOVED <slot> <host>:<port>` error points to.
