@@ -35,10 +35,12 @@ if distinct then
   end
   if dry_run then args[#args + 1] = 'DRYRUN' end
   local reply = redis.pcall('RL.ALL', unpack(args))
-  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0) or
-  -- "ERR unknown command" (later servers). Any other error is the call's own.
-  local unknown = type(reply) == 'table' and reply.err ~= nil
-    and (string.find(reply.err, 'nknown Redis command', 1, true) or string.find(reply.err, 'unknown command', 1, true))
+  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0),
+  -- "Unknown command called from script" (Valkey 9.1) or "ERR unknown command" (later
+  -- servers). Any other error is the call's own.
+  local err = type(reply) == 'table' and reply.err ~= nil and string.lower(reply.err)
+  local unknown = err
+    and (string.find(err, 'unknown redis command', 1, true) or string.find(err, 'unknown command', 1, true))
   if not unknown then return reply end
 end
 
@@ -50,6 +52,12 @@ local function call(k, ...)
   return redis.call(c.command, unpack(args))
 end
 
+-- The retry of a denial: the latest of the denying limits' (-1, never, wins).
+local function later(retry, reply)
+  if reply[4] == -1 or retry == -1 then return -1 end
+  return math.max(retry, reply[4])
+end
+
 -- What each limit would decide now.
 local replies, allowed, retry = {}, 1, 0
 for k = 1, #KEYS do
@@ -57,10 +65,20 @@ for k = 1, #KEYS do
   replies[k] = reply
   if reply[1] == 0 then
     allowed = 0
-    if reply[4] == -1 or retry == -1 then retry = -1 elseif reply[4] > retry then retry = reply[4] end
+    retry = later(retry, reply)
   end
 end
-if dry_run then return {allowed, retry, unpack(replies)} end
+-- Denied: the limits that would have allowed report their state as it is (not as if they
+-- had taken), as RL.ALL replies, in a dry run too.
+local function as_they_stand()
+  for k = 1, #KEYS do
+    if replies[k][1] == 1 then replies[k] = call(k, 'COST', 0, 'DRYRUN') end
+  end
+end
+if dry_run then
+  if allowed == 0 then as_they_stand() end
+  return {allowed, retry, unpack(replies)}
+end
 
 if allowed == 1 then
   local taken = {}
@@ -77,15 +95,19 @@ if allowed == 1 then
   return {1, 0, unpack(taken)}
 end
 
--- Denied: nothing is taken, but a denying limit with a block starts it. The limits that
--- would have allowed report their state as it is (not as if they had taken).
+-- Denied: nothing is taken, but a denying limit with a block starts it, and its retry is the
+-- block's, as RL.ALL replies.
+as_they_stand()
 for k = 1, #KEYS do
-  if replies[k][1] == 1 then
-    replies[k] = call(k, 'COST', 0, 'DRYRUN')
-  elseif calls[k].block ~= '' then
+  if replies[k][1] == 0 and calls[k].block ~= '' then
     local reply = call(k, 'COST', calls[k].cost, 'BLOCK', calls[k].block)
     -- Allowed after all (the clock moved on since the dry run): give its cost back.
-    if reply[1] == 1 then call(k, 'REFUND', calls[k].cost) else replies[k] = reply end
+    if reply[1] == 1 then
+      call(k, 'REFUND', calls[k].cost)
+    else
+      replies[k] = reply
+      retry = later(retry, reply)
+    end
   end
 end
 return {0, retry, unpack(replies)}

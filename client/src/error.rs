@@ -80,8 +80,12 @@ impl From<redis::RedisError> for Error {
                 };
             }
         }
-        // Inside the script of a check of several limits.
-        if detail.starts_with("Unknown Redis command called from script") {
+        // Inside the script of a check of several limits: Redis 7.0's words, then Valkey 9.1's.
+        let in_script = [
+            "Unknown Redis command called from script",
+            "Unknown command called from script",
+        ];
+        if in_script.iter().any(|words| detail.starts_with(words)) {
             return Error::ModuleNotLoaded {
                 command: "RL.*".into(),
             };

@@ -1,12 +1,13 @@
 //! The client against real servers with the module: exact decisions over RESP2 and RESP3,
 //! limits refused before a round trip with the module's own messages, typed errors, the
-//! time budget, reconnection, all-or-nothing checks, and a Redis Cluster.
+//! time budget, reconnection, all-or-nothing checks (on a module without `RL.ALL` too), and a
+//! Redis Cluster.
 
 use std::time::Duration;
 
 use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
 use ratelimit_testkit::cluster::Cluster;
-use ratelimit_testkit::{Clock, Server, call, int};
+use ratelimit_testkit::{Clock, Server, call, ci, int};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -293,6 +294,93 @@ async fn several_limits_are_all_or_nothing() {
         limiter.check_all(&[second.clone().refund(1)]).await,
         Err(Error::InvalidLimit(_))
     ));
+}
+
+/// What `check_all` and `dry_run_all` answer in a short sequence of checks, as
+/// (allowed, remaining of each limit). With another build of the module the clock runs (no
+/// pinned clock): token buckets, which no window boundary resets, refilling 1 token per
+/// 12 hours, give exact figures.
+async fn all_or_nothing_sequence(server: &Server) -> Vec<(bool, Vec<u64>)> {
+    const DAY: u64 = 86_400;
+    let limiter = connect(&server.url("")).await;
+    let pair = Limit::token("{u}:pair", 2, 2).per(S(DAY));
+    let bucket = Limit::token("{u}:bucket", 10, 10).per(S(DAY)).cost(3);
+    let limits = [pair.clone(), bucket.clone()];
+    let mut seen = Vec::new();
+    let mut note = |d: Decisions| {
+        seen.push((d.allowed, d.each.iter().map(|e| e.remaining).collect()));
+        d
+    };
+    note(limiter.check_all(&limits).await.unwrap());
+    note(limiter.check_all(&limits).await.unwrap());
+    let denied = note(limiter.check_all(&limits).await.unwrap());
+    assert_eq!(
+        denied.each[1].retry,
+        Retry::Now,
+        "the bucket would have allowed"
+    );
+    note(limiter.dry_run_all(&limits).await.unwrap());
+    // A block longer than any refill: the retry is the block's.
+    let blocking = [pair.block(S(2 * DAY)), bucket];
+    let blocked = note(limiter.check_all(&blocking).await.unwrap());
+    assert_eq!(
+        blocked.each[0].retry,
+        Retry::After(S(2 * DAY)),
+        "the block started"
+    );
+    assert_eq!(
+        blocked.retry,
+        Retry::After(S(2 * DAY)),
+        "{} {blocked:?}",
+        server.port
+    );
+    seen
+}
+
+/// The client promises `RL.ALL`'s semantics "where the module has it, and single calls on
+/// builds without it" (`client/src/lib.rs`, `all.lua`). A module without `RL.ALL` is the
+/// build before it (`scripts/module-without-all.sh`, which `scripts/test.sh` runs and passes
+/// as `RL_MODULE_WITHOUT_ALL`): the same checks decide the same there, from single calls.
+#[tokio::test]
+async fn check_all_decides_the_same_on_a_module_without_rl_all() {
+    let test = "check_all_decides_the_same_on_a_module_without_rl_all";
+    let Some(old) = std::env::var_os("RL_MODULE_WITHOUT_ALL") else {
+        ci::missing(
+            test,
+            "RL_MODULE_WITHOUT_ALL is unset: set it to what scripts/module-without-all.sh prints",
+        );
+        return;
+    };
+    let old = Server::start_without_module(&["--loadmodule", old.to_str().unwrap()]);
+    let err = call(&mut old.conn(), "RL.ALL 1 k FIXED 1 1m").unwrap_err();
+    assert!(err.contains("unknown command"), "{err}");
+    let current = Server::start_without_module(&[
+        "--loadmodule",
+        ratelimit_testkit::module_path().to_str().unwrap(),
+    ]);
+    let expected = vec![
+        (true, vec![1, 7]),
+        (true, vec![0, 4]),
+        (false, vec![0, 4]),
+        (false, vec![0, 4]),
+        (false, vec![0, 4]),
+    ];
+    eprintln!(
+        "current module on port {}, the one without RL.ALL on {}",
+        current.port, old.port
+    );
+    assert_eq!(all_or_nothing_sequence(&current).await, expected);
+    assert_eq!(
+        current.command_calls("RL.ALL"),
+        5,
+        "four checks and a dry run"
+    );
+    assert_eq!(all_or_nothing_sequence(&old).await, expected);
+    assert_eq!(old.command_calls("RL.ALL"), 0);
+    // Single calls in the script: a dry run of each limit per check (10), the takes of the
+    // two allowed checks (4), the state of the bucket as it stands in the three denied (3)
+    // and the block (1).
+    assert_eq!(old.command_calls("RL.TOKEN"), 18);
 }
 
 #[tokio::test]

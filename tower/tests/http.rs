@@ -2,7 +2,8 @@
 //! statuses, headers and bodies for allowed, denied and never-fitting requests, several
 //! quotas, keys through trusted proxies and not (from the configured header only, entry by
 //! entry), header keys that are not text, per-request quotas, Redis killed and paused (fail
-//! open and fail closed, then recovery), Redis faults and servers without peer addresses
+//! open and fail closed, then recovery), the default 5 ms budget against a server that never
+//! answers, Redis faults and servers without peer addresses
 //! (`500`, never an unlimited request), the local cache of denials counted in
 //! `INFO commandstats`, and a Redis Cluster with keys that must be escaped in the hash tag.
 
@@ -436,6 +437,69 @@ async fn redis_down_or_slow_fails_open_or_closed_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+}
+
+/// The default budget, 5 ms, against a server that takes every call and answers none
+/// (`CLIENT PAUSE ALL`): each request passes (fail open, no headers) no sooner than 5 ms, and
+/// as soon as the machine wakes a task that sleeps 5 ms. Measured around the router's own
+/// `call`, no HTTP in between.
+///
+/// A timeout never fires early: every decision takes at least 5 ms. How much later it
+/// answers is the machine's: on two cores shared with builds (load 10), a task sleeping 5 ms
+/// wakes after 5 to 40 ms, whatever it waits for, so no single answer can be held to a
+/// tight bound. Each decision is paired with a plain 5 ms sleep just before it, on the same
+/// runtime: the fastest decision must come within 2 ms of the fastest sleep (one more wait
+/// of the budget's size, a retry, a second budget, a wait for the connection, would add 5 ms
+/// to every decision), and the slowest within a second, far from the paused server's 60.
+#[tokio::test]
+async fn the_default_budget_of_5_ms_is_kept_against_a_server_that_never_answers() {
+    const BUDGET: Duration = Duration::from_millis(5);
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let key = Key::header(http::HeaderName::from_static("x-key"));
+    let router = app(RateLimitLayer::new(limiter(&server).await, default_quota()).key(key));
+    let decide = || {
+        let request = http::Request::get("/")
+            .header("x-key", "budget")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let mut router = router.clone();
+        async move {
+            let started = Instant::now();
+            let response = tower_service::Service::call(&mut router, request)
+                .await
+                .unwrap();
+            (started.elapsed(), response)
+        }
+    };
+    let sleep = || async {
+        let started = Instant::now();
+        tokio::time::sleep(BUDGET).await;
+        started.elapsed()
+    };
+    call(&mut server.conn(), "CLIENT PAUSE 60000 ALL").unwrap();
+    let mut pairs = Vec::new();
+    for _ in 0..100 {
+        let slept = sleep().await;
+        let (decided, response) = decide().await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            !response.headers().contains_key("ratelimit"),
+            "{response:?}"
+        );
+        pairs.push((decided, slept));
+    }
+    let fastest = pairs.iter().map(|p| p.0).min().unwrap();
+    let slowest = pairs.iter().map(|p| p.0).max().unwrap();
+    let fastest_sleep = pairs.iter().map(|p| p.1).min().unwrap();
+    eprintln!(
+        "budget 5 ms: decisions {fastest:?} to {slowest:?}, 5 ms sleeps from {fastest_sleep:?}"
+    );
+    assert!(fastest >= BUDGET, "{pairs:?}");
+    assert!(
+        fastest < fastest_sleep + Duration::from_millis(2),
+        "{pairs:?}"
+    );
+    assert!(slowest < S(1), "{pairs:?}");
 }
 
 #[tokio::test]

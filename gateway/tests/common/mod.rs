@@ -1,6 +1,6 @@
 //! What the gateway's tests share: a gateway started in-process on a free port (stopped when
 //! dropped), a small HTTP/1.1 client over TCP or TLS that reports exact statuses, headers and
-//! bodies, and the configuration tests start from.
+//! bodies, the configuration tests start from, and the samples of `/metrics`.
 
 #![allow(dead_code)]
 
@@ -227,4 +227,24 @@ pub fn config(server: &Server) -> Config {
 
 pub fn policy(text: &str) -> ratelimit_client::Policy {
     ratelimit_gateway::domain::parse_policy(text).unwrap()
+}
+
+/// The samples of a Prometheus text exposition (`/metrics`): each series as rendered (name
+/// and labels) with its value; comments left out.
+pub fn samples(body: &str) -> Vec<(&str, f64)> {
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            (series, value.parse().expect("a sample's value"))
+        })
+        .collect()
+}
+
+/// The value of one series (`name{labels}` as rendered), 0 when it is not there yet.
+pub fn sample(body: &str, series: &str) -> f64 {
+    samples(body)
+        .into_iter()
+        .find(|(s, _)| *s == series)
+        .map_or(0.0, |(_, value)| value)
 }
