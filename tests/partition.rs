@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::Connection;
 use support::cluster::Cluster;
 use support::measure::env_or;
-use support::{Clock, Server, call, ci, fingerprint, int, rl};
+use support::{Clock, Server, call, ci, int, rl, snapshot};
 
 /// The limit of the fixed window measured; its window (a day) does not end during a run, so
 /// what is admitted is never given back meanwhile.
@@ -401,8 +401,8 @@ fn measure(
     let mut old_master = cluster.direct(master_port);
     for line in &lines {
         assert_eq!(
-            fingerprint(&mut old_master, &key(line)),
-            fingerprint(&mut new_master, &key(line)),
+            snapshot(&mut old_master, &key(line)),
+            snapshot(&mut new_master, &key(line)),
             "the old master holds the new master's state"
         );
     }

@@ -19,23 +19,9 @@ use rand::{Rng, SeedableRng};
 use redis::{Connection, TlsCertificates, Value};
 use support::cluster::Cluster;
 use support::replica::{assert_same_keys, expire_due, wait_acked};
-use support::{Clock, Kind, Server, T0, Tls, call, int, rl, server_kind, snapshot, tls_missing};
+use support::{Clock, Kind, Server, T0, Tls, call, ci, int, rl, server_kind, snapshot};
 
 const HOUR: u64 = 3_600_000;
-
-/// Whether the server can serve TLS; if not, says so on stderr and the test returns.
-fn tls_or_skip(test: &str) -> bool {
-    match tls_missing() {
-        None => true,
-        Some(why) => {
-            eprintln!(
-                "{test}: skipped on {:?}, built without TLS: {why}",
-                server_kind()
-            );
-            false
-        }
-    }
-}
 
 /// `CONFIG GET name`'s value.
 fn config(con: &mut Connection, name: &str) -> String {
@@ -50,7 +36,7 @@ fn config(con: &mut Connection, name: &str) -> String {
 
 #[test]
 fn tls_only_server_answers_over_rediss() {
-    if !tls_or_skip("tls_only_server_answers_over_rediss") {
+    if !ci::tls("tls_only_server_answers_over_rediss") {
         return;
     }
     let server = Server::start_tls(Clock::pinned(T0), Tls::generate(), &[]);
@@ -97,7 +83,7 @@ fn tls_only_server_answers_over_rediss() {
 
 #[test]
 fn tls_server_refuses_plain_tcp_and_clients_without_a_certificate() {
-    if !tls_or_skip("tls_server_refuses_plain_tcp_and_clients_without_a_certificate") {
+    if !ci::tls("tls_server_refuses_plain_tcp_and_clients_without_a_certificate") {
         return;
     }
     let server = Server::start_tls(Clock::pinned(T0), Tls::generate(), &[]);
@@ -148,7 +134,7 @@ fn tls_server_refuses_plain_tcp_and_clients_without_a_certificate() {
 
 #[test]
 fn tls_replica_holds_the_masters_bytes() {
-    if !tls_or_skip("tls_replica_holds_the_masters_bytes") {
+    if !ci::tls("tls_replica_holds_the_masters_bytes") {
         return;
     }
     let tls = Tls::generate();
@@ -312,7 +298,7 @@ fn acl_read_only_key_pattern_allows_rl_peek_and_not_the_deciding_commands() {
 
 #[test]
 fn tls_cluster_routes_and_replicates_over_tls() {
-    if !tls_or_skip("tls_cluster_routes_and_replicates_over_tls") {
+    if !ci::tls("tls_cluster_routes_and_replicates_over_tls") {
         return;
     }
     // Real clocks: a cluster whose clock stands still never declares itself ok. The figures

@@ -51,9 +51,6 @@ mod server;
 #[cfg(feature = "servers")]
 mod tls;
 
-/// The former name of [`snapshot`], kept for `tests/partition.rs` until it uses the new one.
-#[cfg(feature = "servers")]
-pub use calls::snapshot as fingerprint;
 #[cfg(feature = "servers")]
 pub use calls::{Snapshot, call, digest, info, info_field, int, rl, snapshot};
 #[cfg(feature = "servers")]
