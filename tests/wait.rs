@@ -82,7 +82,8 @@ fn woken<T>(_con: &mut Connection, rx: &mpsc::Receiver<T>, what: &str) -> T {
 /// under a pinned clock they fire late or not at all (seen here: even a timer armed for 0 ms,
 /// as a refund's wake is, missed its 10 s in one run of three): the tests that need a timer
 /// to wake a waiter at a pinned moment run on Redis only. Each has a real-clock counterpart
-/// that asserts the same order on both servers: `arrival_order_holds_on_a_real_clock`,
+/// that asserts the same order on both servers: `a_denied_call_waits_for_its_units_on_a_real_clock`,
+/// `arrival_order_holds_on_a_real_clock`, `all_waits_for_every_limit_on_a_real_clock`,
 /// `waiters_wake_on_a_moving_clock`, the refund, reset and peek tests below.
 fn pinned_timers() -> bool {
     if support::server_kind() == support::Kind::Valkey {
@@ -487,6 +488,64 @@ fn arrival_order_holds_on_a_real_clock() {
         second_at >= Duration::from_millis(399),
         "second at {second_at:?}"
     );
+    blocked(&mut con, 0);
+}
+
+/// `a_denied_call_waits_for_its_units_and_takes_them` on a real clock, so on every server.
+#[test]
+fn a_denied_call_waits_for_its_units_on_a_real_clock() {
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let mut con = server.conn();
+    let bucket = "RL.TOKEN w 2 1 PER 200ms";
+    let start = Instant::now();
+    assert_eq!(
+        rl(&mut con, &format!("{bucket} COST 2")).unwrap()[..3],
+        [1, 2, 0]
+    );
+    let waiter = send(&server, &format!("{bucket} WAIT 5s"));
+    blocked(&mut con, 1);
+    assert_eq!(info_field(&mut con, "ratelimit", "ratelimit_waiting"), "1");
+    let (reply, _) = woken(&mut con, &waiter, "woken");
+    let took = start.elapsed();
+    assert_eq!(figures(&reply)[..4], [1, 2, 0, 0]);
+    assert!(took >= Duration::from_millis(199), "woken at {took:?}");
+    blocked(&mut con, 0);
+    assert_eq!(info_field(&mut con, "ratelimit", "ratelimit_waiting"), "0");
+    assert_eq!(
+        info_field(&mut con, "ratelimit", "ratelimit_token"),
+        "calls=2,allowed=2,denied=0,blocked=0"
+    );
+}
+
+/// `all_waits_for_every_limit_and_keeps_the_order` on a real clock, so on every server:
+/// `{u}:a` refills a unit every 300 ms, `{u}:b` never (one an hour), so only takes move it.
+#[test]
+fn all_waits_for_every_limit_on_a_real_clock() {
+    let server = Server::start_with(Clock::offset(0), &[]);
+    let mut con = server.conn();
+    let specs = "RL.ALL 2 {u}:a {u}:b TOKEN 1 1 PER 300ms TOKEN 5 1 PER 1h";
+    let start = Instant::now();
+    let Ok(Value::Array(first)) = call(&mut con, specs) else {
+        panic!()
+    };
+    assert_eq!(first[0], Value::Int(1));
+    let waiter = send(&server, &format!("{specs} WAIT 5s"));
+    blocked(&mut con, 1);
+    // A single limit on b waits behind it, though b has units (had it overtaken, b would
+    // hold one unit fewer when the waiter takes).
+    let behind = send(&server, "RL.TOKEN {u}:b 5 1 PER 1h WAIT 5s");
+    blocked(&mut con, 2);
+    let (reply, _) = woken(&mut con, &waiter, "woken");
+    let took = start.elapsed();
+    let Ok(Value::Array(items)) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(items[..2], [Value::Int(1), Value::Int(0)]);
+    assert_eq!(figures(&Ok(items[2].clone()))[..4], [1, 1, 0, 0]);
+    assert_eq!(figures(&Ok(items[3].clone()))[..4], [1, 5, 3, 0]);
+    assert!(took >= Duration::from_millis(299), "woken at {took:?}");
+    let (reply, _) = woken(&mut con, &behind, "woken next");
+    assert_eq!(figures(&reply)[..4], [1, 5, 2, 0]);
     blocked(&mut con, 0);
 }
 
