@@ -9,18 +9,14 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Body, Call, Gateway, Reply, config, policy};
+use common::{ADMIN, Body, Call, Gateway, Reply, Upstream, config, policy};
 use ratelimit_gateway::Config;
 use ratelimit_gateway::config::OptionalPolicy;
 use ratelimit_gateway::domain::rfc3339;
 use ratelimit_testkit::{Server, T0, free_port};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 /// Two requests a minute per user, no per-IP limit, and only 127.0.0.1 trusted as a proxy
 /// (so that 127.0.0.2 and 127.0.0.3 are clients connecting on their own).
@@ -279,59 +275,6 @@ async fn auth_blocks_the_client_found_through_the_trusted_proxy_only() {
 
 // ---- behind the real Caddy ----
 
-/// An upstream that answers every request `200` with the request's head as its body, and
-/// counts them.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(echo(stream, counted.clone()));
-            }
-        });
-        Upstream { addr, hits, task }
-    }
-}
-
-/// Serves one keep-alive connection: each request (no body: the test sends GETs) is answered
-/// with its own head.
-async fn echo(stream: tokio::net::TcpStream, hits: Arc<AtomicUsize>) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut head = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if !line.is_empty() {
-            head.push_str(&line);
-            head.push('\n');
-            continue;
-        }
-        hits.fetch_add(1, Ordering::SeqCst);
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{head}",
-            head.len()
-        );
-        if write.write_all(reply.as_bytes()).await.is_err() {
-            return;
-        }
-        head.clear();
-    }
-}
-
 /// The request line and the headers (names lower-cased) an echo reply shows.
 fn echoed(reply: &Reply) -> (String, Vec<(String, String)>) {
     let mut lines = reply.body.lines();
@@ -476,7 +419,7 @@ async fn caddy_forward_auth_passes_the_user_and_limits_upstream_and_the_problems
     assert_eq!(values(&headers, "ratelimit"), [r#""user";r=1;t=60"#]);
     // Caddy believes no X-Forwarded-For of a client it does not trust: it names 127.0.0.2.
     assert_eq!(values(&headers, "x-forwarded-for"), ["127.0.0.2"]);
-    assert_eq!(upstream.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(upstream.served(), 1);
     // The gateway saw the request Caddy describes, from the client Caddy connected to.
     assert_eq!(
         history(&gw, alice).await,
@@ -535,7 +478,7 @@ async fn caddy_forward_auth_passes_the_user_and_limits_upstream_and_the_problems
     );
     let problem: Value = denied.json();
     assert_eq!(problem["request_id"], format!("{T0}-2"));
-    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.served(), 2);
     assert_eq!(
         history(&gw, alice).await,
         [

@@ -6,13 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ratelimit_gateway::Config;
 use ratelimit_testkit::Server;
 pub use ratelimit_testkit::http::Reply;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -247,4 +248,62 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .into_iter()
         .find(|(s, _)| *s == series)
         .map_or(0.0, |(_, value)| value)
+}
+
+/// An upstream that answers every request `200` with the request's head as its body, and
+/// counts them.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(echo(stream, counted.clone()));
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    /// How many requests it has answered.
+    pub fn served(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one keep-alive connection: each request (no body: the test sends GETs) is answered
+/// with its own head.
+async fn echo(stream: TcpStream, hits: Arc<AtomicU64>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut head = String::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if !line.is_empty() {
+            head.push_str(&line);
+            head.push('\n');
+            continue;
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        if write.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+        head.clear();
+    }
 }
