@@ -177,9 +177,9 @@ fn replica_attached_while_calls_stream_in(sync: &[&str]) {
     assert_eq!(live, 300, "every key is live and compared");
 }
 
-/// Waits until the replica has applied everything the master sent (`WAIT` alone is not
-/// enough: Valkey 9.1 has answered `WAIT 1` with 1 while its replica was still catching up
-/// on a long stream), by the replica's own offset.
+/// Waits until the replica has applied everything the master sent, by the replica's own
+/// offset: `WAIT` waits for the calling connection's writes, and the calls here come from
+/// other connections (Valkey 9.1 answers a connection that wrote nothing at once).
 fn wait_caught_up(master: &mut redis::Connection, replica: &mut redis::Connection) {
     wait_acked(master);
     let end = master_offset(master).to_string();
