@@ -26,6 +26,18 @@ use tokio::net::TcpListener;
 /// a minute has exactly 60 s left.
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// Waits (up to 20 s) until the rate limit service accepts connections at `rls`.
+async fn listening(rls: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(rls).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the rate limit service does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Redis, the gateway serving the rate limit service with a policy file, and its client.
 struct Stack {
     redis: Server,
@@ -117,14 +129,7 @@ async fn serve(
     config.rls_listen = Some(rls);
     config.rls_config = Some(policies.clone());
     let gateway = Gateway::start(config).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(rls).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the rate limit service does not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listening(rls).await;
     (gateway, rls, policies, dir)
 }
 
@@ -700,14 +705,7 @@ async fn with_tls_flags_grpc_is_served_over_tls() {
     config.rls_listen = Some(rls);
     config.rls_config = Some(policies);
     let _gateway = Gateway::start(config).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(rls).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the rate limit service does not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    listening(rls).await;
     let trusted = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(tls.ca_pem()))
         .domain_name("localhost");
