@@ -12,10 +12,12 @@
 //! - [`store`]: the [`Store`] trait and its error, and [`RedisStore`], the only code that
 //!   speaks Redis.
 //! - [`domain`]: users, keys, policies, history entries and blocks, free of HTTP and Redis.
+//! - [`dashboard`]: the admins' page in the browser (its files built in), on the JSON routes.
 //! - [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
 //! - [`rls`]: Envoy's rate limit service over gRPC, beside the HTTP API, on the same store.
 
 pub mod config;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod extract;

@@ -48,6 +48,8 @@ pub enum ServiceError {
     NotBlocked(String),
     /// The system gave no randomness for a key.
     NoRandomness,
+    /// User 0, the environment's admin: its key is `RATELIMIT_ADMIN_KEY`, not the store's.
+    EnvironmentAdmin,
 }
 
 impl From<StoreError> for ServiceError {
@@ -80,6 +82,17 @@ pub struct Analytics {
     pub most_denied_users: Vec<(u64, u64)>,
     /// IP, denials over the hour: the [`TOP`] most denied, most first.
     pub most_denied_ips: Vec<(String, u64)>,
+    /// Each of the last 60 minutes (Unix minute), oldest first, the current one last: all
+    /// users' counts.
+    pub per_minute: Vec<(u64, Counts)>,
+}
+
+/// A user as an admin lists them: who, their effective policy and whether it is their own.
+#[derive(Debug)]
+pub struct UserEntry {
+    pub user: User,
+    pub policy: Policy,
+    pub own: bool,
 }
 
 /// The gateway's work; one per instance.
@@ -201,6 +214,61 @@ impl Service {
             return Err(ServiceError::NoSuchUser(id));
         }
         Ok(id)
+    }
+
+    /// Up to `limit` stored users with ids above `after`, in id order, with their effective
+    /// policies (the environment's admin, stored nowhere, is not among them).
+    pub async fn users(&self, after: u64, limit: u64) -> Result<Vec<UserEntry>, StoreError> {
+        let users = self.store.users(after, limit).await?;
+        Ok(users
+            .into_iter()
+            .map(|(user, text)| {
+                let (policy, own) = self.own_or_default(user.id, text);
+                UserEntry { user, policy, own }
+            })
+            .collect())
+    }
+
+    /// A stored policy, or the default when there is none or it does not parse.
+    fn own_or_default(&self, id: u64, text: Option<String>) -> (Policy, bool) {
+        match text.as_deref().map(domain::parse_policy) {
+            Some(Ok(policy)) => (policy, true),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    id,
+                    error = e,
+                    "a stored policy does not parse: the default applies"
+                );
+                (self.default_limit, false)
+            }
+            None => (self.default_limit, false),
+        }
+    }
+
+    /// Deletes a user: their key stops working at once, their name is free, their policy and
+    /// history go.
+    pub async fn delete_user(&self, id: u64) -> Result<(), ServiceError> {
+        if id == 0 {
+            return Err(ServiceError::EnvironmentAdmin);
+        }
+        if !self.store.delete_user(id).await? {
+            return Err(ServiceError::NoSuchUser(id));
+        }
+        tracing::info!(id, "user deleted");
+        Ok(())
+    }
+
+    /// Gives a user a new API key (shown once); the old one stops working at once.
+    pub async fn rotate_key(&self, id: u64) -> Result<(User, String), ServiceError> {
+        if id == 0 {
+            return Err(ServiceError::EnvironmentAdmin);
+        }
+        let (key, sha) = api_key::generate().map_err(|_| ServiceError::NoRandomness)?;
+        let Some(user) = self.store.rotate_key(id, &sha).await? else {
+            return Err(ServiceError::NoSuchUser(id));
+        };
+        tracing::info!(id, "API key rotated");
+        Ok((user, key))
     }
 
     pub fn default_limit(&self) -> Policy {
@@ -356,6 +424,12 @@ impl Service {
         let mut ips: BTreeMap<String, u64> = BTreeMap::new();
         for m in (minute.saturating_sub(59)..=minute).rev() {
             let counts = self.store.minute(m).await?;
+            let mut this_minute = BTreeMap::new();
+            add(&mut this_minute, &counts.allowed, &counts.denied);
+            let sum = this_minute
+                .values()
+                .fold((0, 0), |(a, d): Counts, c| (a + c.0, d + c.1));
+            analytics.per_minute.push((m, sum));
             add(&mut analytics.last_hour, &counts.allowed, &counts.denied);
             if m == minute {
                 add(&mut analytics.last_minute, &counts.allowed, &counts.denied);
@@ -375,6 +449,7 @@ impl Service {
         let mut ips: Vec<(String, u64)> = ips.into_iter().collect();
         ips.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ips.truncate(TOP);
+        analytics.per_minute.reverse();
         analytics.most_denied_users = users;
         analytics.most_denied_ips = ips;
         Ok(analytics)
