@@ -99,7 +99,7 @@ async function refresh() {
     $("sign-in").hidden = true;
     $("board").hidden = false;
     $("sign-out").hidden = false;
-    drawAnalytics(analytics);
+    drawAnalytics(analytics, new Map(users.map((u) => [u.id, u.username])));
     drawBlocks(blocks.blocks);
     drawUsers(users, analytics);
     showError("");
@@ -142,7 +142,8 @@ function button(text, action, value, className) {
   return b;
 }
 
-function drawAnalytics(analytics) {
+/** The figures, the chart and the most denied (`names`: user id → username, of /users). */
+function drawAnalytics(analytics, names) {
   const [minute, hour] = analytics.windows;
   $("allowed-minute").textContent = String(minute.allowed);
   $("denied-minute").textContent = String(minute.denied);
@@ -156,6 +157,8 @@ function drawAnalytics(analytics) {
     const row = users.insertRow();
     row.dataset.userId = String(u.user_id);
     cell(row, u.user_id);
+    // A user deleted since is still counted, under no name.
+    cell(row, names.get(u.user_id) || "");
     cell(row, u.denied, "denied");
   }
   const ips = $("top-ips");
@@ -172,10 +175,13 @@ function drawAnalytics(analytics) {
 function drawChart(minutes) {
   const svg = $("chart");
   svg.replaceChildren();
-  const width = 720, height = 200, left = 40, bottom = 20, top = 10;
+  // Drawn in the element's own pixels, so that text keeps its size at any width.
+  const width = svg.clientWidth || 720, height = svg.clientHeight || 180;
+  const left = 40, bottom = 20, top = 10, right = 4;
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
   const most = Math.max(1, ...minutes.map((m) => m.allowed + m.denied));
   const scale = (height - bottom - top) / most;
-  const step = (width - left) / Math.max(1, minutes.length);
+  const step = (width - left - right) / Math.max(1, minutes.length);
   const add = (name, attributes, text) => {
     const node = document.createElementNS(SVG, name);
     for (const [k, v] of Object.entries(attributes)) node.setAttribute(k, String(v));
@@ -183,7 +189,7 @@ function drawChart(minutes) {
     svg.appendChild(node);
     return node;
   };
-  add("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, class: "axis" });
+  add("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" });
   add("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" });
   add("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, String(most));
   add("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, "0");
@@ -201,8 +207,10 @@ function drawChart(minutes) {
       add("rect", { x, y: base - a - d, width: w, height: d, class: "bar-denied" })
         .appendChild(document.createElementNS(SVG, "title")).textContent = label;
     }
-    if (i % 10 === 0 || i === minutes.length - 1) {
-      add("text", { x: x + w / 2, y: height - 5, "text-anchor": "middle" }, m.minute.slice(11, 16));
+    const last = i === minutes.length - 1;
+    if (i % 10 === 0 || last) {
+      const anchor = last ? { x: x + w, "text-anchor": "end" } : { x: x + w / 2, "text-anchor": "middle" };
+      add("text", { ...anchor, y: height - 5 }, m.minute.slice(11, 16) + (last ? " UTC" : ""));
     }
   });
 }
