@@ -2,7 +2,8 @@
 //! start them, known traffic over a dozen (pinned) minutes, then headless Chromium driven
 //! through chromedriver (WebDriver): a wrong key shows the 401 and signs nothing in; the admin
 //! key shows the numbers `/analytics` gives; an unblock from the page unblocks; a limit set
-//! from the page applies to the next request; Redis stopped shows the 503. A screenshot goes
+//! from the page applies to the next request; a key rotated and a user deleted from the page
+//! stop working; Redis stopped shows the 503. A screenshot goes
 //! to `target/dashboard.png` (and to `docs/dashboard.png` with `DASHBOARD_SCREENSHOT=docs`).
 //! Without Chromium and chromedriver the test says so and passes, except under `CI=true`.
 
@@ -107,6 +108,34 @@ async fn until(c: &Client, script: &str) -> Value {
     panic!("the page never satisfied: {script}");
 }
 
+/// Clicks the element `css`. The page redraws its tables every 5 s: an element found just
+/// before a redraw is stale by the click, so it is found again (5 times at most).
+async fn click(c: &Client, css: &str) {
+    for _ in 0..5 {
+        if let Ok(element) = c.find(Locator::Css(css)).await
+            && element.click().await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css}");
+}
+
+/// Types into the input `css` (found again if a redraw took it; once typing, the page leaves
+/// the table alone).
+async fn type_into(c: &Client, css: &str, keys: &str) {
+    for _ in 0..5 {
+        if let Ok(element) = c.find(Locator::Css(css)).await
+            && element.send_keys(keys).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not type into {css}");
+}
+
 /// The text of the element `css`, or `null`.
 fn text(css: &str) -> String {
     format!("const e = document.querySelector({css:?}); return e ? e.textContent : null;")
@@ -136,7 +165,7 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
     let gw = Gateway::start(cfg).await;
     let (alice, alice_key) = gw.user("alice", "user").await;
     let (bob, bob_key) = gw.user("bob", "user").await;
-    gw.user("carol", "admin").await;
+    let (carol, carol_key) = gw.user("carol", "admin").await;
 
     // A dozen minutes of traffic: alice asks 5 a minute (3 allowed, 2 denied), bob 1 to 3.
     for minute in 0..12u64 {
@@ -193,12 +222,7 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
     // A wrong key: the 401 is shown, nothing is kept, the board stays hidden.
     let key_field = c.find(Locator::Id("key")).await.unwrap();
     key_field.send_keys("rlk_not-a-key").await.unwrap();
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#sign-in-button").await;
     let error = until(&c, &text("#error:not([hidden])")).await;
     assert_eq!(error, "401 Unauthorized: unknown API key");
     let shown = c.find(Locator::Id("error")).await.unwrap();
@@ -212,12 +236,7 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
     // The admin's key: the board, with what /analytics says.
     let key_field = c.find(Locator::Id("key")).await.unwrap();
     key_field.send_keys(ADMIN).await.unwrap();
-    c.find(Locator::Id("sign-in-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#sign-in-button").await;
     until(
         &c,
         "return !document.getElementById('board').hidden && \
@@ -336,12 +355,7 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
 
     // Unblocked from the page: the next request from that IP passes.
     let unblock = format!("#blocks tr[data-ip=\"{blocked_ip}\"] button");
-    c.find(Locator::Css(&unblock))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, &unblock).await;
     until(
         &c,
         "return document.querySelectorAll('#blocks tr').length === 0;",
@@ -358,19 +372,8 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
         .await;
     assert_eq!(denied.status, 429);
     let row = format!("#users tr[data-user-id=\"{alice}\"]");
-    let input = c
-        .find(Locator::Css(&format!("{row} input.new-limit")))
-        .await
-        .unwrap();
-    input.send_keys("fixed:10:1m").await.unwrap();
-    c.find(Locator::Css(&format!(
-        "{row} button[data-action=\"set-limit\"]"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    type_into(&c, &format!("{row} input.new-limit"), "fixed:10:1m").await;
+    click(&c, &format!("{row} button[data-action=\"set-limit\"]")).await;
     until(
         &c,
         &format!(
@@ -386,6 +389,55 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
     assert_eq!(
         allowed.header("ratelimit-policy"),
         Some(r#""user";q=10;w=60, "ip";q=1000;w=60"#)
+    );
+
+    // A new key from the page: shown once there; the old key is refused, the new one works.
+    let row = format!("#users tr[data-user-id=\"{bob}\"]");
+    click(&c, &format!("{row} button[data-action=\"rotate\"]")).await;
+    let notice = until(
+        &c,
+        "const e = document.getElementById('notice'); \
+         return e.textContent.startsWith('New API key') ? e.textContent : null;",
+    )
+    .await;
+    let notice = notice.as_str().unwrap();
+    let new_key = notice
+        .strip_prefix("New API key of bob (shown once): ")
+        .unwrap_or_else(|| panic!("{notice}"));
+    let old = gw.send("GET", &history, Some(&bob_key), None).await;
+    assert_eq!((old.status, old.problem().as_str()), (401, "unauthorized"));
+    assert_eq!(
+        gw.send("GET", &history, Some(new_key), None).await.status,
+        200
+    );
+
+    // Deleted from the page (the second click confirms): gone from the page and the API.
+    let row = format!("#users tr[data-user-id=\"{carol}\"]");
+    let delete = format!("{row} button[data-action=\"delete\"]");
+    click(&c, &delete).await;
+    until(
+        &c,
+        &format!("const b = document.querySelector('{delete}'); return b && b.textContent === 'Confirm delete';"),
+    )
+    .await;
+    assert_eq!(
+        eval(&c, "return document.querySelectorAll('#users tr').length;").await,
+        3
+    );
+    click(&c, &delete).await;
+    until(
+        &c,
+        "return document.querySelectorAll('#users tr').length === 2;",
+    )
+    .await;
+    let reply = gw
+        .send("GET", &format!("/rate_limits/{carol}"), Some(ADMIN), None)
+        .await;
+    assert_eq!((reply.status, reply.problem().as_str()), (404, "not-found"));
+    let reply = gw.send("GET", "/blocks", Some(&carol_key), None).await;
+    assert_eq!(
+        (reply.status, reply.problem().as_str()),
+        (401, "unauthorized")
     );
 
     // Redis stopped: the page says 503 (and keeps the board and the key to try again).
