@@ -233,6 +233,20 @@ async fn the_dashboard_shows_analytics_and_changes_blocks_and_limits() {
         true
     );
 
+    // A user's key that is not an admin's: the 403, signed out again.
+    type_into(&c, "#key", &alice_key).await;
+    click(&c, "#sign-in-button").await;
+    let error = until(
+        &c,
+        "const e = document.getElementById('error'); \
+         return e.textContent.startsWith('403') ? e.textContent : null;",
+    )
+    .await;
+    assert_eq!(error, "403 Forbidden: this route is for admins");
+    assert_eq!(eval(&c, "return sessionStorage.length;").await, 0);
+    let sign_in = c.find(Locator::Id("sign-in")).await.unwrap();
+    assert!(sign_in.is_displayed().await.unwrap());
+
     // The admin's key: the board, with what /analytics says.
     let key_field = c.find(Locator::Id("key")).await.unwrap();
     key_field.send_keys(ADMIN).await.unwrap();

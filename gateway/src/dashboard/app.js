@@ -62,7 +62,7 @@ function showNotice(message) {
 /** A failed call: a key that is wrong or not an admin's signs out; anything else is shown. */
 function failed(e) {
   showError(e.message);
-  if (e.status === 401 || e.status === 403 && /admins/.test(e.message)) {
+  if (e.status === 401 || (e.status === 403 && /admins/.test(e.message))) {
     signOut(false);
   }
 }
