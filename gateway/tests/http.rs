@@ -1298,3 +1298,52 @@ async fn the_dashboard_is_served_from_the_binary() {
         (403, "ip-blocked")
     );
 }
+
+/// Users kept in the first key layout (`gw:next_user_id`, `gw:name:…`, `gw:key:…`, the record in
+/// `gw:{u:<id>}:user`) are moved at start: their keys authenticate, their policies stay, ids
+/// go on from the old counter, and the old keys are gone.
+#[tokio::test]
+async fn users_of_the_first_key_layout_are_moved_at_start() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let (key, sha) = api_key::generate().unwrap();
+    for command in [
+        format!(
+            "HSET gw:{{u:1}}:user id 1 username alice role user key_sha256 {sha} \
+             policy fixed:5:1m"
+        ),
+        format!("HSET gw:key:{sha} id 1 username alice role user"),
+        "SET gw:name:alice 1".to_string(),
+        "SET gw:next_user_id 2".to_string(),
+    ] {
+        call(&mut con, &command).unwrap();
+    }
+    let gw = Gateway::start(config(&server)).await;
+    let reply = gw.send("GET", "/requests/1", Some(&key), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let listed = gw.send("GET", "/users", Some(ADMIN), None).await.json();
+    assert_eq!(
+        listed,
+        json!({"users": [{"id": 1, "username": "alice", "role": "user",
+            "rate_limit": {"algorithm": "fixed", "limit": 5, "window": "1m", "source": "user"}}]})
+    );
+    assert_eq!(
+        int(
+            &mut con,
+            &format!("EXISTS gw:next_user_id gw:name:alice gw:key:{sha}")
+        ),
+        0
+    );
+    assert_eq!(int(&mut con, "HLEN gw:{u:1}:user"), 1, "the policy only");
+    let (id, _) = gw.user("bob", "user").await;
+    assert_eq!(id, 3, "ids go on from the old counter");
+    let taken = gw
+        .send(
+            "POST",
+            "/users",
+            Some(ADMIN),
+            Some(r#"{"username": "alice"}"#),
+        )
+        .await;
+    assert_eq!(taken.status, 409);
+}

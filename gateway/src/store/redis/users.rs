@@ -3,7 +3,8 @@
 //! `{users}`, so that creating a user, rotating their key and deleting them are each one
 //! script, all or nothing, on one server or a cluster: a connection lost half-way leaves the
 //! user whole or absent, never half made. A user's own slot `{u:<id>}` keeps their policy,
-//! history and limiters, which a deletion removes after the user is gone.
+//! history and limiters, which a deletion removes after the user is gone. Users kept in the
+//! first layout (before `{users}`) are moved at start ([`RedisStore::upgrade_users`]).
 
 use ratelimit_client::Algorithm;
 use redis::{Script, Value};
@@ -287,4 +288,109 @@ pub(super) fn user_of(fields: &std::collections::HashMap<String, String>) -> Opt
         username: fields.get("username")?.clone(),
         role: Role::parse(fields.get("role")?)?,
     })
+}
+
+/// The keys of the first layout, before who a user is moved to `{users}`: the id counter,
+/// each name, each key's mapping; the record was `gw:{u:<id>}:user`, beside the policy.
+const LEGACY_NEXT_ID: &str = "gw:next_user_id";
+const LEGACY_FIELDS: [&str; 4] = ["id", "username", "role", "key_sha256"];
+
+impl RedisStore {
+    /// Moves the users of the first layout to this one, once, at start (one server; a
+    /// cluster's nodes are not scanned, and it says so): each user whole by the creation
+    /// script, with their id, name, role and key, then the old keys deleted and the counter
+    /// carried over. A start cut short leaves the counter, so the next start goes on where
+    /// it stopped. How many users moved.
+    pub async fn upgrade_users(&self) -> Result<u64, StoreError> {
+        let counter = self.query(redis::cmd("GET").arg(LEGACY_NEXT_ID)).await?;
+        if counter == Value::Nil {
+            return Ok(0);
+        }
+        let counter: u64 = string(&counter)?
+            .parse()
+            .map_err(|_| unexpected(&counter))?;
+        if matches!(self.con, super::Conn::Cluster(_)) {
+            tracing::warn!(
+                "users of the first key layout (gw:next_user_id) are on this cluster: \
+                 they are not moved on a cluster, and their keys do not authenticate"
+            );
+            return Ok(0);
+        }
+        let mut moved = 0;
+        let mut cursor = 0u64;
+        loop {
+            let reply = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("gw:{u:*}:user")
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            let Value::Array(parts) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let [next, keys] = parts.as_slice() else {
+                return Err(unexpected(&reply));
+            };
+            let Value::Array(keys) = keys else {
+                return Err(unexpected(&reply));
+            };
+            for key in keys {
+                if self.upgrade_user(&string(key)?).await? {
+                    moved += 1;
+                }
+            }
+            cursor = string(next)?.parse().map_err(|_| unexpected(next))?;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let next = self.query(redis::cmd("GET").arg(NEXT_ID)).await?;
+        let next: u64 = match next {
+            Value::Nil => 0,
+            other => string(&other)?.parse().map_err(|_| unexpected(&other))?,
+        };
+        if counter > next {
+            self.query(redis::cmd("SET").arg(NEXT_ID).arg(counter))
+                .await?;
+        }
+        self.query(redis::cmd("DEL").arg(LEGACY_NEXT_ID)).await?;
+        Ok(moved)
+    }
+
+    /// One record of the first layout (`key`, `gw:{u:<id>}:user`): whether it was one.
+    async fn upgrade_user(&self, key: &str) -> Result<bool, StoreError> {
+        let reply = self.query(redis::cmd("HGETALL").arg(key)).await?;
+        let fields = map(&reply)?;
+        let (Some(user), Some(sha)) = (user_of(&fields), fields.get("key_sha256")) else {
+            return Ok(false);
+        };
+        let mut con = self.con.clone();
+        // A name already taken in this layout: the user was moved before a restart.
+        let _: i64 = CREATE
+            .key(NAMES)
+            .key(record_key(user.id))
+            .key(key_index(sha))
+            .key(IDS)
+            .arg(user.id)
+            .arg(&user.username)
+            .arg(user.role.as_str())
+            .arg(sha)
+            .invoke_async(&mut con)
+            .await
+            .map_err(ratelimit_client::Error::from)?;
+        self.query(redis::cmd("HDEL").arg(key).arg(&LEGACY_FIELDS[..]))
+            .await?;
+        self.query(
+            redis::cmd("DEL")
+                .arg(format!("gw:key:{sha}"))
+                .arg(format!("gw:name:{}", user.username)),
+        )
+        .await?;
+        tracing::info!(id = user.id, "user moved to the current key layout");
+        Ok(true)
+    }
 }
