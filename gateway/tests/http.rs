@@ -1,9 +1,10 @@
 //! The gateway end to end, over real HTTP (and HTTPS) against real redis-server processes with
 //! the module, clocks pinned where time matters: every route with its statuses, headers and
-//! bodies; limits, history and paging; limits changed by an admin; manual and automatic IP
-//! blocks; analytics, metrics and health; two instances sharing one limit; Redis killed and
-//! started again; failing open (what passes, what still answers 503); Redis and the gateway
-//! over TLS; a Redis Cluster.
+//! bodies; users listed, paged, deleted and given new keys, and moved from the first key
+//! layout; the dashboard's files; limits, history and paging; limits changed by an admin;
+//! manual and automatic IP blocks; analytics, metrics and health; two instances sharing one
+//! limit; Redis killed and started again; failing open (what passes, what still answers 503);
+//! Redis and the gateway over TLS; a Redis Cluster.
 
 mod common;
 
