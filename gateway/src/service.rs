@@ -13,7 +13,7 @@ use ratelimit_client::{Decisions, Policy};
 use ratelimit_tower::{Fail, Quota, ip_key};
 
 use crate::domain::{self, Block, BlockReason, RecordedRequest, Role, User, api_key};
-use crate::store::{Store, StoreError};
+use crate::store::{MinuteCounts, Store, StoreError};
 
 /// How many of the most denied users and IPs the analytics list.
 pub const TOP: usize = 10;
@@ -416,14 +416,30 @@ impl Service {
 
     // ---- analytics ----
 
+    /// The counts of minutes `first` to `last`, oldest first, read all at once (each minute's
+    /// keys are a slot of their own: no one pipeline holds them on a cluster).
+    async fn minutes(&self, first: u64, last: u64) -> Result<Vec<(u64, MinuteCounts)>, StoreError> {
+        let mut reads = tokio::task::JoinSet::new();
+        for m in first..=last {
+            let store = self.store.clone();
+            reads.spawn(async move { (m, store.minute(m).await) });
+        }
+        let mut minutes = Vec::with_capacity(reads.len());
+        while let Some(read) = reads.join_next().await {
+            let (m, counts) = read.map_err(|e| StoreError::Failed(e.into()))?;
+            minutes.push((m, counts?));
+        }
+        minutes.sort_by_key(|(m, _)| *m);
+        Ok(minutes)
+    }
+
     /// The last minute's and the last hour's counts (by the store's clock, so every instance
     /// agrees), and the most denied users and IPs over the hour.
     pub async fn analytics(&self) -> Result<Analytics, StoreError> {
         let minute = self.store.now_ms().await? / 60_000;
         let mut analytics = Analytics::default();
         let mut ips: BTreeMap<String, u64> = BTreeMap::new();
-        for m in (minute.saturating_sub(59)..=minute).rev() {
-            let counts = self.store.minute(m).await?;
+        for (m, counts) in self.minutes(minute.saturating_sub(59), minute).await? {
             let mut this_minute = BTreeMap::new();
             add(&mut this_minute, &counts.allowed, &counts.denied);
             let sum = this_minute
@@ -449,7 +465,6 @@ impl Service {
         let mut ips: Vec<(String, u64)> = ips.into_iter().collect();
         ips.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ips.truncate(TOP);
-        analytics.per_minute.reverse();
         analytics.most_denied_users = users;
         analytics.most_denied_ips = ips;
         Ok(analytics)
