@@ -2,15 +2,18 @@
 //! or not, or a cluster), every key's name and shape, each [`Store`] call as Redis commands,
 //! and Redis' errors as [`StoreError`]s.
 //!
-//! Keys (all of one user's share the hash tag `{u:<id>}`, one IP's `{ip:<ip>}`, so each
-//! user's or IP's work is one slot in a cluster):
+//! Keys (who the users are share the hash tag `{users}`, so that creating, rotating and
+//! deleting are each one script ([`users`]); all of one user's own keys share `{u:<id>}`, one
+//! IP's `{ip:<ip>}`, so each user's or IP's work is one slot in a cluster):
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `gw:next_user_id` | string | the last user id given |
-//! | `gw:name:<username>` | string | the user id (`SET NX`: a name is taken once) |
-//! | `gw:key:<sha256 hex>` | hash | `id`, `username`, `role` of the key's user |
-//! | `gw:{u:<id>}:user` | hash | `id`, `username`, `role`, `key_sha256`, `policy` (if set) |
+//! | `gw:{users}:next_id` | string | the last user id given |
+//! | `gw:{users}:names` | hash | username → id (`HSETNX`: a name is taken once) |
+//! | `gw:{users}:ids` | sorted set | the users' ids, each scored by itself (paging) |
+//! | `gw:{users}:user:<id>` | hash | `id`, `username`, `role`, `key_sha256` |
+//! | `gw:{users}:key:<sha256 hex>` | hash | `id`, `username`, `role` of the key's user |
+//! | `gw:{u:<id>}:user` | hash | `policy`: the user's own, if set |
 //! | `gw:{u:<id>}:history` | stream | `type`, `allowed`, `ip`; capped, expiring |
 //! | `gw:{u:<id>}:limit:<algorithm>` | limiter | the user's limit |
 //! | `gw:{u:<id>}:ip:<ip>:<algorithm>` | limiter | the user's limit from one IP |
@@ -35,6 +38,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{MinuteCounts, Store, StoreError, StoreFuture};
+
+mod users;
 use crate::domain::{Block, BlockReason, RecordedRequest, Role, User, algorithm};
 
 /// A connection to one server or to a cluster.
@@ -228,70 +233,26 @@ impl Store for RedisStore {
 
     // ---- users ----
 
-    /// The name is claimed last: a call cut short (a timeout, a lost connection) before that
-    /// leaves at most an unnamed user whose key nobody was shown, never a name taken by no
-    /// one.
+    /// One script after the id is taken: see [`users`].
     fn create_user<'a>(
         &'a self,
         username: &'a str,
         role: Role,
         key_sha: &'a str,
     ) -> StoreFuture<'a, Option<User>> {
-        Box::pin(async move {
-            let id = int(&self
-                .query(redis::cmd("INCR").arg("gw:next_user_id"))
-                .await?)?;
-            let id = u64::try_from(id).map_err(|_| unexpected(&Value::Int(id)))?;
-            let fields = [
-                ("id", id.to_string()),
-                ("username", username.to_string()),
-                ("role", role.as_str().to_string()),
-            ];
-            let mut user = redis::cmd("HSET");
-            user.arg(user_key(id, "user")).arg(&fields[..]);
-            user.arg("key_sha256").arg(key_sha);
-            self.query(&user).await?;
-            let index = format!("gw:key:{key_sha}");
-            self.query(redis::cmd("HSET").arg(&index).arg(&fields[..]))
-                .await?;
-            let claimed = self
-                .query(
-                    redis::cmd("SET")
-                        .arg(format!("gw:name:{username}"))
-                        .arg(id)
-                        .arg("NX"),
-                )
-                .await?;
-            if claimed == Value::Nil {
-                self.query(redis::cmd("DEL").arg(&index)).await?;
-                self.query(redis::cmd("DEL").arg(user_key(id, "user")))
-                    .await?;
-                return Ok(None);
-            }
-            Ok(Some(User {
-                id,
-                username: username.to_string(),
-                role,
-            }))
-        })
+        Box::pin(self.create_user_atomically(username, role, key_sha))
     }
 
     fn user_by_key<'a>(&'a self, key_sha: &'a str) -> StoreFuture<'a, Option<User>> {
         Box::pin(async move {
             let reply = self
-                .query(redis::cmd("HGETALL").arg(format!("gw:key:{key_sha}")))
+                .query(redis::cmd("HGETALL").arg(users::key_index(key_sha)))
                 .await?;
             let fields = map(&reply)?;
             if fields.is_empty() {
                 return Ok(None);
             }
-            let user = (|| {
-                Some(User {
-                    id: fields.get("id")?.parse().ok()?,
-                    username: fields.get("username")?.clone(),
-                    role: Role::parse(fields.get("role")?)?,
-                })
-            })();
+            let user = users::user_of(&fields);
             user.map(Some).ok_or_else(|| unexpected(&reply))
         })
     }
@@ -299,10 +260,24 @@ impl Store for RedisStore {
     fn user_exists(&self, id: u64) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             let reply = self
-                .query(redis::cmd("EXISTS").arg(user_key(id, "user")))
+                .query(redis::cmd("EXISTS").arg(users::record_key(id)))
                 .await?;
             Ok(int(&reply)? == 1)
         })
+    }
+
+    // ---- user management: see [`users`] ----
+
+    fn users(&self, after: u64, limit: u64) -> StoreFuture<'_, Vec<(User, Option<String>)>> {
+        Box::pin(self.list_users(after, limit))
+    }
+
+    fn delete_user(&self, id: u64) -> StoreFuture<'_, bool> {
+        Box::pin(self.delete_user_and_data(id))
+    }
+
+    fn rotate_key<'a>(&'a self, id: u64, key_sha: &'a str) -> StoreFuture<'a, Option<User>> {
+        Box::pin(self.rotate_user_key(id, key_sha))
     }
 
     // ---- policies ----
