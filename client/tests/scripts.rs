@@ -124,12 +124,13 @@ fn answer<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Answer) -> Answer {
     }
 }
 
-async fn expiry(con: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("PEXPIRETIME")
-        .arg(key)
-        .query_async(con)
-        .await
-        .unwrap()
+/// `PEXPIRETIME` of each key, in one round trip.
+async fn expiries(con: &mut MultiplexedConnection, keys: &[&str]) -> Vec<i64> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("PEXPIRETIME").arg(*key);
+    }
+    pipe.query_async(con).await.unwrap()
 }
 
 #[tokio::test]
@@ -186,16 +187,22 @@ async fn scripts_decide_as_the_module() {
         let (what, a, b) = match rng.random_range(0..100) {
             0..=54 => {
                 let limit = limit(&mut rng, &keys[k], false);
-                let a = answer(on_module.check(&limit).await, Answer::One);
-                let b = answer(on_scripts.check(&limit).await, Answer::One);
-                (limit.to_string(), a, b)
+                let (a, b) = tokio::join!(on_module.check(&limit), on_scripts.check(&limit));
+                (
+                    limit.to_string(),
+                    answer(a, Answer::One),
+                    answer(b, Answer::One),
+                )
             }
             55..=64 => {
                 let limit = keys[k].policy.key(keys[k].name.clone());
                 let limit = limit.cost(units(&mut rng, &keys[k]));
-                let a = answer(on_module.peek(&limit).await, Answer::One);
-                let b = answer(on_scripts.peek(&limit).await, Answer::One);
-                (format!("peek {limit}"), a, b)
+                let (a, b) = tokio::join!(on_module.peek(&limit), on_scripts.peek(&limit));
+                (
+                    format!("peek {limit}"),
+                    answer(a, Answer::One),
+                    answer(b, Answer::One),
+                )
             }
             65..=94 => {
                 // Several limits, distinct keys mostly; a repeated key takes single calls.
@@ -212,14 +219,13 @@ async fn scripts_decide_as_the_module() {
                     .collect();
                 let dry = rng.random_ratio(1, 8);
                 let (a, b) = match dry {
-                    true => (
-                        on_module.dry_run_all(&limits).await,
-                        on_scripts.dry_run_all(&limits).await,
+                    true => tokio::join!(
+                        on_module.dry_run_all(&limits),
+                        on_scripts.dry_run_all(&limits)
                     ),
-                    false => (
-                        on_module.check_all(&limits).await,
-                        on_scripts.check_all(&limits).await,
-                    ),
+                    false => {
+                        tokio::join!(on_module.check_all(&limits), on_scripts.check_all(&limits))
+                    }
                 };
                 let words: Vec<String> = limits.iter().map(Limit::to_string).collect();
                 let what = format!("all (dry run: {dry}) {}", words.join(" | "));
@@ -229,16 +235,16 @@ async fn scripts_decide_as_the_module() {
                 // A key of another algorithm: WRONGTYPE on both, nothing changed.
                 let other = &keys[(k / 3) * 3 + (k % 3 + 1) % 3];
                 let limit = other.policy.key(keys[k].name.clone());
-                let a = answer(on_module.check(&limit).await, Answer::One);
-                let b = answer(on_scripts.check(&limit).await, Answer::One);
+                let (a, b) = tokio::join!(on_module.check(&limit), on_scripts.check(&limit));
+                let (a, b) = (answer(a, Answer::One), answer(b, Answer::One));
                 (format!("other algorithm {limit}"), a, b)
             }
             _ => {
                 let j = rng.random_range(0..keys.len());
                 touched.push(j);
                 let names = [keys[k].name.as_str(), keys[j].name.as_str()];
-                let a = answer(on_module.reset(names).await, Answer::Count);
-                let b = answer(on_scripts.reset(names).await, Answer::Count);
+                let (a, b) = tokio::join!(on_module.reset(names), on_scripts.reset(names));
+                let (a, b) = (answer(a, Answer::Count), answer(b, Answer::Count));
                 (format!("reset {names:?}"), a, b)
             }
         };
@@ -249,23 +255,19 @@ async fn scripts_decide_as_the_module() {
         if let Answer::One(d) = &a {
             allowed += u64::from(d.allowed);
         }
-        for &i in &touched {
-            let name = &keys[i].name;
-            assert_eq!(
-                expiry(&mut module_con, name).await,
-                expiry(&mut bare_con, name).await,
-                "step {step}: PEXPIRETIME {name} after {what}"
-            );
-        }
-    }
-    for key in &keys {
-        assert_eq!(
-            expiry(&mut module_con, &key.name).await,
-            expiry(&mut bare_con, &key.name).await,
-            "PEXPIRETIME {}",
-            key.name
+        let names: Vec<&str> = touched.iter().map(|&i| keys[i].name.as_str()).collect();
+        let (a, b) = tokio::join!(
+            expiries(&mut module_con, &names),
+            expiries(&mut bare_con, &names)
         );
+        assert_eq!(a, b, "step {step}: PEXPIRETIME of {names:?} after {what}");
     }
+    let names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+    let (a, b) = tokio::join!(
+        expiries(&mut module_con, &names),
+        expiries(&mut bare_con, &names)
+    );
+    assert_eq!(a, b, "PEXPIRETIME of every key");
     eprintln!(
         "{calls} calls (seed {seed}, {allowed} single calls allowed) decided alike in {:.1?}",
         started.elapsed()
