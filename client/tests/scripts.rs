@@ -500,3 +500,81 @@ async fn scripts_answer_resp3_connections_alike() {
     assert_eq!(all.each[0].remaining, 97);
     assert_eq!(scripts.reset(["t", "f"]).await.unwrap(), 1);
 }
+
+/// Sequences at the scripts' bound, where doubles would round if the scripts formed the
+/// products: the largest buckets and rates, a rate cut on a live bucket (a deficit far above
+/// a full bucket), refunds of the largest amounts, the largest windows and counts. (A
+/// bucket of 2^53 - 1 parts refills within 3650 days from a rate of 28,600 parts per ms.)
+#[tokio::test]
+async fn the_bound_decides_as_the_module() {
+    const MAX: u64 = MAX_SCRIPT_UNITS;
+    let clock = Clock::pinned(T0 + 7);
+    let module = Server::start_with(clock.clone(), &[]);
+    let bare = Server::start_bare(clock.clone(), &[]);
+    let on_module = connect(&module, Backend::Module).await;
+    let on_scripts = connect(&bare, Backend::Scripts).await;
+    let day = S(86_400);
+    let big = |rate| Limit::token("t", MAX, rate).per(MS(1));
+    let steps: Vec<(u64, Limit)> = vec![
+        (0, big(MAX).cost(MAX)),
+        (0, big(MAX).cost(1)),
+        (0, big(30_000).cost(1)),
+        (1, big(30_000).refund(MAX)),
+        (0, big(28_600).cost(MAX - 1)),
+        (0, big(28_600).cost(0)),
+        (0, big(MAX).refund(1)),
+        (5, big(40_000).refund(MAX / 2)),
+        (0, big(MAX - 1).cost(MAX / 3)),
+        (
+            3,
+            Limit::token("t", MAX / 1024, MAX)
+                .per(MS(1024))
+                .cost(MAX / 2048),
+        ),
+        (
+            0,
+            Limit::token("t", MAX / 1024, 30_000).per(MS(1024)).cost(1),
+        ),
+        (
+            0,
+            Limit::token("t", MAX / 1024, 50_000)
+                .per(MS(1024))
+                .refund(MAX),
+        ),
+        (
+            0,
+            Limit::token("d", 104_249_991, 30_000)
+                .per(day)
+                .cost(104_249_990),
+        ),
+        (
+            1_000,
+            Limit::token("d", 104_249_991, 40_000).per(day).cost(2),
+        ),
+        (0, Limit::token("d", 104_249_991, MAX).per(day).refund(5)),
+        (0, Limit::fixed("f", MAX, day * 3650).cost(MAX - 1)),
+        (0, Limit::fixed("f", MAX, day * 3650).cost(2)),
+        (0, Limit::fixed("f", MAX, day).refund(MAX - 2)),
+        (0, Limit::sliding("s", MAX, day * 3650).cost(MAX)),
+        (10, Limit::sliding("s", MAX, MS(64)).cost(1)),
+        (0, Limit::sliding("s", MAX, day).refund(MAX - 1)),
+        (99, Limit::sliding("s", MAX, day * 3650).cost(MAX)),
+    ];
+    let mut module_con = on_module.connection().clone();
+    let mut bare_con = on_scripts.connection().clone();
+    for (i, (advance, limit)) in steps.iter().enumerate() {
+        clock.advance(*advance);
+        let a = on_module.check(limit).await.unwrap();
+        let b = on_scripts.check(limit).await.unwrap();
+        if std::env::var_os("RL_DIFF_TRACE").is_some() {
+            eprintln!("{i}: {limit}\n  {a:?}");
+        }
+        assert_eq!(a, b, "step {i}: {limit}");
+        let key = [limit.key()];
+        assert_eq!(
+            expiries(&mut module_con, &key).await,
+            expiries(&mut bare_con, &key).await,
+            "step {i}: {limit}"
+        );
+    }
+}
