@@ -6,6 +6,10 @@
 //! `MultiplexedConnection`, `ConnectionManager` (which reconnects by itself), or the async
 //! cluster connection.
 //!
+//! On a server that cannot load the module (managed Redis or Valkey) the client runs the
+//! module's algorithms as Lua scripts, with the same decisions and key expiries ([`Backend`]:
+//! chosen by asking the server once, or set); `docs/without-module.md` says what differs.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use ratelimit_client::{Limit, RateLimiter};
