@@ -88,6 +88,12 @@ where
     /// The backend calls use: [`Backend::Module`] or [`Backend::Scripts`] (for
     /// [`Backend::Auto`], asking the server the first time).
     pub async fn backend(&self) -> Result<Backend, Error> {
+        Self::within(self.timeout, self.chosen()).await
+    }
+
+    /// [`backend`](Self::backend), in the caller's time budget: the first call of a client
+    /// on [`Backend::Auto`] asks and decides within one budget.
+    async fn chosen(&self) -> Result<Backend, Error> {
         if self.backend != Backend::Auto {
             return Ok(self.backend);
         }
@@ -95,11 +101,12 @@ where
             return Ok(chosen);
         }
         let mut con = self.con.clone();
-        let chosen = Self::within(self.timeout, backend::detect(&mut con)).await?;
+        let chosen = backend::detect(&mut con).await?;
         Ok(*self.chosen.get_or_init(|| chosen))
     }
 
-    /// Gives every call at most `budget` for its answer, then [`Error::Timeout`].
+    /// Gives every call at most `budget` for its answer (the first one of a client on
+    /// [`Backend::Auto`] asks which backend within it too), then [`Error::Timeout`].
     pub fn with_timeout(mut self, budget: Duration) -> Self {
         self.timeout = Some(budget);
         self
@@ -122,17 +129,17 @@ where
     pub async fn check(&self, limit: &Limit) -> Result<Decision, Error> {
         let budget = (self.timeout).map(|budget| budget + limit.waits().unwrap_or_default());
         let cmd = limit.command()?;
-        if self.backend().await? == Backend::Scripts {
-            return Self::within(budget, self.check_by_script(limit)).await;
-        }
-        let mut con = self.con.clone();
-        let reply = Self::within(budget, Self::send(&cmd, &mut con)).await;
-        let reply = self.on_module(reply, [limit.key()]).await?;
-        Decision::from_reply(&reply)
+        Self::within(budget, async {
+            if self.chosen().await? == Backend::Scripts {
+                return self.check_by_script(limit).await;
+            }
+            let reply = self.send(&cmd).await;
+            Decision::from_reply(&self.on_module(reply, [limit.key()]).await?)
+        })
+        .await
     }
 
     async fn check_by_script(&self, limit: &Limit) -> Result<Decision, Error> {
-        limit.check()?;
         let args = scripts::call_args(limit, false)?;
         let Some(wait) = limit.waits() else {
             return self.call_script(limit, &args).await;
@@ -159,17 +166,19 @@ where
     /// What taking the limit's cost would decide now, from a read-only command (`RL.PEEK`):
     /// runs on replicas, changes nothing.
     ///
-    /// Without the module, a peek is the call's script as a dry run: it runs where scripts
-    /// that write run (on the master).
+    /// Without the module, a peek is the call's script as a dry run: it changes nothing, but
+    /// runs where scripts that write run (on the master).
     pub async fn peek(&self, limit: &Limit) -> Result<Decision, Error> {
         let cmd = limit.peek_command()?;
-        if self.backend().await? == Backend::Scripts {
-            let args = scripts::call_args(limit, true)?;
-            return Self::within(self.timeout, self.call_script(limit, &args)).await;
-        }
-        let reply = self.query(&cmd).await;
-        let reply = self.on_module(reply, [limit.key()]).await?;
-        Decision::from_reply(&reply)
+        Self::within(self.timeout, async {
+            if self.chosen().await? == Backend::Scripts {
+                let args = scripts::call_args(limit, true)?;
+                return self.call_script(limit, &args).await;
+            }
+            let reply = self.send(&cmd).await;
+            Decision::from_reply(&self.on_module(reply, [limit.key()]).await?)
+        })
+        .await
     }
 
     /// Deletes the limiters at `keys` (`RL.RESET`) and says how many there were; refuses, and
@@ -179,23 +188,21 @@ where
         keys: impl IntoIterator<Item = K>,
     ) -> Result<u64, Error> {
         let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
-        let reply = if self.backend().await? == Backend::Scripts {
-            let mut invocation = scripts::RESET.prepare_invoke();
-            for key in &keys {
-                invocation.key(key);
+        let reply = Self::within(self.timeout, async {
+            if self.chosen().await? == Backend::Scripts {
+                let mut invocation = scripts::RESET.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                let mut con = self.con.clone();
+                return Ok(invocation.invoke_async::<Value>(&mut con).await?);
             }
-            let mut con = self.con.clone();
-            Self::within(self.timeout, async {
-                Ok(invocation.invoke_async::<Value>(&mut con).await?)
-            })
-            .await?
-        } else {
             let mut cmd = redis::cmd("RL.RESET");
             cmd.arg(&keys);
-            let reply = self.query(&cmd).await;
-            self.on_module(reply, keys.iter().map(String::as_str))
-                .await?
-        };
+            let reply = self.send(&cmd).await;
+            self.on_module(reply, keys.iter().map(String::as_str)).await
+        })
+        .await?;
         match reply {
             Value::Int(n) if n >= 0 => Ok(n as u64),
             other => Err(Error::UnexpectedReply(format!("{other:?}"))),
@@ -230,40 +237,38 @@ where
                 each: Vec::new(),
             });
         }
-        let scripts = self.backend().await? == Backend::Scripts;
-        let script = if scripts {
-            &scripts::ALL
-        } else {
-            &scripts::ALL_ON_MODULE
-        };
-        let mut invocation = script.prepare_invoke();
-        invocation.arg(if dry_run { "1" } else { "0" });
-        for limit in limits {
-            let args = match scripts {
-                true => scripts::all_args(limit)?,
-                false => limit.script_args()?,
+        Self::within(self.timeout, async {
+            let scripts = self.chosen().await? == Backend::Scripts;
+            let script = match scripts {
+                true => &scripts::ALL,
+                false => &scripts::ALL_ON_MODULE,
             };
-            invocation.key(limit.key()).arg(args);
-        }
-        let mut con = self.con.clone();
-        let reply = Self::within(self.timeout, async {
-            Ok(invocation.invoke_async::<Value>(&mut con).await?)
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(if dry_run { "1" } else { "0" });
+            for limit in limits {
+                let args = match scripts {
+                    true => scripts::all_args(limit)?,
+                    false => limit.script_args()?,
+                };
+                invocation.key(limit.key()).arg(args);
+            }
+            let mut con = self.con.clone();
+            let reply = invocation.invoke_async::<Value>(&mut con).await;
+            let reply = match scripts {
+                true => reply?,
+                false => {
+                    (self.on_module(reply.map_err(Error::from), limits.iter().map(Limit::key)))
+                        .await?
+                }
+            };
+            Decisions::from_reply(&reply, limits.len())
         })
-        .await;
-        let reply = match scripts {
-            true => reply?,
-            false => self.on_module(reply, limits.iter().map(Limit::key)).await?,
-        };
-        Decisions::from_reply(&reply, limits.len())
+        .await
     }
 
-    async fn query(&self, cmd: &Cmd) -> Result<Value, Error> {
+    async fn send(&self, cmd: &Cmd) -> Result<Value, Error> {
         let mut con = self.con.clone();
-        Self::within(self.timeout, Self::send(cmd, &mut con)).await
-    }
-
-    async fn send(cmd: &Cmd, con: &mut C) -> Result<Value, Error> {
-        Ok(cmd.query_async::<Value>(con).await?)
+        Ok(cmd.query_async::<Value>(&mut con).await?)
     }
 
     /// A module's reply, with a `WRONGTYPE` about a key the scripts wrote made
@@ -276,14 +281,10 @@ where
         let Err(Error::WrongType(message)) = reply else {
             return reply;
         };
-        let mut con = self.con.clone();
         for key in keys {
             let mut head = redis::cmd("GETRANGE");
             head.arg(key).arg(0).arg(3);
-            let head = Self::within(self.timeout, async {
-                Ok(head.query_async::<Value>(&mut con).await?)
-            });
-            if let Ok(Value::BulkString(bytes)) = head.await
+            if let Ok(Value::BulkString(bytes)) = self.send(&head).await
                 && bytes == scripts::TAG
             {
                 return Err(Error::OtherBackend {
