@@ -24,7 +24,13 @@ const S: fn(u64) -> Duration = Duration::from_secs;
 
 async fn connect(server: &Server, backend: Backend) -> RateLimiter<MultiplexedConnection> {
     let client = server.client("").unwrap();
-    let con = client.get_multiplexed_async_connection().await.unwrap();
+    // A busy machine (two cores shared with builds) may hold a reply past the crate's default
+    // 500 ms: a long run must not end on that.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(S(30)));
+    let con = (client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await)
+        .unwrap();
     RateLimiter::new(con).with_backend(backend)
 }
 
