@@ -392,6 +392,8 @@ async fn a_cluster_connection_routes_every_call() {
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let con = client.get_async_connection().await.unwrap();
     let limiter = RateLimiter::new(con);
+    // Asked through the cluster connection, the nodes have the module.
+    assert_eq!(limiter.backend().await.unwrap(), Backend::Module);
     for user in 0..20 {
         let limit = Limit::token(format!("user:{user}"), 5, 1);
         assert_eq!(
