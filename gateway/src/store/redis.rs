@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter};
+use ratelimit_client::{Backend, Decision, Decisions, Error, Limit, Policy, RateLimiter};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
@@ -135,7 +135,10 @@ impl RedisStore {
             Conn::Single(ConnectionManager::new_lazy_with_config(client, manager)?)
         };
         Ok(RedisStore {
-            limiter: RateLimiter::new(con.clone()).with_timeout(budget),
+            // The module's commands: the gateway needs the module (health answers so).
+            limiter: RateLimiter::new(con.clone())
+                .with_backend(Backend::Module)
+                .with_timeout(budget),
             con,
             history_max: options.history_max,
             history_ttl: options.history_ttl,
