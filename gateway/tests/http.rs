@@ -977,8 +977,7 @@ async fn a_cluster_shares_limits_history_and_blocks() {
             .send("GET", "/analytics", Some(ADMIN), None)
             .await
             .json();
-        if analytics["windows"][1]["allowed"] == 9 || started.elapsed() > Duration::from_secs(5)
-        {
+        if analytics["windows"][1]["allowed"] == 9 || started.elapsed() > Duration::from_secs(5) {
             break analytics;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

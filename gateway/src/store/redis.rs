@@ -135,7 +135,10 @@ impl RedisStore {
             };
             // The caches' own connection speaks RESP3, for the pushes of CLIENT TRACKING.
             let info = url.as_str().into_connection_info()?;
-            let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
             let info = info.set_redis_settings(resp3);
             let tracking = match certs {
                 Some(certs) => redis::Client::build_with_tls(info, certs)?,
@@ -807,11 +810,18 @@ fn tracked(name: &[u8]) -> Option<Tracked> {
 }
 
 /// Adds a limit to the admitting script: its key, and its spec as `RL.ALL` takes it.
-fn spec(invocation: &mut ScriptInvocation<'_>, key: String, policy: Policy) -> Result<(), StoreError> {
+fn spec(
+    invocation: &mut ScriptInvocation<'_>,
+    key: String,
+    policy: Policy,
+) -> Result<(), StoreError> {
     let policy = policy
         .checked()
         .map_err(|e| StoreError::Failed(Box::new(e)))?;
-    invocation.key(key).arg(policy.algorithm().name()).arg(policy.args());
+    invocation
+        .key(key)
+        .arg(policy.algorithm().name())
+        .arg(policy.args());
     Ok(())
 }
 
