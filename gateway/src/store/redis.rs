@@ -958,3 +958,57 @@ fn scores(value: &Value) -> Result<Vec<(String, u64)>, StoreError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_name_the_keys_the_caches_read() {
+        #[rustfmt::skip]
+        let cases: [(&str, Option<Tracked>); 8] = [
+            ("gw:key:ab12", Some(Tracked::Key("ab12".into()))),
+            ("gw:{u:42}:user", Some(Tracked::User(42))),
+            ("gw:{blocks}:until", Some(Tracked::Blocks)),
+            ("gw:{u:42}:history", None),
+            ("gw:{u:42}:limit:fixed", None),
+            ("gw:{u:x}:user", None),
+            ("gw:{blocks}:reason", None),
+            ("gw:{ip:192.0.2.1}:block", None),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(tracked(name.as_bytes()), expected, "{name}");
+            assert_eq!(
+                tracked(name.as_bytes()).is_some(),
+                name == user_key(42, "user") || name == key_index("ab12") || name == BLOCKS_UNTIL,
+                "{name}"
+            );
+        }
+        assert_eq!(tracked(b"\xff"), None);
+    }
+
+    #[test]
+    fn the_admitting_scripts_reply_reads_as_rl_all() {
+        let decision = |allowed| {
+            Value::Array(
+                [allowed, 10, 9, if allowed == 1 { 0 } else { 1500 }, 6000]
+                    .map(Value::Int)
+                    .to_vec(),
+            )
+        };
+        let allowed = [Value::Int(1), Value::Int(0), decision(1), decision(1)];
+        let got = decisions(&allowed, 2).unwrap();
+        assert!(got.allowed && got.retry == Retry::Now && got.each.len() == 2);
+        let denied = [Value::Int(0), Value::Int(1500), decision(1), decision(0)];
+        let got = decisions(&denied, 2).unwrap();
+        assert_eq!(
+            (got.allowed, got.retry),
+            (false, Retry::After(Duration::from_millis(1500)))
+        );
+        assert!(!got.each[1].allowed);
+        assert_eq!(decisions(&denied, 1), None, "a count that does not match");
+        assert_eq!(decisions(&[Value::Int(1)], 0), None);
+        let never = [Value::Int(0), Value::Int(-1), decision(0)];
+        assert_eq!(decisions(&never, 1).unwrap().retry, Retry::Never);
+    }
+}
