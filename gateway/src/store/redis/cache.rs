@@ -71,12 +71,15 @@ impl Inner {
     }
 }
 
+/// Tells a tracked key from its name (the store names keys).
+pub type Parse = fn(&[u8]) -> Option<Tracked>;
+
 /// The caches; one per store, shared with the task that keeps the tracking connection.
 #[derive(Default)]
 pub struct Caches {
     inner: Mutex<Inner>,
-    /// How to tell a tracked key from its name (the store names keys).
-    parse: Option<fn(&[u8]) -> Option<Tracked>>,
+    /// How to tell a tracked key from its name; none: the caches are never used.
+    parse: Option<Parse>,
 }
 
 /// Leave to fill a cache with a value read on `con`: kept only if nothing was invalidated
@@ -87,7 +90,7 @@ pub struct Ticket {
 }
 
 impl Caches {
-    pub fn new(parse: fn(&[u8]) -> Option<Tracked>) -> Caches {
+    pub fn new(parse: Parse) -> Caches {
         Caches {
             inner: Mutex::default(),
             parse: Some(parse),
