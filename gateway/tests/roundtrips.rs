@@ -299,7 +299,16 @@ async fn changes_apply_on_every_instance_within_the_bound() {
         }
     }
 
-    // A policy set on one applies on two.
+    // Two serves from its caches (one call a request)...
+    let monitor = Monitor::start(&server).await;
+    until(|| async {
+        assert_eq!(post(&two, &key).await.status, 200);
+        let sent = sort(monitor.take().await, alice);
+        sent.admits == 1 && sent.other.is_empty()
+    })
+    .await;
+
+    // ...and a policy set on one applies on two, which reads it again.
     let put = one
         .send(
             "PUT",
@@ -314,6 +323,12 @@ async fn changes_apply_on_every_instance_within_the_bound() {
     })
     .await;
     assert!(took <= CACHE_BOUND, "the policy took {took:?}");
+    let reread = sort(monitor.take().await, alice)
+        .other
+        .iter()
+        .filter(|w| w[0] == "HGET" && w[1] == format!("gw:{{u:{alice}}}:user"))
+        .count();
+    assert!(reread >= 1, "two read the policy again");
 
     // Written in Redis by anyone (here redis-cli's way): the keys themselves invalidate.
     call(
