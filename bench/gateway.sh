@@ -70,7 +70,7 @@ def calls(text):
     for line in text.splitlines():
         m = re.match(r"cmdstat_([^:]+):calls=(\d+)", line)
         if m:
-            out[m.group(1)] = int(m.group(2))
+            out[m.group(1).lower()] = int(m.group(2))
     return out
 before, after, requests, inside = calls(sys.argv[1]), calls(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
 delta = {c: n - before.get(c, 0) for c, n in after.items() if n - before.get(c, 0) > 0}
@@ -84,9 +84,7 @@ PY
 # Runs wrk against the URLs given, at once, with the connections shared; prints the summed
 # requests/s, the first run's p50 and p99, the requests and the non-2xx.
 load() {
-    local n=$# each=$((connections / $#)) outs=() i=0
-    for url in "$@"; do wrk -t1 -c"$each" -d1s -s bench/lua/gateway_post.lua "$url" >/dev/null & done
-    wait
+    local n=$# each=$((connections / $#)) i=0
     for url in "$@"; do
         wrk -t1 -c"$each" -d"${seconds}s" --latency -s bench/lua/gateway_post.lua "$url" >"$dir/wrk.$i" &
         i=$((i + 1))
@@ -119,6 +117,9 @@ for case in off limited two; do
         limited) label="limited"; urls=("http://127.0.0.1:$limited_port/requests") ;;
         two) label="limited x2"; urls=("http://127.0.0.1:$limited_port/requests" "http://127.0.0.1:$second_port/requests") ;;
     esac
+    for url in "${urls[@]}"; do # warm up
+        wrk -t1 -c"$((connections / ${#urls[@]}))" -d1s -s bench/lua/gateway_post.lua "$url" >/dev/null
+    done
     before=$(commandstats)
     read -r rps p50 p99 requests non2xx < <(load "${urls[@]}")
     sleep 1.2 # the last analytics batch of the case

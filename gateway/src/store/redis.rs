@@ -758,14 +758,15 @@ static COUNTS_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| 
         r#"
 local users = tonumber(ARGV[3])
 local at = 4
+local touched = {false, false}
 for u = 1, users do
   local id, allowed, denied = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
-  if allowed > 0 then redis.call('ZINCRBY', KEYS[1], allowed, id) end
-  if denied > 0 then redis.call('ZINCRBY', KEYS[2], denied, id) end
+  if allowed > 0 then redis.call('ZINCRBY', KEYS[1], allowed, id); touched[1] = true end
+  if denied > 0 then redis.call('ZINCRBY', KEYS[2], denied, id); touched[2] = true end
   at = at + 3
 end
 for k = 1, 2 do
-  if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('EXPIRE', KEYS[k], ARGV[1]) end
+  if touched[k] then redis.call('EXPIRE', KEYS[k], ARGV[1]) end
 end
 if at <= #ARGV then
   while at <= #ARGV do
