@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The module's commands against `SET … PX` on the same server, standalone and with a replica.
+"""The module's commands against `SET … PX` of the same key lifetime, standalone and with a replica.
 
 In one run, for each server program (Redis' `redis-server` and, if installed, Valkey's
 `valkey-server` from scripts/install-valkey.sh): a server without persistence, alone, then
 the same with one replica attached (where `SET … PX` pays its propagation too). Every case
 runs with redis-benchmark (50 clients, 100,000 random keys, pipeline 16), the cases
-alternating, repeated; medians of ops/s and p99, and the ratio to `SET … PX` of the same
-server and setup. Optional: `--baseline other.so` adds the cases on another build of the
-module, same run.
+alternating, repeated; medians of ops/s and p99, and the ratio to the `SET … PX` case of the
+same server and setup whose keys live as long: a minute, or 100 ms (most calls then find
+their key expired, and the server's active expiry deletes keys all the time). Optional:
+`--baseline other.so` adds the cases on another build of the module, same run.
 
     python3 bench/hotpath.py [--reps 3] [--requests 300000] [--baseline old.so]
 """
@@ -28,14 +29,19 @@ VALKEY = os.path.expanduser("~/.cache/redis-ratelimit/bin/valkey-server")
 
 
 def cases():
+    """(name, command, the `SET … PX` case of the same key lifetime, which it is compared to)."""
     k = "__rand_int__"
+    long, short = "SET … PX 60000", "SET … PX 100"
     return [
-        ("SET … PX 60000", ["SET", "b:px:" + k, "x", "PX", "60000"]),
-        ("RL.FIXED 100 60", ["RL.FIXED", "b:fw:" + k, "100", "60"]),
-        ("RL.SLIDING 100 60", ["RL.SLIDING", "b:sw:" + k, "100", "60"]),
-        ("RL.TOKEN 100 10", ["RL.TOKEN", "b:tb:" + k, "100", "10"]),
-        ("RL.TOKEN 100 1 PER 1m", ["RL.TOKEN", "b:tm:" + k, "100", "1", "PER", "1m"]),
-        ("CL.THROTTLE 99 100 60", ["CL.THROTTLE", "b:ct:" + k, "99", "100", "60"]),
+        (long, ["SET", "b:px:" + k, "x", "PX", "60000"], long),
+        ("RL.FIXED 100 60", ["RL.FIXED", "b:fw:" + k, "100", "60"], long),
+        ("RL.SLIDING 100 60", ["RL.SLIDING", "b:sw:" + k, "100", "60"], long),
+        ("RL.TOKEN 100 1 PER 1m", ["RL.TOKEN", "b:tm:" + k, "100", "1", "PER", "1m"], long),
+        ("CL.THROTTLE 99 100 60", ["CL.THROTTLE", "b:ct:" + k, "99", "100", "60"], long),
+        # Keys that live 100 ms after a call: most calls find theirs expired.
+        (short, ["SET", "b:ps:" + k, "x", "PX", "100"], short),
+        ("RL.FIXED 100 100ms", ["RL.FIXED", "b:fs:" + k, "100", "100ms"], short),
+        ("RL.TOKEN 100 10", ["RL.TOKEN", "b:tb:" + k, "100", "10"], short),
     ]
 
 
@@ -94,7 +100,7 @@ def measure(program, modules, reps, requests):
                         sys.exit("the replica did not link")
                 client = Client(port)
                 for _ in range(reps):
-                    for name, command in cases():
+                    for name, command, _ in cases():
                         client.call("FLUSHALL")
                         results.setdefault((build, setup, name), []).append(
                             benchmark(port, command, requests))
@@ -137,11 +143,11 @@ def main():
         setups = [(build, setup) for build, _ in modules for setup in ("standalone", "one replica")]
         print("| case | " + " | ".join("%s, %s: ops/s | ×SET PX | p99 ms" % s for s in setups) + " |")
         print("|---|" + "---:|---:|---:|" * len(setups))
-        for name, _ in cases():
+        for name, _, same_lifetime in cases():
             row = [name]
             for build, setup in setups:
                 ops, p99 = medians[(build, setup, name)]
-                base = medians[(build, setup, cases()[0][0])][0]
+                base = medians[(build, setup, same_lifetime)][0]
                 row += ["%.0f" % ops, "%.2f" % (ops / base), "%.2f" % p99]
             print("| " + " | ".join(row) + " |")
     shutil.rmtree(tmp, ignore_errors=True)

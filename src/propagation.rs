@@ -7,10 +7,12 @@
 //! which a replica that was away resumes). It pays nothing when neither holds; the module API
 //! offers no such test, so this file keeps one, conservatively:
 //!
-//! - read on every call, from the context's flags: the AOF on (or being turned on), save
-//!   points configured (the replicate call is also what counts a change for them: without it,
-//!   `save 60 1` would never fire), a fork child running (a snapshot or an AOF rewrite that a
-//!   sync may wait on), and this server being a replica;
+//! - read from the context's flags: the AOF on (or being turned on), save points configured
+//!   (the replicate call is also what counts a change for them: without it, `save 60 1` would
+//!   never fire), a fork child running (a snapshot or an AOF rewrite that a sync may wait on),
+//!   and this server being a replica. Reading them costs a call about 260 instructions, so
+//!   the answer is kept until one of [`EVENTS`] says it may have changed (a `CONFIG SET`, a
+//!   fork child born or gone, a role change, loading); the next call then reads them again;
 //! - read from `INFO replication` when they can appear, and kept for the rest of the process
 //!   once seen: replicas and the backlog. They are looked at when the module loads, when
 //!   loading data ends, when the role changes (a promoted replica keeps its backlog), when a
@@ -22,7 +24,7 @@
 //! call; everything else replicates every effect, as before.
 
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use redis_module::raw;
 
@@ -39,18 +41,40 @@ const ALWAYS: u32 = raw::REDISMODULE_CTX_FLAGS_AOF
 /// assumed to have replicas until shown otherwise).
 static REPLICAS_SEEN: AtomicBool = AtomicBool::new(true);
 
-/// Whether an effect must be replicated, given the calling context's flags.
+/// What the context flags said of [`ALWAYS`] when last read: [`UNREAD`] (read them at the
+/// next call), [`NO`] or [`YES`].
+static PERSISTING: AtomicU8 = AtomicU8::new(UNREAD);
+const UNREAD: u8 = 0;
+const NO: u8 = 1;
+const YES: u8 = 2;
+
+/// Whether an effect must be replicated; `flags` reads the calling context's flags, called
+/// only when an event has made the kept answer stale.
 #[inline]
-pub fn needed(flags: u32) -> bool {
-    flags & ALWAYS != 0 || REPLICAS_SEEN.load(Ordering::Relaxed)
+pub fn needed(flags: impl FnOnce() -> u32) -> bool {
+    if REPLICAS_SEEN.load(Ordering::Relaxed) {
+        return true;
+    }
+    match PERSISTING.load(Ordering::Relaxed) {
+        NO => false,
+        YES => true,
+        _ => {
+            let yes = flags() & ALWAYS != 0;
+            PERSISTING.store(if yes { YES } else { NO }, Ordering::Relaxed);
+            yes
+        }
+    }
 }
 
-/// The server events after which replicas or a backlog may exist.
-const EVENTS: [u64; 4] = [
+/// The server events after which replicas or a backlog may exist, or the flags in [`ALWAYS`]
+/// may have changed (`CONFIG SET appendonly` or `save`, a fork child born or gone, a role
+/// change, loading).
+const EVENTS: [u64; 5] = [
     raw::REDISMODULE_EVENT_LOADING,
     raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
     raw::REDISMODULE_EVENT_FORK_CHILD,
     raw::REDISMODULE_EVENT_REPLICA_CHANGE,
+    raw::REDISMODULE_EVENT_CONFIG,
 ];
 
 /// Load time: subscribes to [`EVENTS`] and looks at the replication state once. `Err` if a
@@ -76,6 +100,7 @@ extern "C" fn on_event(
     _data: *mut c_void,
 ) {
     guard::catch(|| {
+        PERSISTING.store(UNREAD, Ordering::Relaxed);
         if !REPLICAS_SEEN.load(Ordering::Relaxed) && has_replicas(ctx) {
             REPLICAS_SEEN.store(true, Ordering::Relaxed);
         }

@@ -305,7 +305,7 @@ impl Ctx {
     /// Replicates a new state of `key` (to replicas and the AOF) as `RL.STATE <key> <encoded
     /// state>`, encoded only if something can receive it ([`propagation::needed`]).
     pub fn replicate_state(self, key: RString, state: impl FnOnce() -> Encoded) {
-        if !propagation::needed(self.flags()) {
+        if !propagation::needed(|| self.flags()) {
             return;
         }
         let state = state();
@@ -325,7 +325,7 @@ impl Ctx {
 
     /// Replicates the deletion of `key` as `DEL <key>`, if something can receive it.
     pub fn replicate_delete(self, key: RString) {
-        if propagation::needed(self.flags()) {
+        if propagation::needed(|| self.flags()) {
             // SAFETY: format "s" takes a Redis string.
             unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key) };
         }

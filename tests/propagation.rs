@@ -132,6 +132,35 @@ fn a_server_without_replicas_or_persistence_replicates_nothing() {
     );
 }
 
+/// The answer "nothing can receive an effect" is kept between calls; `CONFIG SET` of the save
+/// points drops it: the first call after counts, and the one after `save ""` does not.
+#[test]
+fn save_points_set_at_run_time_count_from_the_next_call() {
+    let server = Server::start_with(Clock::pinned(T0), &[]);
+    let mut con = server.conn();
+    rl(&mut con, "RL.FIXED a 5 1m").unwrap();
+    assert_eq!(changes(&mut con), 0);
+    let save = |con: &mut redis::Connection, points: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("save")
+            .arg(points)
+            .query(con)
+            .unwrap();
+    };
+    save(&mut con, "3600 1");
+    rl(&mut con, "RL.FIXED a 5 1m").unwrap();
+    rl(&mut con, "RL.TOKEN b 5 1").unwrap();
+    assert_eq!(
+        changes(&mut con),
+        2,
+        "both calls after CONFIG SET are counted"
+    );
+    save(&mut con, "");
+    rl(&mut con, "RL.FIXED a 5 1m").unwrap();
+    assert_eq!(changes(&mut con), 2, "none after save points are gone");
+}
+
 #[test]
 fn save_points_count_every_change_and_fire() {
     let server = Server::start_with(Clock::pinned(T0), &["--save", "1 1"]);

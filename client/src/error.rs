@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::Backend;
 use crate::limit::InvalidLimit;
 
 /// What can go wrong with a call.
@@ -20,6 +21,14 @@ pub enum Error {
     /// The key holds another type, or a limiter of another algorithm.
     #[error("{0}")]
     WrongType(String),
+    /// The key holds a limiter the other backend wrote: the module's, while this client runs
+    /// its scripts, or the scripts', while it calls the module. Neither reads the other's
+    /// keys; reset the key, or give every client of these keys the same backend.
+    #[error(
+        "WRONGTYPE the key holds a limiter written by {written_by}, and this client uses \
+         {used}: one backend per key (reset the key, or set the same backend on every client)"
+    )]
+    OtherBackend { written_by: Backend, used: Backend },
     /// The server refused the call (`ERR …` from the module, `NOPERM`, `OOM`, `CROSSSLOT`, …):
     /// the error's code and message.
     #[error("{code} {message}")]
@@ -91,6 +100,10 @@ impl From<redis::RedisError> for Error {
             };
         }
         match code {
+            "WRONGTYPE" if detail.starts_with(crate::scripts::MODULE_KEY) => Error::OtherBackend {
+                written_by: Backend::Module,
+                used: Backend::Scripts,
+            },
             "WRONGTYPE" => Error::WrongType(format!("WRONGTYPE {detail}")),
             _ => Error::Refused {
                 code: code.to_string(),

@@ -6,6 +6,10 @@
 //! `MultiplexedConnection`, `ConnectionManager` (which reconnects by itself), or the async
 //! cluster connection.
 //!
+//! On a server that cannot load the module (managed Redis or Valkey) the client runs the
+//! module's algorithms as Lua scripts, with the same decisions and key expiries ([`Backend`]:
+//! chosen by asking the server once, or set); `docs/without-module.md` says what differs.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use ratelimit_client::{Limit, RateLimiter};
@@ -26,29 +30,38 @@
 //! # }
 //! ```
 
+mod backend;
 mod decision;
 mod error;
 mod limit;
+mod scripts;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, Value};
 
+pub use backend::Backend;
 pub use decision::{Decision, Decisions, Retry};
 pub use error::Error;
 pub use limit::{Action, Figure, InvalidLimit, Limit, Policy};
 pub use ratelimit_core::Algorithm;
+pub use scripts::MAX_SCRIPT_UNITS;
 
-/// Calls the module over a connection of the `redis` crate.
+/// Calls the module, or its scripts where the server has no module ([`Backend`]), over a
+/// connection of the `redis` crate.
 ///
 /// Cloning is cheap when the connection's is (a multiplexed connection, a connection manager
-/// or a cluster connection): each call works on its own clone of the connection.
+/// or a cluster connection): each call works on its own clone of the connection, and clones
+/// share the backend chosen.
 #[derive(Clone, Debug)]
 pub struct RateLimiter<C> {
     con: C,
     timeout: Option<Duration>,
+    backend: Backend,
+    /// The backend [`Backend::Auto`] chose, once asked.
+    chosen: Arc<OnceLock<Backend>>,
 }
 
 impl<C> RateLimiter<C>
@@ -56,10 +69,44 @@ where
     C: ConnectionLike + Clone + Send + Sync,
 {
     pub fn new(con: C) -> Self {
-        RateLimiter { con, timeout: None }
+        RateLimiter {
+            con,
+            timeout: None,
+            backend: Backend::Auto,
+            chosen: Arc::new(OnceLock::new()),
+        }
     }
 
-    /// Gives every call at most `budget` for its answer, then [`Error::Timeout`].
+    /// Decides with `backend`: [`Backend::Auto`] (the default) asks the server once, at the
+    /// first call, whether it has the module, and uses its scripts if not.
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self.chosen = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// The backend calls use: [`Backend::Module`] or [`Backend::Scripts`] (for
+    /// [`Backend::Auto`], asking the server the first time).
+    pub async fn backend(&self) -> Result<Backend, Error> {
+        Self::within(self.timeout, self.chosen()).await
+    }
+
+    /// [`backend`](Self::backend), in the caller's time budget: the first call of a client
+    /// on [`Backend::Auto`] asks and decides within one budget.
+    async fn chosen(&self) -> Result<Backend, Error> {
+        if self.backend != Backend::Auto {
+            return Ok(self.backend);
+        }
+        if let Some(&chosen) = self.chosen.get() {
+            return Ok(chosen);
+        }
+        let mut con = self.con.clone();
+        let chosen = backend::detect(&mut con).await?;
+        Ok(*self.chosen.get_or_init(|| chosen))
+    }
+
+    /// Gives every call at most `budget` for its answer (the first one of a client on
+    /// [`Backend::Auto`] asks which backend within it too), then [`Error::Timeout`].
     pub fn with_timeout(mut self, budget: Duration) -> Self {
         self.timeout = Some(budget);
         self
@@ -75,20 +122,63 @@ where
     ///
     /// A limit that [waits](Limit::wait) may take up to its wait longer: the time budget is
     /// extended by it.
+    ///
+    /// Without the module the client waits itself: a denied call that would be allowed
+    /// within the limit's wait sleeps until its `retry_after` and tries again, until it is
+    /// allowed, denied for longer than the wait has left, or can never be.
     pub async fn check(&self, limit: &Limit) -> Result<Decision, Error> {
-        let cmd = limit.command()?;
-        let mut con = self.con.clone();
-        let reply = cmd.query_async::<Value>(&mut con);
         let budget = (self.timeout).map(|budget| budget + limit.waits().unwrap_or_default());
-        let reply = Self::within(budget, reply).await?;
+        let cmd = limit.command()?;
+        Self::within(budget, async {
+            if self.chosen().await? == Backend::Scripts {
+                return self.check_by_script(limit).await;
+            }
+            let reply = self.send(&cmd).await;
+            Decision::from_reply(&self.on_module(reply, [limit.key()]).await?)
+        })
+        .await
+    }
+
+    async fn check_by_script(&self, limit: &Limit) -> Result<Decision, Error> {
+        let args = scripts::call_args(limit, false)?;
+        let Some(wait) = limit.waits() else {
+            return self.call_script(limit, &args).await;
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let decision = self.call_script(limit, &args).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match decision.retry {
+                Retry::After(retry) if retry <= left => tokio::time::sleep(retry).await,
+                Retry::Now | Retry::Never | Retry::After(_) => return Ok(decision),
+            }
+        }
+    }
+
+    async fn call_script(&self, limit: &Limit, args: &[String]) -> Result<Decision, Error> {
+        let mut invocation = scripts::CALL.prepare_invoke();
+        invocation.key(limit.key()).arg(args);
+        let mut con = self.con.clone();
+        let reply = invocation.invoke_async::<Value>(&mut con).await?;
         Decision::from_reply(&reply)
     }
 
     /// What taking the limit's cost would decide now, from a read-only command (`RL.PEEK`):
     /// runs on replicas, changes nothing.
+    ///
+    /// Without the module, a peek is the call's script as a dry run: it changes nothing, but
+    /// runs where scripts that write run (on the master).
     pub async fn peek(&self, limit: &Limit) -> Result<Decision, Error> {
-        let reply = self.query(&limit.peek_command()?).await?;
-        Decision::from_reply(&reply)
+        let cmd = limit.peek_command()?;
+        Self::within(self.timeout, async {
+            if self.chosen().await? == Backend::Scripts {
+                let args = scripts::call_args(limit, true)?;
+                return self.call_script(limit, &args).await;
+            }
+            let reply = self.send(&cmd).await;
+            Decision::from_reply(&self.on_module(reply, [limit.key()]).await?)
+        })
+        .await
     }
 
     /// Deletes the limiters at `keys` (`RL.RESET`) and says how many there were; refuses, and
@@ -97,11 +187,23 @@ where
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<u64, Error> {
-        let mut cmd = redis::cmd("RL.RESET");
-        for key in keys {
-            cmd.arg(key.as_ref());
-        }
-        match self.query(&cmd).await? {
+        let keys: Vec<String> = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
+        let reply = Self::within(self.timeout, async {
+            if self.chosen().await? == Backend::Scripts {
+                let mut invocation = scripts::RESET.prepare_invoke();
+                for key in &keys {
+                    invocation.key(key);
+                }
+                let mut con = self.con.clone();
+                return Ok(invocation.invoke_async::<Value>(&mut con).await?);
+            }
+            let mut cmd = redis::cmd("RL.RESET");
+            cmd.arg(&keys);
+            let reply = self.send(&cmd).await;
+            self.on_module(reply, keys.iter().map(String::as_str)).await
+        })
+        .await?;
+        match reply {
             Value::Int(n) if n >= 0 => Ok(n as u64),
             other => Err(Error::UnexpectedReply(format!("{other:?}"))),
         }
@@ -125,10 +227,8 @@ where
     }
 
     async fn all(&self, limits: &[Limit], dry_run: bool) -> Result<Decisions, Error> {
-        let mut invocation = ALL.prepare_invoke();
-        invocation.arg(if dry_run { "1" } else { "0" });
         for limit in limits {
-            invocation.key(limit.key()).arg(limit.script_args()?);
+            limit.script_args()?;
         }
         if limits.is_empty() {
             return Ok(Decisions {
@@ -137,32 +237,75 @@ where
                 each: Vec::new(),
             });
         }
-        let mut con = self.con.clone();
-        let reply = Self::within(self.timeout, invocation.invoke_async::<Value>(&mut con)).await?;
-        Decisions::from_reply(&reply, limits.len())
+        Self::within(self.timeout, async {
+            let scripts = self.chosen().await? == Backend::Scripts;
+            let script = match scripts {
+                true => &scripts::ALL,
+                false => &scripts::ALL_ON_MODULE,
+            };
+            let mut invocation = script.prepare_invoke();
+            invocation.arg(if dry_run { "1" } else { "0" });
+            for limit in limits {
+                let args = match scripts {
+                    true => scripts::all_args(limit)?,
+                    false => limit.script_args()?,
+                };
+                invocation.key(limit.key()).arg(args);
+            }
+            let mut con = self.con.clone();
+            let reply = invocation.invoke_async::<Value>(&mut con).await;
+            let reply = match scripts {
+                true => reply?,
+                false => {
+                    (self.on_module(reply.map_err(Error::from), limits.iter().map(Limit::key)))
+                        .await?
+                }
+            };
+            Decisions::from_reply(&reply, limits.len())
+        })
+        .await
     }
 
-    async fn query(&self, cmd: &Cmd) -> Result<Value, Error> {
+    async fn send(&self, cmd: &Cmd) -> Result<Value, Error> {
         let mut con = self.con.clone();
-        Self::within(self.timeout, cmd.query_async::<Value>(&mut con)).await
+        Ok(cmd.query_async::<Value>(&mut con).await?)
     }
 
-    /// Awaits a reply within the time budget, if there is one.
-    async fn within(
-        budget: Option<Duration>,
-        reply: impl Future<Output = redis::RedisResult<Value>>,
+    /// A module's reply, with a `WRONGTYPE` about a key the scripts wrote made
+    /// [`Error::OtherBackend`] (one more read of the keys, on that error only).
+    async fn on_module<'k>(
+        &self,
+        reply: Result<Value, Error>,
+        keys: impl IntoIterator<Item = &'k str>,
     ) -> Result<Value, Error> {
-        let reply = match budget {
-            Some(budget) => tokio::time::timeout(budget, reply)
+        let Err(Error::WrongType(message)) = reply else {
+            return reply;
+        };
+        for key in keys {
+            let mut head = redis::cmd("GETRANGE");
+            head.arg(key).arg(0).arg(3);
+            if let Ok(Value::BulkString(bytes)) = self.send(&head).await
+                && bytes == scripts::TAG
+            {
+                return Err(Error::OtherBackend {
+                    written_by: Backend::Scripts,
+                    used: Backend::Module,
+                });
+            }
+        }
+        Err(Error::WrongType(message))
+    }
+
+    /// Awaits an answer within the time budget, if there is one.
+    async fn within<T>(
+        budget: Option<Duration>,
+        answer: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match budget {
+            Some(budget) => tokio::time::timeout(budget, answer)
                 .await
                 .map_err(|_| Error::Timeout(budget))?,
-            None => reply.await,
-        };
-        Ok(reply?)
+            None => answer.await,
+        }
     }
 }
-
-/// Several limits, all or nothing, in one script with `RL.ALL`'s semantics and reply: one
-/// `RL.ALL` inside, where the module has it (cluster clients route a script by its first key;
-/// they would route `RL.ALL` itself by its `numkeys`), and single calls on builds without it.
-static ALL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("all.lua")));

@@ -263,7 +263,9 @@ impl Limit {
     /// A denied call that would be allowed within `timeout` waits for its units, the server
     /// holding the reply until then (`WAIT`): the call takes up to that much longer, and the
     /// client's time budget is extended by it. The connection's own response timeout (a
-    /// `ConnectionManager`'s, for one) must allow for it too.
+    /// `ConnectionManager`'s, for one) must allow for it too. Without the module the client
+    /// waits instead, sleeping until the retry and trying again (see
+    /// [`RateLimiter::check`](crate::RateLimiter::check)).
     pub fn wait(mut self, timeout: Duration) -> Limit {
         self.wait = Some(timeout);
         self

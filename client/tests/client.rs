@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
+use ratelimit_client::{Backend, Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
 use ratelimit_testkit::cluster::Cluster;
 use ratelimit_testkit::{Clock, Server, call, ci, int};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -117,8 +117,10 @@ async fn invalid_limits_never_reach_the_server_and_the_module_agrees() {
 
 #[tokio::test]
 async fn errors_are_typed() {
+    // Set to the module, a server without it answers what it lacks (by default, the client
+    // would run its scripts there: tests/scripts.rs).
     let plain = Server::start_without_module(&[]);
-    let limiter = connect(&plain.url("")).await;
+    let limiter = connect(&plain.url("")).await.with_backend(Backend::Module);
     let err = limiter.check(&Limit::token("k", 10, 1)).await.unwrap_err();
     assert!(
         matches!(&err, Error::ModuleNotLoaded { command } if command.eq_ignore_ascii_case("RL.TOKEN")),
@@ -390,6 +392,8 @@ async fn a_cluster_connection_routes_every_call() {
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let con = client.get_async_connection().await.unwrap();
     let limiter = RateLimiter::new(con);
+    // Asked through the cluster connection, the nodes have the module.
+    assert_eq!(limiter.backend().await.unwrap(), Backend::Module);
     for user in 0..20 {
         let limit = Limit::token(format!("user:{user}"), 5, 1);
         assert_eq!(

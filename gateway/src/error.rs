@@ -107,6 +107,9 @@ impl From<ServiceError> for AppError {
             ),
             ServiceError::NotBlocked(ip) => AppError::not_found(format!("{ip} is not blocked")),
             ServiceError::NoRandomness => AppError::internal("no randomness for a key"),
+            ServiceError::EnvironmentAdmin => AppError::forbidden(
+                "user 0 is the admin of RATELIMIT_ADMIN_KEY: change that setting instead",
+            ),
         }
     }
 }

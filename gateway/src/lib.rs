@@ -12,10 +12,12 @@
 //! - [`store`]: the [`Store`] trait and its error, and [`RedisStore`], the only code that
 //!   speaks Redis.
 //! - [`domain`]: users, keys, policies, history entries and blocks, free of HTTP and Redis.
+//! - [`dashboard`]: the admins' page in the browser (its files built in), on the JSON routes.
 //! - [`config`] (flags and environment) and [`server`] (TCP or TLS, hyper).
 //! - [`rls`]: Envoy's rate limit service over gRPC, beside the HTTP API, on the same store.
 
 pub mod config;
+pub mod dashboard;
 pub mod domain;
 pub mod error;
 pub mod extract;
@@ -40,7 +42,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Connects to Redis and builds the app of this configuration.
 pub async fn build(config: &Config) -> Result<axum::Router, BoxError> {
     let store = RedisStore::connect(&config.redis_options()).await?;
+    upgrade(&store).await;
     Ok(app_on(config, store))
+}
+
+/// Moves users kept in the store's first key layout to the current one; Redis unavailable at
+/// start leaves them for the next start, and says so.
+async fn upgrade(store: &RedisStore) {
+    match store.upgrade_users().await {
+        Ok(0) => {}
+        Ok(moved) => tracing::info!(moved, "users moved to the current key layout"),
+        Err(e) => tracing::warn!(error = %e, "users of an older key layout could not be moved now"),
+    }
 }
 
 fn app_on(config: &Config, store: RedisStore) -> axum::Router {
@@ -54,6 +67,7 @@ type RlsTask = tokio::task::JoinHandle<Result<(), BoxError>>;
 /// policies loaded and its address bound).
 async fn build_with_rls(config: &Config) -> Result<(axum::Router, Option<RlsTask>), BoxError> {
     let store = RedisStore::connect(&config.redis_options()).await?;
+    upgrade(&store).await;
     let rls = match config.rls_options() {
         Some(options) => {
             let serving = rls::start(&options, store.limiter().clone()).await?;

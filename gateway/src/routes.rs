@@ -15,19 +15,20 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use ratelimit_client::Policy;
 use ratelimit_tower::{Problem, UNKNOWN_CLIENT, headers, ip_key};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::dashboard;
 use crate::domain::{
     Role, User, api_key, check_request_type, check_username, ip_subject, is_request_id,
     parse_duration, policy_from_json, policy_to_json, rfc3339,
 };
 use crate::error::AppError;
 use crate::extract::{Admin, Authed, ClientAddr, Forwarded, bearer, json_body, user_id};
-use crate::service::{Analytics, Counts};
+use crate::service::{Analytics, Counts, UserEntry};
 use crate::state::AppState;
 
 type AppStateRef = Arc<AppState>;
@@ -35,7 +36,12 @@ type AppStateRef = Arc<AppState>;
 /// The gateway's routes.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/users", post(create_user))
+        .route("/", get(dashboard::home))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{user_id}", delete(delete_user))
+        .route("/users/{user_id}/api_key", post(rotate_key))
         .route(
             "/rate_limits/{user_id}",
             get(get_rate_limit)
@@ -76,13 +82,15 @@ fn ok_json(status: StatusCode, body: Value) -> Response {
 // ---- the guard: client IP, blocks, metrics ----
 
 /// Every request: finds the client IP and refuses it while it is blocked, except to an admin
-/// (who lifts blocks) and on the monitoring routes, which a blocked load balancer or scraper
-/// must still reach and which need no Redis.
+/// (who lifts blocks), on the monitoring routes, which a blocked load balancer or scraper
+/// must still reach and which need no Redis, and on the dashboard's files, which hold no data
+/// (an admin behind a blocked IP loads them, then reads with their key).
 async fn guard(State(state): State<AppStateRef>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let ip = state.client_ip.of(&parts).unwrap_or(UNKNOWN_CLIENT);
     parts.extensions.insert(ClientAddr(ip));
-    if matches!(parts.uri.path(), "/healthz" | "/metrics") {
+    if matches!(parts.uri.path(), "/healthz" | "/metrics") || dashboard::is_static(parts.uri.path())
+    {
         return next.run(Request::from_parts(parts, body)).await;
     }
     match state.service.block_left(ip).await {
@@ -175,6 +183,79 @@ async fn create_user(
     let (user, key) = state.service.create_user(&new.username, role).await?;
     Ok(ok_json(
         StatusCode::CREATED,
+        json!({"id": user.id, "username": user.username, "role": user.role, "api_key": key}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct UserPaging {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /users`: the stored users by id, with their limits; `?limit=` (1 to 1000, 100 by
+/// default) per page, `?after=<id>` for the next, `next_after` when there may be more.
+async fn list_users(
+    State(state): State<AppStateRef>,
+    Admin(_): Admin,
+    paging: Result<Query<UserPaging>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, AppError> {
+    let Query(paging) = paging.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let limit = page_limit(paging.limit.as_deref())?;
+    let after = match paging.after.as_deref() {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| AppError::bad_request("after must be a user id (such as 42)"))?,
+    };
+    let users = state.service.users(after, limit).await?;
+    let next_after = (users.len() as u64 == limit)
+        .then(|| users.last().map(|last| last.user.id))
+        .flatten();
+    let users: Vec<Value> = users.iter().map(user_entry).collect();
+    let mut body = json!({"users": users});
+    if let (Some(next_after), Some(map)) = (next_after, body.as_object_mut()) {
+        map.insert("next_after".into(), json!(next_after));
+    }
+    Ok(ok_json(StatusCode::OK, body))
+}
+
+fn user_entry(entry: &UserEntry) -> Value {
+    let mut rate_limit = policy_to_json(&entry.policy);
+    if let Some(map) = rate_limit.as_object_mut() {
+        map.insert(
+            "source".into(),
+            json!(if entry.own { "user" } else { "default" }),
+        );
+    }
+    json!({
+        "id": entry.user.id,
+        "username": entry.user.username,
+        "role": entry.user.role,
+        "rate_limit": rate_limit,
+    })
+}
+
+async fn delete_user(
+    State(state): State<AppStateRef>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let id = user_id(&id)?;
+    state.service.delete_user(id).await?;
+    Ok(ok_json(StatusCode::OK, json!({"id": id, "deleted": true})))
+}
+
+/// `POST /users/{id}/api_key`: a new key for the user, shown once; the old one stops working.
+async fn rotate_key(
+    State(state): State<AppStateRef>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let id = user_id(&id)?;
+    let (user, key) = state.service.rotate_key(id).await?;
+    Ok(ok_json(
+        StatusCode::OK,
         json!({"id": user.id, "username": user.username, "role": user.role, "api_key": key}),
     ))
 }
@@ -307,9 +388,23 @@ struct Paging {
     before: Option<String>,
 }
 
-/// Requests per page when `limit` is not given, and at most.
+/// Items per page when `limit` is not given, and at most.
 const PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;
+
+/// A page's `?limit=`: 1 to [`MAX_PAGE`], [`PAGE`] if not given.
+fn page_limit(text: Option<&str>) -> Result<u64, AppError> {
+    match text {
+        None => Ok(PAGE),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                AppError::bad_request(format!("limit must be a number from 1 to {MAX_PAGE}"))
+            }),
+    }
+}
 
 async fn get_history(
     State(state): State<AppStateRef>,
@@ -324,16 +419,7 @@ async fn get_history(
         ));
     }
     let Query(paging) = paging.map_err(|e| AppError::bad_request(e.body_text()))?;
-    let limit = match paging.limit.as_deref() {
-        None => PAGE,
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                AppError::bad_request(format!("limit must be a number from 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(paging.limit.as_deref())?;
     if let Some(before) = &paging.before
         && !is_request_id(before)
     {
@@ -424,6 +510,7 @@ async fn analytics(
         last_hour,
         most_denied_users,
         most_denied_ips,
+        per_minute,
     } = state.service.analytics().await?;
     let body = json!({
         "windows": [window("1m", &last_minute), window("1h", &last_hour)],
@@ -431,6 +518,9 @@ async fn analytics(
             .map(|(id, n)| json!({"user_id": id, "denied": n})).collect::<Vec<_>>(),
         "most_denied_ips": most_denied_ips.iter()
             .map(|(ip, n)| json!({"ip": ip, "denied": n})).collect::<Vec<_>>(),
+        "per_minute": per_minute.iter()
+            .map(|(m, (a, d))| json!({"minute": rfc3339(m * 60_000), "allowed": a, "denied": d}))
+            .collect::<Vec<_>>(),
     });
     Ok(ok_json(StatusCode::OK, body))
 }

@@ -18,7 +18,7 @@ use ratelimit_client::{Decisions, Policy};
 use ratelimit_tower::{Fail, Quota, ip_key};
 
 use crate::domain::{self, Block, BlockReason, RecordedRequest, Role, User, api_key};
-use crate::store::{Store, StoreError};
+use crate::store::{MinuteCounts, Store, StoreError};
 
 /// How many of the most denied users and IPs the analytics list.
 pub const TOP: usize = 10;
@@ -53,6 +53,8 @@ pub enum ServiceError {
     NotBlocked(String),
     /// The system gave no randomness for a key.
     NoRandomness,
+    /// User 0, the environment's admin: its key is `RATELIMIT_ADMIN_KEY`, not the store's.
+    EnvironmentAdmin,
 }
 
 impl From<StoreError> for ServiceError {
@@ -85,6 +87,17 @@ pub struct Analytics {
     pub most_denied_users: Vec<(u64, u64)>,
     /// IP, denials over the hour: the [`TOP`] most denied, most first.
     pub most_denied_ips: Vec<(String, u64)>,
+    /// Each of the last 60 minutes (Unix minute), oldest first, the current one last: all
+    /// users' counts.
+    pub per_minute: Vec<(u64, Counts)>,
+}
+
+/// A user as an admin lists them: who, their effective policy and whether it is their own.
+#[derive(Debug)]
+pub struct UserEntry {
+    pub user: User,
+    pub policy: Policy,
+    pub own: bool,
 }
 
 /// The gateway's work; one per instance.
@@ -218,6 +231,61 @@ impl Service {
             return Err(ServiceError::NoSuchUser(id));
         }
         Ok(id)
+    }
+
+    /// Up to `limit` stored users with ids above `after`, in id order, with their effective
+    /// policies (the environment's admin, stored nowhere, is not among them).
+    pub async fn users(&self, after: u64, limit: u64) -> Result<Vec<UserEntry>, StoreError> {
+        let users = self.store.users(after, limit).await?;
+        Ok(users
+            .into_iter()
+            .map(|(user, text)| {
+                let (policy, own) = self.own_or_default(user.id, text);
+                UserEntry { user, policy, own }
+            })
+            .collect())
+    }
+
+    /// A stored policy, or the default when there is none or it does not parse.
+    fn own_or_default(&self, id: u64, text: Option<String>) -> (Policy, bool) {
+        match text.as_deref().map(domain::parse_policy) {
+            Some(Ok(policy)) => (policy, true),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    id,
+                    error = e,
+                    "a stored policy does not parse: the default applies"
+                );
+                (self.default_limit, false)
+            }
+            None => (self.default_limit, false),
+        }
+    }
+
+    /// Deletes a user: their key stops working at once, their name is free, their policy and
+    /// history go.
+    pub async fn delete_user(&self, id: u64) -> Result<(), ServiceError> {
+        if id == 0 {
+            return Err(ServiceError::EnvironmentAdmin);
+        }
+        if !self.store.delete_user(id).await? {
+            return Err(ServiceError::NoSuchUser(id));
+        }
+        tracing::info!(id, "user deleted");
+        Ok(())
+    }
+
+    /// Gives a user a new API key (shown once); the old one stops working at once.
+    pub async fn rotate_key(&self, id: u64) -> Result<(User, String), ServiceError> {
+        if id == 0 {
+            return Err(ServiceError::EnvironmentAdmin);
+        }
+        let (key, sha) = api_key::generate().map_err(|_| ServiceError::NoRandomness)?;
+        let Some(user) = self.store.rotate_key(id, &sha).await? else {
+            return Err(ServiceError::NoSuchUser(id));
+        };
+        tracing::info!(id, "API key rotated");
+        Ok((user, key))
     }
 
     pub fn default_limit(&self) -> Policy {
@@ -361,6 +429,23 @@ impl Service {
 
     // ---- analytics ----
 
+    /// The counts of minutes `first` to `last`, oldest first, read all at once (each minute's
+    /// keys are a slot of their own: no one pipeline holds them on a cluster).
+    async fn minutes(&self, first: u64, last: u64) -> Result<Vec<(u64, MinuteCounts)>, StoreError> {
+        let mut reads = tokio::task::JoinSet::new();
+        for m in first..=last {
+            let store = self.store.clone();
+            reads.spawn(async move { (m, store.minute(m).await) });
+        }
+        let mut minutes = Vec::with_capacity(reads.len());
+        while let Some(read) = reads.join_next().await {
+            let (m, counts) = read.map_err(|e| StoreError::Failed(e.into()))?;
+            minutes.push((m, counts?));
+        }
+        minutes.sort_by_key(|(m, _)| *m);
+        Ok(minutes)
+    }
+
     /// The last minute's and the last hour's counts (by the store's clock, so every instance
     /// agrees), and the most denied users and IPs over the hour; each instance's counts reach
     /// the store within [`counts::FLUSH`].
@@ -370,8 +455,13 @@ impl Service {
         let minute = self.store.now_ms().await? / 60_000;
         let mut analytics = Analytics::default();
         let mut ips: BTreeMap<String, u64> = BTreeMap::new();
-        for m in (minute.saturating_sub(59)..=minute).rev() {
-            let counts = self.store.minute(m).await?;
+        for (m, counts) in self.minutes(minute.saturating_sub(59), minute).await? {
+            let mut this_minute = BTreeMap::new();
+            add(&mut this_minute, &counts.allowed, &counts.denied);
+            let sum = this_minute
+                .values()
+                .fold((0, 0), |(a, d): Counts, c| (a + c.0, d + c.1));
+            analytics.per_minute.push((m, sum));
             add(&mut analytics.last_hour, &counts.allowed, &counts.denied);
             if m == minute {
                 add(&mut analytics.last_minute, &counts.allowed, &counts.denied);

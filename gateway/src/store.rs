@@ -102,8 +102,8 @@ pub trait Store: Send + Sync {
     /// The store's time in Unix ms (every instance shares its clock).
     fn now_ms(&self) -> StoreFuture<'_, u64>;
 
-    /// Creates a user; `None` if the username is taken. A call cut short never leaves the
-    /// name taken by no one.
+    /// Creates a user; `None` if the username is taken. All or nothing: a call cut short
+    /// leaves no part of a user (at most an id spent).
     fn create_user<'a>(
         &'a self,
         username: &'a str,
@@ -115,6 +115,19 @@ pub trait Store: Send + Sync {
     fn user_by_key<'a>(&'a self, key_sha: &'a str) -> StoreFuture<'a, Option<User>>;
 
     fn user_exists(&self, id: u64) -> StoreFuture<'_, bool>;
+
+    /// Up to `limit` users with ids above `after`, in id order, each with their own policy
+    /// (text form) if they have one.
+    fn users(&self, after: u64, limit: u64) -> StoreFuture<'_, Vec<(User, Option<String>)>>;
+
+    /// Deletes the user: their API key stops authenticating at once (its mapping is deleted),
+    /// their name is free again, their policy, history and limiters go; all of who they are
+    /// in one step. Whether they existed.
+    fn delete_user(&self, id: u64) -> StoreFuture<'_, bool>;
+
+    /// Gives the user the key that hashes to `key_sha`; the old key's mapping is deleted in the
+    /// same step, so it stops authenticating at once. The user, if they exist.
+    fn rotate_key<'a>(&'a self, id: u64, key_sha: &'a str) -> StoreFuture<'a, Option<User>>;
 
     /// The user's own policy, in its text form, if they have one.
     fn policy(&self, id: u64) -> StoreFuture<'_, Option<String>>;

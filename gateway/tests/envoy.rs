@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::load::round;
 use common::{ADMIN, Gateway, Reply, Upstream};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -18,8 +19,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use ratelimit_gateway::Config;
 use ratelimit_testkit::cluster::Cluster;
 use ratelimit_testkit::envoy::Envoy;
-use ratelimit_testkit::{Server, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ratelimit_testkit::{Server, free_port, info_field};
 use tokio::net::TcpListener;
 
 /// A minute: the pinned clock (testkit's T0) sits on a minute boundary, so a fixed window of
@@ -775,60 +775,6 @@ const LOCAL_FILTER: &str = r#"          - name: envoy.filters.http.local_ratelim
               filter_enforced: { runtime_key: local_enforced, default_value: { numerator: 100, denominator: HUNDRED } }
 "#;
 
-/// GETs through Envoy on `connections` keep-alive connections for `length`: requests per
-/// second and the p50 and p99 latencies. Every answer must be a 200.
-async fn load(port: u16, connections: usize, length: Duration) -> (f64, Duration, Duration) {
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..connections {
-        tasks.spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            stream.set_nodelay(true).unwrap();
-            let request =
-                format!("GET / HTTP/1.1\r\nHost: bench\r\nx-user: u{c}\r\nx-team: t{c}\r\n\r\n");
-            let mut latencies = Vec::new();
-            let mut buffer = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while started.elapsed() < length {
-                let sent = Instant::now();
-                stream.write_all(request.as_bytes()).await.unwrap();
-                // One whole response: its head, then content-length bytes.
-                let (head_end, body) = loop {
-                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                        assert!(head.starts_with("http/1.1 200"), "{head}");
-                        let body = (head.lines())
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-                        break (end + 4, body);
-                    }
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "Envoy closed the connection");
-                    buffer.extend_from_slice(&chunk[..n]);
-                };
-                while buffer.len() < head_end + body {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "Envoy closed the connection");
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                buffer.drain(..head_end + body);
-                latencies.push(sent.elapsed());
-            }
-            latencies
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        all.extend(done.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    (all.len() as f64 / elapsed, at(0.50), at(0.99))
-}
-
 /// Envoy without a rate limit filter, with local_ratelimit, and asking this service about 1
 /// and 3 descriptors (all allowed), on the same upstream. `bench/envoy.sh` runs it:
 /// `RL_BENCH_SECONDS` (default 5) per round, `RL_BENCH_CONNECTIONS` (default 16).
@@ -862,17 +808,34 @@ async fn measure_envoy_paths() {
         ("this service, 3 descriptors", &rls_filter, &three),
     ];
     println!(
-        "{connections} connections, {} s a round, Envoy --concurrency 1",
+        "{connections} connections, {} s a round, Envoy --concurrency 1; CPU time per request \
+         of Envoy (and how busy it was), of this test's process (the service, the load and the \
+         upstream) and of Redis",
         length.as_secs()
     );
+    let redis_pid: u32 = info_field(&mut stack.redis.conn(), "server", "process_id")
+        .parse()
+        .unwrap();
+    let request =
+        |c: usize| format!("GET / HTTP/1.1\r\nHost: bench\r\nx-user: u{c}\r\nx-team: t{c}\r\n\r\n");
     let mut base = None;
     for (name, filters, rate_limits) in rounds {
         let (rls, up) = (stack.rls.port(), upstream.addr.port());
         let envoy =
             Envoy::start(|port, admin| bootstrap_with(port, admin, up, rls, filters, rate_limits));
-        let _ = load(envoy.port, connections, Duration::from_millis(500)).await;
-        let (rps, p50, p99) = load(envoy.port, connections, length).await;
-        let ratio = rps / *base.get_or_insert(rps);
-        println!("{name:<30} {rps:>9.0} req/s ({ratio:.2}x)  p50 {p50:>8.2?}  p99 {p99:>8.2?}");
+        let pids = [envoy.pid().unwrap(), std::process::id(), redis_pid];
+        let r = round(envoy.port, connections, length, request, &pids).await;
+        let ratio = r.rps / *base.get_or_insert(r.rps);
+        println!(
+            "{name:<30} {:>9.0} req/s ({ratio:.2}x)  p50 {:>8.2?}  p99 {:>8.2?}  CPU/request: \
+             Envoy {:>4.0} µs ({:>3.0}% busy), test process {:>4.0} µs, Redis {:>3.0} µs",
+            r.rps,
+            r.p50,
+            r.p99,
+            r.cpu_per_request[0],
+            r.busy,
+            r.cpu_per_request[1],
+            r.cpu_per_request[2],
+        );
     }
 }

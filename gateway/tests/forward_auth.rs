@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::load::round;
 use common::{ADMIN, Body, Call, Gateway, Reply, Upstream, config, policy};
 use ratelimit_gateway::Config;
 use ratelimit_gateway::config::OptionalPolicy;
 use ratelimit_gateway::domain::rfc3339;
-use ratelimit_testkit::{Server, T0, free_port};
+use ratelimit_testkit::{Server, T0, free_port, info_field};
 use serde_json::{Value, json};
 
 /// Two requests a minute per user, no per-IP limit, and only 127.0.0.1 trusted as a proxy
@@ -325,6 +326,21 @@ impl Caddy {
     /// `forward_auth` to the gateway's /auth, then `reverse_proxy` to the upstream: the
     /// Caddyfile of docs/forward-auth.md.
     fn start(gateway: SocketAddr, upstream: SocketAddr) -> Caddy {
+        let auth = format!(
+            "forward_auth {gateway} {{
+		uri /auth
+		copy_headers X-User-Id RateLimit RateLimit-Policy
+	}}"
+        );
+        Self::start_with(&auth, upstream)
+    }
+
+    /// A plain `reverse_proxy` to the upstream, without forward auth.
+    fn start_plain(upstream: SocketAddr) -> Caddy {
+        Self::start_with("", upstream)
+    }
+
+    fn start_with(auth: &str, upstream: SocketAddr) -> Caddy {
         let program = caddy_program();
         let dir = tempfile::TempDir::new().unwrap();
         let port = free_port();
@@ -336,10 +352,7 @@ impl Caddy {
 
 http://:{port} {{
 	bind 127.0.0.1
-	forward_auth {gateway} {{
-		uri /auth
-		copy_headers X-User-Id RateLimit RateLimit-Policy
-	}}
+	{auth}
 	reverse_proxy {upstream}
 }}
 "
@@ -498,4 +511,62 @@ async fn block(gw: &Gateway, ip: &str) -> Reply {
         Some(r#"{"duration": "10m"}"#),
     )
     .await
+}
+
+/// Caddy in front of the same upstream, with a plain `reverse_proxy` and with the forward auth
+/// of docs/forward-auth.md (a user whose limit never denies, so every subrequest does the
+/// whole work): requests per second, p50 and p99, and the CPU time per request of Caddy, of
+/// this test's process (the gateway, the load and the upstream) and of Redis.
+/// `bench/forward-auth.sh` runs it: `RL_BENCH_SECONDS` (default 5) per round,
+/// `RL_BENCH_CONNECTIONS` (default 16).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: bench/forward-auth.sh"]
+async fn measure_caddy_paths() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().unwrap())
+    };
+    let length = Duration::from_secs(env("RL_BENCH_SECONDS", 5));
+    let connections = env("RL_BENCH_CONNECTIONS", 16) as usize;
+    let server = Server::start();
+    let mut cfg = auth_config(&server);
+    cfg.default_limit = policy("fixed:1000000000:1m");
+    let gw = Gateway::start(cfg).await;
+    let (_, key) = gw.user("bench", "user").await;
+    let upstream = Upstream::start().await;
+    let redis_pid: u32 = info_field(&mut server.conn(), "server", "process_id")
+        .parse()
+        .unwrap();
+    let request = |_| {
+        format!("GET /api/items HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n\r\n")
+    };
+    println!(
+        "{connections} connections, {} s a round; CPU time per request of Caddy (and how busy \
+         it was), of this test's process (the gateway, the load and the upstream) and of Redis",
+        length.as_secs()
+    );
+    let mut base = None;
+    for (name, caddy) in [
+        ("reverse_proxy", Caddy::start_plain(upstream.addr)),
+        (
+            "forward_auth + reverse_proxy",
+            Caddy::start(gw.addr, upstream.addr),
+        ),
+    ] {
+        let pids = [caddy.child.id(), std::process::id(), redis_pid];
+        let r = round(caddy.addr.port(), connections, length, request, &pids).await;
+        let ratio = r.rps / *base.get_or_insert(r.rps);
+        println!(
+            "{name:<30} {:>9.0} req/s ({ratio:.2}x)  p50 {:>8.2?}  p99 {:>8.2?}  CPU/request: \
+             Caddy {:>4.0} µs ({:>3.0}% busy), test process {:>4.0} µs, Redis {:>3.0} µs",
+            r.rps,
+            r.p50,
+            r.p99,
+            r.cpu_per_request[0],
+            r.busy,
+            r.cpu_per_request[1],
+            r.cpu_per_request[2],
+        );
+    }
 }

@@ -1,9 +1,10 @@
 //! The gateway end to end, over real HTTP (and HTTPS) against real redis-server processes with
 //! the module, clocks pinned where time matters: every route with its statuses, headers and
-//! bodies; limits, history and paging; limits changed by an admin; manual and automatic IP
-//! blocks; analytics, metrics and health; two instances sharing one limit; Redis killed and
-//! started again; failing open (what passes, what still answers 503); Redis and the gateway
-//! over TLS; a Redis Cluster.
+//! bodies; users listed, paged, deleted and given new keys, and moved from the first key
+//! layout; the dashboard's files; limits, history and paging; limits changed by an admin;
+//! manual and automatic IP blocks; analytics, metrics and health; two instances sharing one
+//! limit; Redis killed and started again; failing open (what passes, what still answers 503);
+//! Redis and the gateway over TLS; a Redis Cluster.
 
 mod common;
 
@@ -67,8 +68,8 @@ async fn users_are_created_by_admins_and_keys_authenticate() {
     // Redis holds the key's hash only.
     let mut con = server.conn();
     let sha = api_key::hash(&key);
-    assert_eq!(int(&mut con, &format!("EXISTS gw:key:{sha}")), 1);
-    let stored = call(&mut con, "HGETALL gw:{u:1}:user").unwrap();
+    assert_eq!(int(&mut con, &format!("EXISTS gw:{{users}}:key:{sha}")), 1);
+    let stored = call(&mut con, "HGETALL gw:{users}:user:1").unwrap();
     let stored = format!("{stored:?}");
     assert!(
         stored.contains(&sha) && !stored.contains(&key[4..]),
@@ -619,6 +620,19 @@ async fn analytics_metrics_and_health() {
             .send("POST", "/requests", Some(&bob_key), Some(POST_BODY))
             .await;
     }
+    // The last 60 minutes, oldest first: the one before this (alice's 3, bob's first) and this.
+    let now_minute = T0 / 60_000 + 1;
+    let per_minute: Vec<_> = (now_minute - 59..=now_minute)
+        .map(|m| {
+            let (allowed, denied) = match now_minute - m {
+                0 => (1, 2),
+                1 => (3, 1),
+                _ => (0, 0),
+            };
+            json!({"minute": rfc3339(m * 60_000), "allowed": allowed, "denied": denied})
+        })
+        .collect();
+    assert_eq!(per_minute[58]["minute"], "2027-01-15T08:00:00.000Z");
     let reply = gw.send("GET", "/analytics", Some(ADMIN), None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(
@@ -633,6 +647,7 @@ async fn analytics_metrics_and_health() {
             ],
             "most_denied_users": [{"user_id": bob, "denied": 2}, {"user_id": alice, "denied": 1}],
             "most_denied_ips": [{"ip": "203.0.113.2", "denied": 2}, {"ip": "203.0.113.1", "denied": 1}],
+            "per_minute": per_minute,
         })
     );
     let reply = gw.send("GET", "/analytics", Some(&bob_key), None).await;
@@ -984,6 +999,40 @@ async fn a_cluster_shares_limits_history_and_blocks() {
     };
     assert_eq!(analytics["windows"][1]["allowed"], 9);
     assert_eq!(analytics["windows"][1]["denied"], 3);
+
+    // Users are listed, rotated and deleted on a cluster too (one slot for who they are).
+    let listed = one.send("GET", "/users?limit=2", Some(ADMIN), None).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    let listed = listed.json();
+    let names: Vec<&str> = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (names, listed["next_after"].clone()),
+        (vec!["alice", "bob"], json!(2))
+    );
+    let rotated = two
+        .send("POST", "/users/1/api_key", Some(ADMIN), None)
+        .await;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    let key = rotated.json()["api_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        one.send("GET", "/requests/1", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        two.send("DELETE", "/users/2", Some(ADMIN), None)
+            .await
+            .status,
+        200
+    );
+    let listed = one.send("GET", "/users", Some(ADMIN), None).await.json();
+    assert_eq!(listed["users"].as_array().unwrap().len(), 2);
     assert_eq!(one.send("GET", "/healthz", None, None).await.status, 200);
 }
 
@@ -1007,4 +1056,304 @@ async fn plain_exchange(addr: std::net::SocketAddr) -> String {
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut raw)).await;
     String::from_utf8_lossy(&raw).to_string()
+}
+
+/// `GET /users` (admins, paged, with each user's limit), `DELETE /users/{id}` (the key stops
+/// working, the name is free, the user's own keys go) and `POST /users/{id}/api_key` (a new
+/// key, the old one refused at once), with their problems.
+#[tokio::test]
+async fn users_are_listed_paged_deleted_and_their_keys_rotated() {
+    let server = Server::start();
+    let gw = Gateway::start(config(&server)).await;
+    let (alice, alice_key) = gw.user("alice", "user").await;
+    let (bob, bob_key) = gw.user("bob", "admin").await;
+    let (carol, carol_key) = gw.user("carol", "user").await;
+    let put = gw
+        .send(
+            "PUT",
+            &format!("/rate_limits/{alice}"),
+            Some(ADMIN),
+            Some(r#"{"algorithm": "fixed", "limit": 5, "window": "1m"}"#),
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let default =
+        json!({"algorithm": "sliding", "limit": 100, "window": "1m", "source": "default"});
+    let all = [
+        json!({"id": alice, "username": "alice", "role": "user",
+               "rate_limit": {"algorithm": "fixed", "limit": 5, "window": "1m", "source": "user"}}),
+        json!({"id": bob, "username": "bob", "role": "admin", "rate_limit": default}),
+        json!({"id": carol, "username": "carol", "role": "user", "rate_limit": default}),
+    ];
+
+    // Listed in id order; pages of `limit`, the next `after` the last id.
+    let listed = gw.send("GET", "/users", Some(ADMIN), None).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("content-type"), Some("application/json"));
+    assert_eq!(listed.json(), json!({"users": all}));
+    let page = gw.send("GET", "/users?limit=2", Some(&bob_key), None).await;
+    assert_eq!(page.json(), json!({"users": all[..2], "next_after": bob}));
+    let next = gw
+        .send(
+            "GET",
+            &format!("/users?limit=2&after={bob}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(next.json(), json!({"users": all[2..]}));
+    let end = gw
+        .send("GET", &format!("/users?after={carol}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(end.json(), json!({"users": []}));
+    for query in [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=x",
+        "?after=x",
+        "?after=-1",
+    ] {
+        let reply = gw
+            .send("GET", &format!("/users{query}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.problem().as_str()),
+            (400, "invalid-request"),
+            "{query}"
+        );
+    }
+    let detail = |reply: &Reply| reply.json()["detail"].as_str().unwrap().to_string();
+    let reply = gw.send("GET", "/users?limit=0", Some(ADMIN), None).await;
+    assert_eq!(detail(&reply), "limit must be a number from 1 to 1000");
+    let reply = gw.send("GET", "/users?after=x", Some(ADMIN), None).await;
+    assert_eq!(detail(&reply), "after must be a user id (such as 42)");
+
+    // Admins only.
+    for (method, path) in [
+        ("GET", "/users".to_string()),
+        ("DELETE", format!("/users/{carol}")),
+        ("POST", format!("/users/{carol}/api_key")),
+    ] {
+        let reply = gw.send(method, &path, Some(&alice_key), None).await;
+        assert_eq!(
+            (reply.status, reply.problem().as_str()),
+            (403, "forbidden"),
+            "{method} {path}"
+        );
+        assert_eq!(detail(&reply), "this route is for admins");
+        let reply = gw.send(method, &path, None, None).await;
+        assert_eq!(
+            (reply.status, reply.problem().as_str()),
+            (401, "unauthorized"),
+            "{method} {path}"
+        );
+    }
+
+    // A new key: shown once; the old one is refused at once, the new one works.
+    let mut con = server.conn();
+    let rotated = gw
+        .send(
+            "POST",
+            &format!("/users/{alice}/api_key"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, 200);
+    let body = rotated.json();
+    let new_key = body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        body,
+        json!({"id": alice, "username": "alice", "role": "user", "api_key": new_key})
+    );
+    assert!(new_key.starts_with("rlk_") && new_key != alice_key);
+    let old = gw.send("GET", "/requests/1", Some(&alice_key), None).await;
+    assert_eq!((old.status, old.problem().as_str()), (401, "unauthorized"));
+    assert_eq!(detail(&old), "unknown API key");
+    let reply = gw
+        .send("POST", "/requests", Some(&new_key), Some(POST_BODY))
+        .await;
+    assert_eq!(reply.status, 200);
+    let (old_sha, new_sha) = (api_key::hash(&alice_key), api_key::hash(&new_key));
+    assert_eq!(
+        int(&mut con, &format!("EXISTS gw:{{users}}:key:{old_sha}")),
+        0
+    );
+    assert_eq!(
+        int(&mut con, &format!("EXISTS gw:{{users}}:key:{new_sha}")),
+        1
+    );
+
+    // Deleting: the key stops working, the user is gone from every route, the name is free.
+    let deleted = gw
+        .send("DELETE", &format!("/users/{carol}"), Some(&bob_key), None)
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.json()),
+        (200, json!({"id": carol, "deleted": true}))
+    );
+    let reply = gw.send("GET", "/requests/3", Some(&carol_key), None).await;
+    assert_eq!(
+        (reply.status, reply.problem().as_str()),
+        (401, "unauthorized")
+    );
+    for (method, path) in [
+        ("DELETE", format!("/users/{carol}")),
+        ("POST", format!("/users/{carol}/api_key")),
+        ("GET", format!("/rate_limits/{carol}")),
+        ("DELETE", "/users/99".to_string()),
+        ("POST", "/users/99/api_key".to_string()),
+    ] {
+        let reply = gw.send(method, &path, Some(ADMIN), None).await;
+        assert_eq!(
+            (reply.status, reply.problem().as_str()),
+            (404, "not-found"),
+            "{method} {path}"
+        );
+    }
+    let reply = gw.send("DELETE", "/users/x", Some(ADMIN), None).await;
+    assert_eq!(
+        (reply.status, detail(&reply)),
+        (404, r#"no user "x""#.into())
+    );
+    let (again, _) = gw.user("carol", "user").await;
+    assert_eq!(again, 4);
+
+    // The environment's admin is not the store's to change.
+    for (method, path) in [("DELETE", "/users/0"), ("POST", "/users/0/api_key")] {
+        let reply = gw.send(method, path, Some(ADMIN), None).await;
+        assert_eq!(
+            (reply.status, reply.problem().as_str()),
+            (403, "forbidden"),
+            "{method} {path}"
+        );
+    }
+
+    // A user's own keys (policy, history, limiter) go with them.
+    let own = "gw:{u:1}:user gw:{u:1}:history gw:{u:1}:limit:fixed";
+    assert_eq!(int(&mut con, &format!("EXISTS {own}")), 3);
+    let reply = gw
+        .send("DELETE", &format!("/users/{alice}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(int(&mut con, &format!("EXISTS {own}")), 0);
+    assert_eq!(int(&mut con, "HEXISTS gw:{users}:names alice"), 0);
+    let listed = gw.send("GET", "/users", Some(ADMIN), None).await.json();
+    let ids: Vec<u64> = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [bob, again]);
+}
+
+/// The dashboard's files come from the binary, with a policy that keeps the page to its own
+/// files and this gateway; `GET /` sends a browser there; a blocked IP still loads them.
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let server = Server::start();
+    let gw = Gateway::start(config(&server)).await;
+    let home = gw.send("GET", "/", None, None).await;
+    assert_eq!(
+        (home.status, home.header("location")),
+        (303, Some("/dashboard"))
+    );
+    let put = gw
+        .send(
+            "PUT",
+            "/blocks/203.0.113.77",
+            Some(ADMIN),
+            Some(r#"{"duration": "1h"}"#),
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    let blocked = gw.from("203.0.113.77");
+    for (path, content_type, holds) in [
+        (
+            "/dashboard",
+            "text/html; charset=utf-8",
+            r#"<script src="/dashboard/app.js""#,
+        ),
+        (
+            "/dashboard/app.js",
+            "text/javascript; charset=utf-8",
+            "sessionStorage",
+        ),
+        ("/dashboard/style.css", "text/css; charset=utf-8", "#chart"),
+    ] {
+        let reply = blocked.send("GET", path, None, None).await;
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("content-type"), Some(content_type), "{path}");
+        assert!(reply.body.contains(holds), "{path}");
+        let csp = reply.header("content-security-policy").unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+    }
+    // Nothing on the page comes from another host.
+    let page = gw.send("GET", "/dashboard", None, None).await.body;
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    let reply = gw.send("GET", "/dashboard/other.js", None, None).await;
+    assert_eq!((reply.status, reply.problem().as_str()), (404, "not-found"));
+    // The data is not: a blocked IP without an admin key reads nothing.
+    let reply = blocked.send("GET", "/users", None, None).await;
+    assert_eq!(
+        (reply.status, reply.problem().as_str()),
+        (403, "ip-blocked")
+    );
+}
+
+/// Users kept in the first key layout (`gw:next_user_id`, `gw:name:…`, `gw:key:…`, the record in
+/// `gw:{u:<id>}:user`) are moved at start: their keys authenticate, their policies stay, ids
+/// go on from the old counter, and the old keys are gone.
+#[tokio::test]
+async fn users_of_the_first_key_layout_are_moved_at_start() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let (key, sha) = api_key::generate().unwrap();
+    for command in [
+        format!(
+            "HSET gw:{{u:1}}:user id 1 username alice role user key_sha256 {sha} \
+             policy fixed:5:1m"
+        ),
+        format!("HSET gw:key:{sha} id 1 username alice role user"),
+        "SET gw:name:alice 1".to_string(),
+        "SET gw:next_user_id 2".to_string(),
+    ] {
+        call(&mut con, &command).unwrap();
+    }
+    let gw = Gateway::start(config(&server)).await;
+    let reply = gw.send("GET", "/requests/1", Some(&key), None).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let listed = gw.send("GET", "/users", Some(ADMIN), None).await.json();
+    assert_eq!(
+        listed,
+        json!({"users": [{"id": 1, "username": "alice", "role": "user",
+            "rate_limit": {"algorithm": "fixed", "limit": 5, "window": "1m", "source": "user"}}]})
+    );
+    assert_eq!(
+        int(
+            &mut con,
+            &format!("EXISTS gw:next_user_id gw:name:alice gw:key:{sha}")
+        ),
+        0
+    );
+    assert_eq!(int(&mut con, "HLEN gw:{u:1}:user"), 1, "the policy only");
+    let (id, _) = gw.user("bob", "user").await;
+    assert_eq!(id, 3, "ids go on from the old counter");
+    let taken = gw
+        .send(
+            "POST",
+            "/users",
+            Some(ADMIN),
+            Some(r#"{"username": "alice"}"#),
+        )
+        .await;
+    assert_eq!(taken.status, 409);
 }

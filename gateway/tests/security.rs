@@ -285,7 +285,7 @@ async fn keys_as_operators_and_clients_write_them() {
         .await;
     assert_eq!(taken.status, 409);
     assert_eq!(keys(), before, "only the id counter moved");
-    assert_eq!(int(&mut server.conn(), "EXISTS gw:{u:2}:user"), 0);
+    assert_eq!(int(&mut server.conn(), "EXISTS gw:{users}:user:2"), 0);
 }
 
 /// `/metrics` is for the metrics key or the admin key, and answers with Redis down; its
@@ -476,16 +476,17 @@ async fn stored_state_stays_bounded() {
     assert_eq!(score, 2);
 }
 
-/// A user creation cut short after the name's check (here: Redis refuses the user's own keys)
-/// leaves the name free: once Redis accepts again, the same name is created.
+/// A user creation refused half-way (here: Redis refuses the key's mapping) writes nothing:
+/// no name taken, no record, no listed id; once Redis accepts again, the same name is created.
 #[tokio::test]
 async fn a_creation_cut_short_never_takes_the_name() {
     let server = Server::start();
     let mut con = server.conn();
-    // The gateway's Redis user may not write a user's own keys (`gw:{u:…}`), for now.
+    // The gateway's Redis user may not write API keys' mappings (`gw:{users}:key:…`), for now.
     call(
         &mut con,
-        "ACL SETUSER gw on >gw-password +@all ~gw:next_user_id ~gw:name:* ~gw:key:* ~gw:{ip:*",
+        "ACL SETUSER gw on >gw-password +@all ~gw:{users}:next_id ~gw:{users}:names \
+         ~gw:{users}:ids ~gw:{users}:user:* ~gw:{ip:*",
     )
     .unwrap();
     let mut cfg = config(&server);
@@ -501,7 +502,8 @@ async fn a_creation_cut_short_never_takes_the_name() {
         (refused.status, refused.problem().as_str()),
         (500, "internal")
     );
-    assert_eq!(int(&mut con, "EXISTS gw:name:alice"), 0);
+    assert_eq!(int(&mut con, "HEXISTS gw:{users}:names alice"), 0);
+    assert_eq!(int(&mut con, "EXISTS gw:{users}:user:1 gw:{users}:ids"), 0);
 
     call(&mut con, "ACL SETUSER gw allkeys").unwrap();
     let created = gw.send("POST", "/users", Some(ADMIN), Some(body)).await;

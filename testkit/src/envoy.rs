@@ -23,6 +23,13 @@ pub struct Envoy {
     child: Option<Child>,
 }
 
+impl Envoy {
+    /// Its process id (for reading its CPU time in a measurement).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// The Envoy binary: `RL_ENVOY`, else the one `scripts/install-envoy.sh` links; a test that
 /// needs it fails, saying how to install it, when it is missing.
 pub fn envoy_binary() -> PathBuf {

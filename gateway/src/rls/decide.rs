@@ -1,5 +1,6 @@
-//! Deciding a request's limited descriptors in Redis. The enforcing ones, all or nothing: one
-//! `RL.ALL` call (the client's `check_all`) on a single server; on a Redis Cluster one call
+//! Deciding a request's limited descriptors in Redis. The enforcing ones, all or nothing: a
+//! single one with its own command, several with one `RL.ALL` call (the client's `check_all`)
+//! on a single server; on a Redis Cluster one call
 //! per slot, in the order the slots first appear, stopping at the first slot that denies,
 //! after which the slots already taken get their units back (`REFUND`) and the slots not
 //! called are reported as they stand (a dry run of cost 0). The shadow ones each on its own, at the same time.
@@ -55,6 +56,10 @@ impl Decider {
 
     /// Every limit takes its cost, or none does.
     async fn all_or_nothing(&self, limits: &[Limit]) -> Result<Vec<Decision>, Error> {
+        if let [limit] = limits {
+            // One limit is all or nothing by itself: its own command, without a script.
+            return Ok(vec![self.limiter.check(limit).await?]);
+        }
         if !self.cluster {
             return Ok(self.limiter.check_all(limits).await?.each);
         }

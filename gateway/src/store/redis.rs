@@ -2,15 +2,18 @@
 //! or not, or a cluster), every key's name and shape, each [`Store`] call as Redis commands,
 //! and Redis' errors as [`StoreError`]s.
 //!
-//! Keys (all of one user's share the hash tag `{u:<id>}`, one IP's `{ip:<ip>}`, so each
-//! user's or IP's work is one slot in a cluster):
+//! Keys (who the users are share the hash tag `{users}`, so that creating, rotating and
+//! deleting are each one script ([`users`]); all of one user's own keys share `{u:<id>}`, one
+//! IP's `{ip:<ip>}`, so each user's or IP's work is one slot in a cluster):
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `gw:next_user_id` | string | the last user id given |
-//! | `gw:name:<username>` | string | the user id (`SET NX`: a name is taken once) |
-//! | `gw:key:<sha256 hex>` | hash | `id`, `username`, `role` of the key's user |
-//! | `gw:{u:<id>}:user` | hash | `id`, `username`, `role`, `key_sha256`, `policy` (if set) |
+//! | `gw:{users}:next_id` | string | the last user id given |
+//! | `gw:{users}:names` | hash | username → id (`HSETNX`: a name is taken once) |
+//! | `gw:{users}:ids` | sorted set | the users' ids, each scored by itself (paging) |
+//! | `gw:{users}:user:<id>` | hash | `id`, `username`, `role`, `key_sha256` |
+//! | `gw:{users}:key:<sha256 hex>` | hash | `id`, `username`, `role` of the key's user |
+//! | `gw:{u:<id>}:user` | hash | `policy`: the user's own, if set |
 //! | `gw:{u:<id>}:history` | stream | `type`, `allowed`, `ip`; capped, expiring |
 //! | `gw:{u:<id>}:limit:<algorithm>` | limiter | the user's limit |
 //! | `gw:{u:<id>}:ip:<ip>:<algorithm>` | limiter | the user's limit from one IP |
@@ -32,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ratelimit_client::{Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
+use ratelimit_client::{Backend, Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -43,6 +46,8 @@ use redis::{
 pub use self::cache::{BOUND as CACHE_BOUND, HEARTBEAT as CACHE_HEARTBEAT};
 use self::cache::{Caches, Tracked};
 use super::{Admitted, MinuteCounts, Store, StoreError, StoreFuture, Tally};
+
+mod users;
 use crate::domain::{Block, BlockReason, RecordedRequest, Role, User, algorithm};
 
 /// A connection to one server or to a cluster.
@@ -154,7 +159,10 @@ impl RedisStore {
             Conn::Single(ConnectionManager::new_lazy_with_config(client, manager)?)
         };
         Ok(RedisStore {
-            limiter: RateLimiter::new(con.clone()).with_timeout(budget),
+            // The module's commands: the gateway needs the module (health answers so).
+            limiter: RateLimiter::new(con.clone())
+                .with_backend(Backend::Module)
+                .with_timeout(budget),
             con,
             caches,
             history_max: options.history_max,
@@ -309,52 +317,14 @@ impl Store for RedisStore {
 
     // ---- users ----
 
-    /// The name is claimed last: a call cut short (a timeout, a lost connection) before that
-    /// leaves at most an unnamed user whose key nobody was shown, never a name taken by no
-    /// one.
+    /// One script after the id is taken: see [`users`].
     fn create_user<'a>(
         &'a self,
         username: &'a str,
         role: Role,
         key_sha: &'a str,
     ) -> StoreFuture<'a, Option<User>> {
-        Box::pin(async move {
-            let id = int(&self
-                .query(redis::cmd("INCR").arg("gw:next_user_id"))
-                .await?)?;
-            let id = u64::try_from(id).map_err(|_| unexpected(&Value::Int(id)))?;
-            let fields = [
-                ("id", id.to_string()),
-                ("username", username.to_string()),
-                ("role", role.as_str().to_string()),
-            ];
-            let mut user = redis::cmd("HSET");
-            user.arg(user_key(id, "user")).arg(&fields[..]);
-            user.arg("key_sha256").arg(key_sha);
-            self.query(&user).await?;
-            let index = key_index(key_sha);
-            self.query(redis::cmd("HSET").arg(&index).arg(&fields[..]))
-                .await?;
-            let claimed = self
-                .query(
-                    redis::cmd("SET")
-                        .arg(format!("gw:name:{username}"))
-                        .arg(id)
-                        .arg("NX"),
-                )
-                .await?;
-            if claimed == Value::Nil {
-                self.query(redis::cmd("DEL").arg(&index)).await?;
-                self.query(redis::cmd("DEL").arg(user_key(id, "user")))
-                    .await?;
-                return Ok(None);
-            }
-            Ok(Some(User {
-                id,
-                username: username.to_string(),
-                role,
-            }))
-        })
+        Box::pin(self.create_user_atomically(username, role, key_sha))
     }
 
     /// From the cache while it is in use (see `cache`); an unknown key is never cached (a
@@ -365,20 +335,13 @@ impl Store for RedisStore {
                 return Ok(Some(user));
             }
             let (reply, ticket) = self
-                .tracked_read(redis::cmd("HGETALL").arg(key_index(key_sha)))
+                .tracked_read(redis::cmd("HGETALL").arg(users::key_index(key_sha)))
                 .await?;
             let fields = map(&reply)?;
             if fields.is_empty() {
                 return Ok(None);
             }
-            let user = (|| {
-                Some(User {
-                    id: fields.get("id")?.parse().ok()?,
-                    username: fields.get("username")?.clone(),
-                    role: Role::parse(fields.get("role")?)?,
-                })
-            })();
-            let user = user.ok_or_else(|| unexpected(&reply))?;
+            let user = users::user_of(&fields).ok_or_else(|| unexpected(&reply))?;
             if let Some(ticket) = &ticket {
                 self.caches.put_user(ticket, key_sha, user.clone());
             }
@@ -389,10 +352,24 @@ impl Store for RedisStore {
     fn user_exists(&self, id: u64) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             let reply = self
-                .query(redis::cmd("EXISTS").arg(user_key(id, "user")))
+                .query(redis::cmd("EXISTS").arg(users::record_key(id)))
                 .await?;
             Ok(int(&reply)? == 1)
         })
+    }
+
+    // ---- user management: see [`users`] ----
+
+    fn users(&self, after: u64, limit: u64) -> StoreFuture<'_, Vec<(User, Option<String>)>> {
+        Box::pin(self.list_users(after, limit))
+    }
+
+    fn delete_user(&self, id: u64) -> StoreFuture<'_, bool> {
+        Box::pin(self.delete_user_and_data(id))
+    }
+
+    fn rotate_key<'a>(&'a self, id: u64, key_sha: &'a str) -> StoreFuture<'a, Option<User>> {
+        Box::pin(self.rotate_user_key(id, key_sha))
     }
 
     // ---- policies ----
@@ -793,17 +770,13 @@ fn user_key(id: u64, what: &str) -> String {
     format!("gw:{{u:{id}}}:{what}")
 }
 
-fn key_index(key_sha: &str) -> String {
-    format!("gw:key:{key_sha}")
-}
-
 /// The keys the caches read, from their names (as invalidations give them).
 fn tracked(name: &[u8]) -> Option<Tracked> {
     let name = std::str::from_utf8(name).ok()?;
     if name == BLOCKS_UNTIL {
         return Some(Tracked::Blocks);
     }
-    if let Some(sha) = name.strip_prefix("gw:key:") {
+    if let Some(sha) = name.strip_prefix(users::KEY_INDEX_PREFIX) {
         return Some(Tracked::Key(sha.to_string()));
     }
     let id = name.strip_prefix("gw:{u:")?.strip_suffix("}:user")?;
@@ -967,8 +940,9 @@ mod tests {
     #[test]
     fn invalidations_name_the_keys_the_caches_read() {
         #[rustfmt::skip]
-        let cases: [(&str, Option<Tracked>); 8] = [
-            ("gw:key:ab12", Some(Tracked::Key("ab12".into()))),
+        let cases: [(&str, Option<Tracked>); 9] = [
+            ("gw:key:ab12", None),
+            ("gw:{users}:key:ab12", Some(Tracked::Key("ab12".into()))),
             ("gw:{u:42}:user", Some(Tracked::User(42))),
             ("gw:{blocks}:until", Some(Tracked::Blocks)),
             ("gw:{u:42}:history", None),
@@ -981,7 +955,9 @@ mod tests {
             assert_eq!(tracked(name.as_bytes()), expected, "{name}");
             assert_eq!(
                 tracked(name.as_bytes()).is_some(),
-                name == user_key(42, "user") || name == key_index("ab12") || name == BLOCKS_UNTIL,
+                name == user_key(42, "user")
+                    || name == users::key_index("ab12")
+                    || name == BLOCKS_UNTIL,
                 "{name}"
             );
         }

@@ -1,8 +1,11 @@
--- Several limits, all or nothing (ratelimit-client's check_all).
+
+-- Several limits, all or nothing (ratelimit-client's check_all), after all_module.lua (the
+-- module's commands) or all_scripts.lua (the same in Lua), which give `all_at_once` (RL.ALL,
+-- or nil where there is none) and `one` (a single limit's call).
 -- KEYS: one key per limit. ARGV[1]: '1' for a dry run. Then, per limit: the command, the
 -- count of its figures, the figures, the cost, and the block ('' for none).
 -- Replies {allowed, retry_after_ms, reply_1, ..., reply_n}, as RL.ALL does: it is one RL.ALL
--- call where the module has it and the keys are distinct; else the same from single calls.
+-- where there is one and the keys are distinct; else the same from single calls.
 local dry_run = ARGV[1] == '1'
 local calls = {}
 local at = 2
@@ -20,36 +23,12 @@ for k = 1, #KEYS do
   seen[KEYS[k]] = true
 end
 if distinct then
-  local args = {#KEYS}
-  for k = 1, #KEYS do args[#args + 1] = KEYS[k] end
-  for k = 1, #KEYS do
-    local c = calls[k]
-    args[#args + 1] = string.sub(c.command, 4) -- RL.TOKEN: the spec TOKEN
-    for _, word in ipairs(c.figures) do args[#args + 1] = word end
-    args[#args + 1] = 'COST'
-    args[#args + 1] = c.cost
-    if c.block ~= '' then
-      args[#args + 1] = 'BLOCK'
-      args[#args + 1] = c.block
-    end
-  end
-  if dry_run then args[#args + 1] = 'DRYRUN' end
-  local reply = redis.pcall('RL.ALL', unpack(args))
-  -- A module without RL.ALL: "Unknown Redis command called from script" (Redis 7.0),
-  -- "Unknown command called from script" (Valkey 9.1) or "ERR unknown command" (later
-  -- servers). Any other error is the call's own.
-  local err = type(reply) == 'table' and reply.err ~= nil and string.lower(reply.err)
-  local unknown = err
-    and (string.find(err, 'unknown redis command', 1, true) or string.find(err, 'unknown command', 1, true))
-  if not unknown then return reply end
+  local reply = all_at_once(calls, dry_run)
+  if reply then return reply end
 end
 
 local function call(k, ...)
-  local c = calls[k]
-  local args = {KEYS[k]}
-  for _, word in ipairs(c.figures) do args[#args + 1] = word end
-  for _, word in ipairs({...}) do args[#args + 1] = word end
-  return redis.call(c.command, unpack(args))
+  return one(calls[k], KEYS[k], {...})
 end
 
 -- The retry of a denial: the latest of the denying limits' (-1, never, wins).
