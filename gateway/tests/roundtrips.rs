@@ -346,7 +346,7 @@ async fn changes_apply_on_every_instance_within_the_bound() {
     assert_eq!(post(&two, &bob_key).await.status, 200);
     call(
         &mut server.conn(),
-        &format!("DEL gw:key:{}", api_key::hash(&bob_key)),
+        &format!("DEL gw:{{users}}:key:{}", api_key::hash(&bob_key)),
     )
     .unwrap();
     let took = until(|| async { post(&two, &bob_key).await.status == 401 }).await;
