@@ -1,13 +1,18 @@
 //! What the gateway does, free of HTTP and of Redis, over a [`Store`]: admitting a request
-//! (the user's effective policy, the user and user-from-IP limits checked together, failing
-//! open when so configured, the history, the minute counts, the IP's denials and its automatic
-//! block), authentication, users, policies, blocks and the analytics aggregated from the minute
+//! (the user's effective policy, the user and user-from-IP limits checked together with the
+//! history entry in one store call, failing open when so configured, the minute counts
+//! gathered in the process ([`counts`]), the IP's denials and its automatic block),
+//! authentication, users, policies, blocks and the analytics aggregated from the minute
 //! counts. The routes parse and answer; this decides.
+
+pub mod counts;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use self::counts::Pending;
 
 use ratelimit_client::{Decisions, Policy};
 use ratelimit_tower::{Fail, Quota, ip_key};
@@ -107,11 +112,23 @@ pub struct Service {
     block_for: Duration,
     on_failure: Fail,
     no_limit: bool,
+    /// Analytics counts not yet in the store.
+    pending: Arc<Pending>,
 }
 
 impl Service {
+    /// The service; in a Tokio runtime, with the task that flushes its analytics counts
+    /// (it ends with the service).
     pub fn new(store: Arc<dyn Store>, rules: Rules) -> Service {
+        let pending = Arc::new(Pending::default());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(counts::flush_every(
+                Arc::downgrade(&pending),
+                Arc::clone(&store),
+            ));
+        }
         Service {
+            pending,
             store,
             admin_key_sha: rules.admin_key.as_deref().map(api_key::hash),
             default_limit: rules.default_limit,
@@ -305,9 +322,10 @@ impl Service {
     // ---- requests ----
 
     /// Admits a request of `user` from `ip`: checks the user's limit and the user-from-IP
-    /// limit together (unless limiting is off, or the store is unavailable and failing open),
-    /// records it, allowed or denied, in the history and the minute's counts, and counts a
-    /// denial by the per-IP limit against the IP.
+    /// limit together and records it, allowed or denied, in the history, in one store call
+    /// (only recording when limiting is off, or the store is unavailable and failing open);
+    /// counts it in the minute's analytics (in the process), and counts a denial by the
+    /// per-IP limit against the IP.
     pub async fn admit(
         &self,
         user: &User,
@@ -315,10 +333,34 @@ impl Service {
         request_type: &str,
     ) -> Result<Admission, StoreError> {
         let subject = ip_key(ip);
-        let limits = if self.no_limit {
-            None
+        let address = ip.to_string();
+        let record_only = || self.store.admit(user.id, None, request_type, &address);
+        let (admitted, limits) = if self.no_limit {
+            (record_only().await?, None)
         } else {
-            self.check(user.id, &subject).await?
+            let (policy, _) = self.effective_policy(user.id).await?;
+            let mut quotas = vec![Quota::new("user", policy)];
+            let ip_limit = self.ip_limit.map(|ip_policy| {
+                quotas.push(Quota::new("ip", ip_policy));
+                (subject.as_str(), ip_policy)
+            });
+            let checked = self
+                .store
+                .admit(user.id, Some((policy, ip_limit)), request_type, &address)
+                .await;
+            match checked {
+                Ok(mut admitted) => {
+                    let limits = admitted.decisions.take().map(|d| (quotas, d));
+                    (admitted, limits)
+                }
+                Err(e) if e.is_unavailable() && self.on_failure == Fail::Open => {
+                    tracing::warn!(error = %e, "limit check skipped: redis unavailable, failing open");
+                    metrics::counter!("gateway_decisions_total", "outcome" => "failed_open")
+                        .increment(1);
+                    (record_only().await?, None)
+                }
+                Err(e) => return Err(e),
+            }
         };
         let outcome = match &limits {
             None => "unlimited",
@@ -327,50 +369,21 @@ impl Service {
         };
         metrics::counter!("gateway_decisions_total", "outcome" => outcome).increment(1);
         let allowed = limits.as_ref().is_none_or(|(_, d)| d.allowed);
+        self.pending
+            .add(admitted.at_ms / 60_000, user.id, &subject, allowed);
 
         // Only the per-IP limit's denials are the IP's doing: a user over their own limit, on a
         // shared IP (an office, a NAT), must not block everyone else behind it.
         let ip_denied = limits
             .as_ref()
             .is_some_and(|(_, d)| d.each.get(1).is_some_and(|ip| !ip.allowed));
-        let (request_id, ms) = self
-            .store
-            .record(user.id, request_type, allowed, &ip.to_string())
-            .await?;
-        let counted = self.store.count(ms / 60_000, user.id, &subject, allowed);
-        let noted = async {
-            if ip_denied {
-                self.note_denial(ip).await;
-            }
-        };
-        let (counted, ()) = tokio::join!(counted, noted);
-        counted?;
-        Ok(Admission { request_id, limits })
-    }
-
-    /// The user's quotas and their decisions; `None` when the store is unavailable and the
-    /// check fails open.
-    async fn check(
-        &self,
-        id: u64,
-        subject: &str,
-    ) -> Result<Option<(Vec<Quota>, Decisions)>, StoreError> {
-        let (policy, _) = self.effective_policy(id).await?;
-        let mut quotas = vec![Quota::new("user", policy)];
-        let ip = self.ip_limit.map(|ip_policy| {
-            quotas.push(Quota::new("ip", ip_policy));
-            (subject, ip_policy)
-        });
-        match self.store.check_limits(id, policy, ip).await {
-            Ok(decisions) => Ok(Some((quotas, decisions))),
-            Err(e) if e.is_unavailable() && self.on_failure == Fail::Open => {
-                tracing::warn!(error = %e, "limit check skipped: redis unavailable, failing open");
-                metrics::counter!("gateway_decisions_total", "outcome" => "failed_open")
-                    .increment(1);
-                Ok(None)
-            }
-            Err(e) => Err(e),
+        if ip_denied {
+            self.note_denial(ip).await;
         }
+        Ok(Admission {
+            request_id: admitted.request_id,
+            limits,
+        })
     }
 
     /// Up to `limit` requests of the user, newest first, older than `before` if given.
@@ -434,8 +447,11 @@ impl Service {
     }
 
     /// The last minute's and the last hour's counts (by the store's clock, so every instance
-    /// agrees), and the most denied users and IPs over the hour.
+    /// agrees), and the most denied users and IPs over the hour; each instance's counts reach
+    /// the store within [`counts::FLUSH`].
     pub async fn analytics(&self) -> Result<Analytics, StoreError> {
+        // This instance's own counts first; other instances' are at most `counts::FLUSH` late.
+        self.pending.flush(self.store.as_ref()).await?;
         let minute = self.store.now_ms().await? / 60_000;
         let mut analytics = Analytics::default();
         let mut ips: BTreeMap<String, u64> = BTreeMap::new();

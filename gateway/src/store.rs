@@ -1,11 +1,13 @@
 //! What the gateway keeps, as a trait: users and their keys, per-user policies (in their text
-//! form), the limit checks, request history, per-minute counts and IP blocks, each one call,
+//! form), admitting a request (the limit checks and its history entry, together), request
+//! history, per-minute counts (added in batches) and IP blocks, each one call,
 //! with one error type ([`StoreError`]) that says whether a retry later may pass.
 //! [`RedisStore`] is the implementation (the only code that speaks Redis); a test may bring
 //! another.
 
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use ratelimit_client::{Decisions, Policy};
 
 use crate::domain::{Block, RecordedRequest, Role, User};
 
-pub use self::redis::{RedisOptions, RedisStore};
+pub use self::redis::{CACHE_BOUND, CACHE_HEARTBEAT, RedisOptions, RedisStore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -59,6 +61,25 @@ impl std::error::Error for StoreError {
             }
         }
     }
+}
+
+/// A request recorded in its user's history.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The history entry's id (`<ms>-<seq>`) and its time, Unix ms, on Redis' clock.
+    pub request_id: String,
+    pub at_ms: u64,
+    /// The limits' decisions, in the order given; `None` when none was checked.
+    pub decisions: Option<Decisions>,
+}
+
+/// Counts of one minute gathered in the process, to add to the store's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// User id → (allowed, denied).
+    pub users: BTreeMap<u64, (u64, u64)>,
+    /// IP → denials.
+    pub denied_ips: BTreeMap<String, u64>,
 }
 
 /// One minute of analytics.
@@ -114,23 +135,16 @@ pub trait Store: Send + Sync {
     /// Sets (`Some`, text form) or removes (`None`) the user's own policy.
     fn set_policy<'a>(&'a self, id: u64, policy: Option<&'a str>) -> StoreFuture<'a, ()>;
 
-    /// Checks the user's limit and, if given, the user's limit from one IP, together, all or
-    /// nothing; the decisions in that order.
-    fn check_limits<'a>(
+    /// Admits a request in one call: checks the limits, if given (the user's, and the user's
+    /// from one IP), together, all or nothing, and records the request in the user's history
+    /// (capped, expiring), allowed or denied; a refused check records nothing.
+    fn admit<'a>(
         &'a self,
         id: u64,
-        policy: Policy,
-        ip: Option<(&'a str, Policy)>,
-    ) -> StoreFuture<'a, Decisions>;
-
-    /// Records a request in the user's history (capped, expiring); its id and time (ms).
-    fn record<'a>(
-        &'a self,
-        id: u64,
+        limits: Option<(Policy, Option<(&'a str, Policy)>)>,
         request_type: &'a str,
-        allowed: bool,
         ip: &'a str,
-    ) -> StoreFuture<'a, (String, u64)>;
+    ) -> StoreFuture<'a, Admitted>;
 
     /// Up to `limit` requests of the user, newest first, older than `before` if given.
     fn history<'a>(
@@ -140,9 +154,8 @@ pub trait Store: Send + Sync {
         limit: u64,
     ) -> StoreFuture<'a, Vec<RecordedRequest>>;
 
-    /// Counts a request in its minute's analytics.
-    fn count<'a>(&'a self, minute: u64, id: u64, ip: &'a str, allowed: bool)
-    -> StoreFuture<'a, ()>;
+    /// Adds counts gathered in the process to their minute's analytics.
+    fn add_counts<'a>(&'a self, minute: u64, tally: &'a Tally) -> StoreFuture<'a, ()>;
 
     /// One minute's counts.
     fn minute(&self, minute: u64) -> StoreFuture<'_, MinuteCounts>;

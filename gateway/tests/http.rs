@@ -984,10 +984,19 @@ async fn a_cluster_shares_limits_history_and_blocks() {
         .send("GET", "/blocks", None, None)
         .await;
     assert_eq!(blocked.problem(), "ip-blocked");
-    let analytics = two
-        .send("GET", "/analytics", Some(ADMIN), None)
-        .await
-        .json();
+    // Each instance adds its analytics counts at least once a second (README): `two` reads
+    // its own at once, `one`'s within the second.
+    let started = std::time::Instant::now();
+    let analytics = loop {
+        let analytics = two
+            .send("GET", "/analytics", Some(ADMIN), None)
+            .await
+            .json();
+        if analytics["windows"][1]["allowed"] == 9 || started.elapsed() > Duration::from_secs(5) {
+            break analytics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(analytics["windows"][1]["allowed"], 9);
     assert_eq!(analytics["windows"][1]["denied"], 3);
 

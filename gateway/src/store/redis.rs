@@ -28,16 +28,24 @@
 //! when they are fresh again, the block index drops ended blocks on every write, and a
 //! minute's denied IPs keep their top 1,000.
 
-use std::collections::HashMap;
+mod cache;
+
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ratelimit_client::{Backend, Decision, Decisions, Error, Limit, Policy, RateLimiter};
+use ratelimit_client::{Backend, Decision, Decisions, Error, Limit, Policy, RateLimiter, Retry};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{
+    Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisFuture, Script, ScriptInvocation,
+    Value,
+};
 
-use super::{MinuteCounts, Store, StoreError, StoreFuture};
+pub use self::cache::{BOUND as CACHE_BOUND, HEARTBEAT as CACHE_HEARTBEAT};
+use self::cache::{Caches, Tracked};
+use super::{Admitted, MinuteCounts, Store, StoreError, StoreFuture, Tally};
 
 mod users;
 use crate::domain::{Block, BlockReason, RecordedRequest, Role, User, algorithm};
@@ -96,11 +104,13 @@ pub struct RedisOptions {
     pub history_ttl: Duration,
 }
 
-/// The store in Redis: a connection and the limiter over it.
+/// The store in Redis: a connection, the limiter over it, and the caches of what rarely
+/// changes (kept by a tracking connection of their own, on one server; none on a cluster).
 #[derive(Clone)]
 pub struct RedisStore {
     con: Conn,
     limiter: RateLimiter<Conn>,
+    caches: Arc<Caches>,
     history_max: u64,
     history_ttl: Duration,
 }
@@ -111,6 +121,7 @@ impl RedisStore {
     pub async fn connect(options: &RedisOptions) -> Result<RedisStore, BoxError> {
         let budget = options.timeout;
         let certs = tls_files(options)?;
+        let mut caches = Arc::new(Caches::default());
         let con = if options.cluster {
             let mut builder = redis::cluster::ClusterClient::builder(options.urls.clone())
                 .connection_timeout(budget)
@@ -123,10 +134,23 @@ impl RedisStore {
             let [url] = options.urls.as_slice() else {
                 return Err("give one --redis URL, or several with --cluster".into());
             };
-            let client = match certs {
-                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+            let client = match &certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs.clone())?,
                 None => redis::Client::open(url.as_str())?,
             };
+            // The caches' own connection speaks RESP3, for the pushes of CLIENT TRACKING.
+            let info = url.as_str().into_connection_info()?;
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let info = info.set_redis_settings(resp3);
+            let tracking = match certs {
+                Some(certs) => redis::Client::build_with_tls(info, certs)?,
+                None => redis::Client::open(info)?,
+            };
+            caches = Arc::new(Caches::new(tracked));
+            tokio::spawn(cache::track(tracking, Arc::downgrade(&caches), budget));
             let manager = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(budget))
                 .set_response_timeout(Some(budget))
@@ -140,6 +164,7 @@ impl RedisStore {
                 .with_backend(Backend::Module)
                 .with_timeout(budget),
             con,
+            caches,
             history_max: options.history_max,
             history_ttl: options.history_ttl,
         })
@@ -181,6 +206,59 @@ impl RedisStore {
             .map(|_| ())
     }
 
+    /// A read for the caches: on the tracking connection while the caches are in use (so
+    /// Redis tracks the key), with the ticket that keeps what it reads; else, or if that
+    /// connection fails, on the store's own connection, kept nowhere.
+    async fn tracked_read(&self, cmd: &Cmd) -> Result<(Value, Option<cache::Ticket>), StoreError> {
+        if let Some(mut ticket) = self.caches.ticket() {
+            match cmd.query_async::<Value>(&mut ticket.con).await {
+                Ok(value) => return Ok((value, Some(ticket))),
+                Err(e) => tracing::debug!(error = %e, "a cache read failed: read uncached"),
+            }
+        }
+        Ok((self.query(cmd).await?, None))
+    }
+
+    /// Reads the block index into the cache (if it is in use): whether `ip` is in it; `None`
+    /// when the index could not be cached.
+    async fn read_blocks(&self, ip: &str) -> Option<bool> {
+        let mut ticket = self.caches.ticket()?;
+        let reply = redis::cmd("ZRANGE")
+            .arg(BLOCKS_UNTIL)
+            .arg(0)
+            .arg(-1)
+            .query_async::<Value>(&mut ticket.con)
+            .await;
+        let ips = match reply {
+            Ok(Value::Array(items)) => items
+                .iter()
+                .map(string)
+                .collect::<Result<HashSet<String>, _>>()
+                .ok()?,
+            Ok(_) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "the block index could not be cached");
+                return None;
+            }
+        };
+        let indexed = ips.contains(ip);
+        self.caches.put_blocks(&ticket, ips);
+        Some(indexed)
+    }
+
+    /// The time left of the IP's block, from its limiter: by the module's `BLOCK` on the IP's
+    /// denial limiter, a `COST 0` peek is denied exactly while a block lasts, and says for
+    /// how long.
+    async fn peek_block(&self, ip: &str, denials: Policy) -> Result<Option<Duration>, StoreError> {
+        let decision = self.limiter.peek(&block_limit(ip, denials).cost(0)).await?;
+        Ok(if decision.allowed {
+            None
+        } else {
+            // A block always has a time: `Never` cannot come from a cost of 0.
+            Some(decision.retry_after().unwrap_or_default())
+        })
+    }
+
     /// One call of the block index's script (it drops ended blocks first, on the server's
     /// clock, so the index holds the blocks in force and no more).
     async fn blocks_index(
@@ -200,8 +278,11 @@ impl RedisStore {
             .arg(duration.as_millis() as u64)
             .invoke_async::<Value>(&mut con)
             .await
-            .map_err(Error::from)?;
-        Ok(reply)
+            .map_err(Error::from);
+        if op != "list" {
+            self.caches.forget(Tracked::Blocks);
+        }
+        Ok(reply?)
     }
 }
 
@@ -246,17 +327,25 @@ impl Store for RedisStore {
         Box::pin(self.create_user_atomically(username, role, key_sha))
     }
 
+    /// From the cache while it is in use (see `cache`); an unknown key is never cached (a
+    /// client guessing keys would fill it).
     fn user_by_key<'a>(&'a self, key_sha: &'a str) -> StoreFuture<'a, Option<User>> {
         Box::pin(async move {
-            let reply = self
-                .query(redis::cmd("HGETALL").arg(users::key_index(key_sha)))
+            if let Some(user) = self.caches.user(key_sha) {
+                return Ok(Some(user));
+            }
+            let (reply, ticket) = self
+                .tracked_read(redis::cmd("HGETALL").arg(users::key_index(key_sha)))
                 .await?;
             let fields = map(&reply)?;
             if fields.is_empty() {
                 return Ok(None);
             }
-            let user = users::user_of(&fields);
-            user.map(Some).ok_or_else(|| unexpected(&reply))
+            let user = users::user_of(&fields).ok_or_else(|| unexpected(&reply))?;
+            if let Some(ticket) = &ticket {
+                self.caches.put_user(ticket, key_sha, user.clone());
+            }
+            Ok(Some(user))
         })
     }
 
@@ -285,15 +374,23 @@ impl Store for RedisStore {
 
     // ---- policies ----
 
+    /// From the cache while it is in use, "none of their own" included.
     fn policy(&self, id: u64) -> StoreFuture<'_, Option<String>> {
         Box::pin(async move {
-            let reply = self
-                .query(redis::cmd("HGET").arg(user_key(id, "user")).arg("policy"))
-                .await?;
-            match reply {
-                Value::Nil => Ok(None),
-                other => Ok(Some(string(&other)?)),
+            if let Some(policy) = self.caches.policy(id) {
+                return Ok(policy);
             }
+            let (reply, ticket) = self
+                .tracked_read(redis::cmd("HGET").arg(user_key(id, "user")).arg("policy"))
+                .await?;
+            let policy = match reply {
+                Value::Nil => None,
+                other => Some(string(&other)?),
+            };
+            if let Some(ticket) = &ticket {
+                self.caches.put_policy(ticket, id, policy.clone());
+            }
+            Ok(policy)
         })
     }
 
@@ -304,72 +401,72 @@ impl Store for RedisStore {
                 Some(text) => redis::cmd("HSET").arg(key).arg("policy").arg(text).clone(),
                 None => redis::cmd("HDEL").arg(key).arg("policy").clone(),
             };
-            self.query(&cmd).await.map(|_| ())
+            let written = self.query(&cmd).await.map(|_| ());
+            self.caches.forget(Tracked::User(id));
+            written
         })
     }
 
-    // ---- limits ----
+    // ---- admitting: limits and history in one call ----
 
-    /// Each limit on the key of its algorithm: figures changed on the same algorithm keep the
-    /// state (the module carries it over); another algorithm starts a fresh limiter. The
-    /// user-from-IP limit is in the user's slot.
-    fn check_limits<'a>(
+    /// One script in the user's slot: `RL.ALL` over the limits (the user's limiter key names
+    /// its algorithm, so new figures on the same algorithm keep the state and another
+    /// algorithm starts fresh; the user-from-IP limit carries the user's hash tag), then the
+    /// history entry, allowed or denied. A refused check writes nothing.
+    fn admit<'a>(
         &'a self,
         id: u64,
-        policy: Policy,
-        ip: Option<(&'a str, Policy)>,
-    ) -> StoreFuture<'a, Decisions> {
-        Box::pin(async move {
-            let mut limits = vec![Limit::new(
-                user_key(id, &format!("limit:{}", algorithm(&policy))),
-                policy,
-            )];
-            if let Some((ip, policy)) = ip {
-                limits.push(Limit::new(
-                    user_key(id, &format!("ip:{ip}:{}", algorithm(&policy))),
-                    policy,
-                ));
-            }
-            Ok(self.limiter.check_all(&limits).await?)
-        })
-    }
-
-    // ---- history and counts ----
-
-    fn record<'a>(
-        &'a self,
-        id: u64,
+        limits: Option<(Policy, Option<(&'a str, Policy)>)>,
         request_type: &'a str,
-        allowed: bool,
         ip: &'a str,
-    ) -> StoreFuture<'a, (String, u64)> {
+    ) -> StoreFuture<'a, Admitted> {
         Box::pin(async move {
-            let key = user_key(id, "history");
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
+            let mut invocation = ADMIT_SCRIPT.prepare_invoke();
+            invocation
+                .key(user_key(id, "history"))
                 .arg(self.history_max.max(1))
-                .arg("*")
-                .arg("type")
-                .arg(request_type)
-                .arg("allowed")
-                .arg(if allowed { "1" } else { "0" })
-                .arg("ip")
-                .arg(ip)
-                .cmd("PEXPIRE")
-                .arg(&key)
                 .arg(self.history_ttl.as_millis() as u64)
-                .ignore();
-            let replies = self.pipe(&pipe).await?;
-            let request_id = replies
-                .first()
-                .map(string)
-                .transpose()?
-                .ok_or_else(|| unexpected(&Value::Array(replies.clone())))?;
-            let ms = id_millis(&request_id).ok_or_else(|| unexpected(&Value::Nil))?;
-            Ok((request_id, ms))
+                .arg(request_type)
+                .arg(ip);
+            let mut count = 0;
+            if let Some((policy, ip_limit)) = limits {
+                spec(
+                    &mut invocation,
+                    user_key(id, &format!("limit:{}", algorithm(&policy))),
+                    policy,
+                )?;
+                count += 1;
+                if let Some((ip, policy)) = ip_limit {
+                    spec(
+                        &mut invocation,
+                        user_key(id, &format!("ip:{ip}:{}", algorithm(&policy))),
+                        policy,
+                    )?;
+                    count += 1;
+                }
+            }
+            let mut con = self.con.clone();
+            let reply = invocation
+                .invoke_async::<Value>(&mut con)
+                .await
+                .map_err(Error::from)?;
+            let Value::Array(items) = &reply else {
+                return Err(unexpected(&reply));
+            };
+            let Some((request_id, decided)) = items.split_last() else {
+                return Err(unexpected(&reply));
+            };
+            let request_id = string(request_id)?;
+            let at_ms = id_millis(&request_id).ok_or_else(|| unexpected(&reply))?;
+            let decisions = match count {
+                0 => None,
+                n => Some(decisions(decided, n).ok_or_else(|| unexpected(&reply))?),
+            };
+            Ok(Admitted {
+                request_id,
+                at_ms,
+                decisions,
+            })
         })
     }
 
@@ -416,32 +513,29 @@ impl Store for RedisStore {
         })
     }
 
-    fn count<'a>(
-        &'a self,
-        minute: u64,
-        id: u64,
-        ip: &'a str,
-        allowed: bool,
-    ) -> StoreFuture<'a, ()> {
+    /// One script per minute (its keys share the minute's slot).
+    fn add_counts<'a>(&'a self, minute: u64, tally: &'a Tally) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            let outcome = if allowed { "allowed" } else { "denied" };
-            let key = stats_key(minute, outcome);
-            pipe.cmd("ZINCRBY").arg(&key).arg(1).arg(id).ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(STATS_TTL_S).ignore();
-            if !allowed {
-                let key = stats_key(minute, "denied_ip");
-                pipe.cmd("ZINCRBY").arg(&key).arg(1).arg(ip).ignore();
-                // The most denied stay; an IP seen once among many is dropped.
-                pipe.cmd("ZREMRANGEBYRANK")
-                    .arg(&key)
-                    .arg(0)
-                    .arg(-(MAX_DENIED_IPS as i64) - 1)
-                    .ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(STATS_TTL_S).ignore();
+            let mut invocation = COUNTS_SCRIPT.prepare_invoke();
+            for what in ["allowed", "denied", "denied_ip"] {
+                invocation.key(stats_key(minute, what));
             }
-            self.pipe(&pipe).await.map(|_| ())
+            invocation
+                .arg(STATS_TTL_S)
+                .arg(MAX_DENIED_IPS)
+                .arg(tally.users.len());
+            for (user, (allowed, denied)) in &tally.users {
+                invocation.arg(user).arg(allowed).arg(denied);
+            }
+            for (ip, denied) in &tally.denied_ips {
+                invocation.arg(ip).arg(denied);
+            }
+            let mut con = self.con.clone();
+            invocation
+                .invoke_async::<Value>(&mut con)
+                .await
+                .map_err(Error::from)?;
+            Ok(())
         })
     }
 
@@ -469,17 +563,23 @@ impl Store for RedisStore {
 
     // ---- blocks ----
 
-    /// By the module's `BLOCK` on the IP's denial limiter: a `COST 0` peek is denied exactly
-    /// while a block lasts, and says for how long.
+    /// An IP outside the block index (cached while the cache is in use) is not blocked: no
+    /// call. One in it is asked (the index may still hold a block that has ended, and then
+    /// the IP is dropped from the cached index).
     fn block_left<'a>(&'a self, ip: &'a str, denials: Policy) -> StoreFuture<'a, Option<Duration>> {
         Box::pin(async move {
-            let decision = self.limiter.peek(&block_limit(ip, denials).cost(0)).await?;
-            Ok(if decision.allowed {
-                None
-            } else {
-                // A block always has a time: `Never` cannot come from a cost of 0.
-                Some(decision.retry_after().unwrap_or_default())
-            })
+            let indexed = match self.caches.in_blocks(ip) {
+                Some(indexed) => Some(indexed),
+                None => self.read_blocks(ip).await,
+            };
+            if indexed == Some(false) {
+                return Ok(None);
+            }
+            let left = self.peek_block(ip, denials).await?;
+            if left.is_none() {
+                self.caches.not_blocked(ip);
+            }
+            Ok(left)
         })
     }
 
@@ -520,7 +620,7 @@ impl Store for RedisStore {
 
     fn unblock<'a>(&'a self, ip: &'a str, denials: Policy) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let was = self.block_left(ip, denials).await?.is_some();
+            let was = self.peek_block(ip, denials).await?.is_some();
             self.limiter.reset([block_key(ip)]).await?;
             self.blocks_index("del", ip, "", Duration::ZERO).await?;
             Ok(was)
@@ -603,6 +703,62 @@ return out
     )
 });
 
+/// Admitting a request: KEYS[1] the user's history, KEYS[2..] the limiters (none: record
+/// only); ARGV: the history's cap and time to live (ms), the request type, the client IP,
+/// then `RL.ALL`'s specs. Replies `RL.ALL`'s reply (none without limiters) followed by the
+/// history entry's id. A refused check raises its error before anything is written.
+static ADMIT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local allowed, reply = '1', nil
+if #KEYS > 1 then
+  local args = {#KEYS - 1}
+  for k = 2, #KEYS do args[#args + 1] = KEYS[k] end
+  for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+  reply = redis.call('RL.ALL', unpack(args))
+  if reply[1] ~= 1 then allowed = '0' end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'type', ARGV[3], 'allowed', allowed, 'ip', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if reply == nil then return {id} end
+reply[#reply + 1] = id
+return reply
+"#,
+    )
+});
+
+/// A batch of one minute's counts: KEYS allowed, denied, denied_ip of the minute; ARGV the
+/// keys' time to live (s), the denied IPs kept, the count of users, then per user its id,
+/// allowed and denied, then per IP the IP and its denials.
+static COUNTS_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local users = tonumber(ARGV[3])
+local at = 4
+local touched = {false, false}
+for u = 1, users do
+  local id, allowed, denied = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  if allowed > 0 then redis.call('ZINCRBY', KEYS[1], allowed, id); touched[1] = true end
+  if denied > 0 then redis.call('ZINCRBY', KEYS[2], denied, id); touched[2] = true end
+  at = at + 3
+end
+for k = 1, 2 do
+  if touched[k] then redis.call('EXPIRE', KEYS[k], ARGV[1]) end
+end
+if at <= #ARGV then
+  while at <= #ARGV do
+    redis.call('ZINCRBY', KEYS[3], ARGV[at + 1], ARGV[at])
+    at = at + 2
+  end
+  -- The most denied stay; an IP seen once among many is dropped.
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+end
+return 1
+"#,
+    )
+});
+
 const BLOCKS_UNTIL: &str = "gw:{blocks}:until";
 const BLOCKS_REASON: &str = "gw:{blocks}:reason";
 /// The IPs each minute's denial counts keep: the most denied.
@@ -612,6 +768,60 @@ const STATS_TTL_S: u64 = 7200;
 
 fn user_key(id: u64, what: &str) -> String {
     format!("gw:{{u:{id}}}:{what}")
+}
+
+/// The keys the caches read, from their names (as invalidations give them).
+fn tracked(name: &[u8]) -> Option<Tracked> {
+    let name = std::str::from_utf8(name).ok()?;
+    if name == BLOCKS_UNTIL {
+        return Some(Tracked::Blocks);
+    }
+    if let Some(sha) = name.strip_prefix(users::KEY_INDEX_PREFIX) {
+        return Some(Tracked::Key(sha.to_string()));
+    }
+    let id = name.strip_prefix("gw:{u:")?.strip_suffix("}:user")?;
+    id.parse().ok().map(Tracked::User)
+}
+
+/// Adds a limit to the admitting script: its key, and its spec as `RL.ALL` takes it.
+fn spec(
+    invocation: &mut ScriptInvocation<'_>,
+    key: String,
+    policy: Policy,
+) -> Result<(), StoreError> {
+    let policy = policy
+        .checked()
+        .map_err(|e| StoreError::Failed(Box::new(e)))?;
+    invocation
+        .key(key)
+        .arg(policy.algorithm().name())
+        .arg(policy.args());
+    Ok(())
+}
+
+/// `RL.ALL`'s reply, `[allowed, retry_after_ms, d1, …, dN]`, as decisions.
+fn decisions(items: &[Value], count: usize) -> Option<Decisions> {
+    let [allowed, retry, each @ ..] = items else {
+        return None;
+    };
+    if each.len() != count {
+        return None;
+    }
+    let retry = match retry {
+        Value::Int(0) => Retry::Now,
+        Value::Int(-1) => Retry::Never,
+        Value::Int(ms) => Retry::After(Duration::from_millis(u64::try_from(*ms).ok()?)),
+        _ => return None,
+    };
+    Some(Decisions {
+        allowed: *allowed == Value::Int(1),
+        retry,
+        each: each
+            .iter()
+            .map(Decision::from_reply)
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?,
+    })
 }
 
 fn block_key(ip: &str) -> String {
@@ -721,4 +931,61 @@ fn scores(value: &Value) -> Result<Vec<(String, u64)>, StoreError> {
             _ => Err(unexpected(value)),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_name_the_keys_the_caches_read() {
+        #[rustfmt::skip]
+        let cases: [(&str, Option<Tracked>); 9] = [
+            ("gw:key:ab12", None),
+            ("gw:{users}:key:ab12", Some(Tracked::Key("ab12".into()))),
+            ("gw:{u:42}:user", Some(Tracked::User(42))),
+            ("gw:{blocks}:until", Some(Tracked::Blocks)),
+            ("gw:{u:42}:history", None),
+            ("gw:{u:42}:limit:fixed", None),
+            ("gw:{u:x}:user", None),
+            ("gw:{blocks}:reason", None),
+            ("gw:{ip:192.0.2.1}:block", None),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(tracked(name.as_bytes()), expected, "{name}");
+            assert_eq!(
+                tracked(name.as_bytes()).is_some(),
+                name == user_key(42, "user")
+                    || name == users::key_index("ab12")
+                    || name == BLOCKS_UNTIL,
+                "{name}"
+            );
+        }
+        assert_eq!(tracked(b"\xff"), None);
+    }
+
+    #[test]
+    fn the_admitting_scripts_reply_reads_as_rl_all() {
+        let decision = |allowed| {
+            Value::Array(
+                [allowed, 10, 9, if allowed == 1 { 0 } else { 1500 }, 6000]
+                    .map(Value::Int)
+                    .to_vec(),
+            )
+        };
+        let allowed = [Value::Int(1), Value::Int(0), decision(1), decision(1)];
+        let got = decisions(&allowed, 2).unwrap();
+        assert!(got.allowed && got.retry == Retry::Now && got.each.len() == 2);
+        let denied = [Value::Int(0), Value::Int(1500), decision(1), decision(0)];
+        let got = decisions(&denied, 2).unwrap();
+        assert_eq!(
+            (got.allowed, got.retry),
+            (false, Retry::After(Duration::from_millis(1500)))
+        );
+        assert!(!got.each[1].allowed);
+        assert_eq!(decisions(&denied, 1), None, "a count that does not match");
+        assert_eq!(decisions(&[Value::Int(1)], 0), None);
+        let never = [Value::Int(0), Value::Int(-1), decision(0)];
+        assert_eq!(decisions(&never, 1).unwrap().retry, Retry::Never);
+    }
 }

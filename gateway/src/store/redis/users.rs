@@ -29,8 +29,11 @@ pub(super) fn record_key(id: u64) -> String {
 /// per API key, deleted when the key is replaced or its user deleted, so that whoever watches
 /// it (a cache tracking keys) sees the key go.
 pub(super) fn key_index(key_sha: &str) -> String {
-    format!("gw:{{users}}:key:{key_sha}")
+    format!("{KEY_INDEX_PREFIX}{key_sha}")
 }
+
+/// What every API key's mapping is named after (the caches tell those keys by it).
+pub(super) const KEY_INDEX_PREFIX: &str = "gw:{users}:key:";
 
 /// What a script answers when the user's key changed between the read and the script (another
 /// rotation): read again and retry, this many times at most.
