@@ -13,7 +13,9 @@ use std::thread;
 use std::time::Duration;
 
 use redis::Value;
-use support::replica::{assert_same_keys, wait_acked, wait_aof_rewritten, wait_linked, wait_until};
+use support::replica::{
+    assert_same_keys, wait_aof_rewritten, wait_caught_up, wait_linked, wait_until,
+};
 use support::{Clock, Server, T0, call, info_field, int, rl, snapshot};
 
 const HOUR: u64 = 3_600_000;
@@ -204,17 +206,6 @@ fn replica_attached_while_calls_stream_in(sync: &[&str]) {
     wait_caught_up(&mut m, &mut replica.conn());
     let live = assert_same_keys(&mut m, &mut replica.conn(), &keys());
     assert_eq!(live, 300, "every key is live and compared");
-}
-
-/// Waits until the replica has applied everything the master sent, by the replica's own
-/// offset: `WAIT` waits for the calling connection's writes, and the calls here come from
-/// other connections (Valkey 9.1 answers a connection that wrote nothing at once).
-fn wait_caught_up(master: &mut redis::Connection, replica: &mut redis::Connection) {
-    wait_acked(master);
-    let end = master_offset(master).to_string();
-    wait_until("the replica to catch up", PATIENCE, || {
-        info_field(replica, "replication", "slave_repl_offset") == end
-    });
 }
 
 fn master_offset(con: &mut redis::Connection) -> i64 {

@@ -473,10 +473,10 @@ async fn replicas_receive_the_scripts_effects() {
         .check(&Limit::token("t", 10, 3).refund(1))
         .await
         .unwrap();
-    let mut on_master = master.conn();
-    ratelimit_testkit::replica::wait_acked(&mut on_master);
-    let live =
-        ratelimit_testkit::replica::assert_same_keys(&mut on_master, &mut replica.conn(), &keys);
+    let (mut on_master, mut on_replica) = (master.conn(), replica.conn());
+    // The calls came on the client's connection: WAIT on this one would not wait for them.
+    ratelimit_testkit::replica::wait_caught_up(&mut on_master, &mut on_replica);
+    let live = ratelimit_testkit::replica::assert_same_keys(&mut on_master, &mut on_replica, &keys);
     assert_eq!(live, keys.len());
 }
 

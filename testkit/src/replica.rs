@@ -64,6 +64,18 @@ pub fn wait_acked(master: &mut impl ConnectionLike) {
     assert_eq!(int(master, "WAIT 1 10000"), 1, "the replica acknowledged");
 }
 
+/// Waits (up to a minute) until the replica has applied everything the master has sent, by
+/// the replica's own offset: `WAIT` waits for the calling connection's writes only, and a
+/// connection that wrote nothing is answered at once (Valkey 9.1 always, Redis when its
+/// offset is behind), so writes made on other connections need this.
+pub fn wait_caught_up(master: &mut impl ConnectionLike, replica: &mut impl ConnectionLike) {
+    wait_acked(master);
+    let end = info_field(master, "replication", "master_repl_offset");
+    wait_until("the replica to catch up", PATIENCE, || {
+        info_field(replica, "replication", "slave_repl_offset") == end
+    });
+}
+
 /// Touches every key on the master (`EXISTS`), so those past their expiry by the master's
 /// clock are deleted there and the deletions replicated, then waits for the replica.
 pub fn expire_due<K: AsRef<str>>(master: &mut impl ConnectionLike, keys: &[K]) {
