@@ -262,8 +262,18 @@ impl Server {
             with_module,
             child: None,
         };
-        server.spawn();
-        server
+        // A free port can be taken by another test's server before this one binds it: then
+        // another port, a few times.
+        for _ in 0..5 {
+            if server.spawn_on_port() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!(
+            "no free port for the server after 5 tries:\n{}",
+            server.log()
+        );
     }
 
     pub fn dir(&self) -> &Path {
@@ -271,7 +281,18 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.spawn_on_port(),
+            "port {} is taken:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// Starts the server on `self.port`; false if that port was taken.
+    fn spawn_on_port(&mut self) -> bool {
         let dir = self.dir.path();
+        let _ = std::fs::remove_file(dir.join("redis.log"));
         let artifacts = artifacts();
         let mut command = Command::new(&program().path);
         if self.with_module {
@@ -305,21 +326,27 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("start {:?}: {e}", program().path));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server answers; false if it exited because its port was taken.
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("the server exited ({status}):\n{}", self.log());
+                let log = self.log();
+                if log.contains("Address already in use") {
+                    self.child = None;
+                    return false;
+                }
+                panic!("the server exited ({status}):\n{log}");
             }
             // PING answers LOADING while the dataset loads.
             let pong = self
                 .try_conn()
                 .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
             if pong.is_ok() {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
