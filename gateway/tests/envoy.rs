@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::load::round;
+use common::load::{round, settings};
 use common::{ADMIN, Gateway, Reply, Upstream};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
@@ -781,13 +781,7 @@ const LOCAL_FILTER: &str = r#"          - name: envoy.filters.http.local_ratelim
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: bench/envoy.sh"]
 async fn measure_envoy_paths() {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .map_or(default, |v| v.parse().unwrap())
-    };
-    let length = Duration::from_secs(env("RL_BENCH_SECONDS", 5));
-    let connections = env("RL_BENCH_CONNECTIONS", 16) as usize;
+    let (length, connections) = settings();
     let policy = "domain: bench\ndescriptors:\n  - key: user\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n  - key: team\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n  - key: remote_address\n    rate_limit: { unit: second, requests_per_unit: 100000000 }\n";
     let stack = Stack::start(policy).await;
     let upstream = Upstream::start().await;
@@ -825,17 +819,6 @@ async fn measure_envoy_paths() {
             Envoy::start(|port, admin| bootstrap_with(port, admin, up, rls, filters, rate_limits));
         let pids = [envoy.pid().unwrap(), std::process::id(), redis_pid];
         let r = round(envoy.port, connections, length, request, &pids).await;
-        let ratio = r.rps / *base.get_or_insert(r.rps);
-        println!(
-            "{name:<30} {:>9.0} req/s ({ratio:.2}x)  p50 {:>8.2?}  p99 {:>8.2?}  CPU/request: \
-             Envoy {:>4.0} µs ({:>3.0}% busy), test process {:>4.0} µs, Redis {:>3.0} µs",
-            r.rps,
-            r.p50,
-            r.p99,
-            r.cpu_per_request[0],
-            r.busy,
-            r.cpu_per_request[1],
-            r.cpu_per_request[2],
-        );
+        println!("{}", r.line(name, "Envoy", *base.get_or_insert(r.rps)));
     }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::load::round;
+use common::load::{round, settings};
 use common::{ADMIN, Body, Call, Gateway, Reply, Upstream, config, policy};
 use ratelimit_gateway::Config;
 use ratelimit_gateway::config::OptionalPolicy;
@@ -524,13 +524,7 @@ async fn block(gw: &Gateway, ip: &str) -> Reply {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a measurement: bench/forward-auth.sh"]
 async fn measure_caddy_paths() {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .map_or(default, |v| v.parse().unwrap())
-    };
-    let length = Duration::from_secs(env("RL_BENCH_SECONDS", 5));
-    let connections = env("RL_BENCH_CONNECTIONS", 16) as usize;
+    let (length, connections) = settings();
     let server = Server::start();
     let mut cfg = auth_config(&server);
     cfg.default_limit = policy("fixed:1000000000:1m");
@@ -558,18 +552,7 @@ async fn measure_caddy_paths() {
     ] {
         let pids = [caddy.child.id(), std::process::id(), redis_pid];
         let r = round(caddy.addr.port(), connections, length, request, &pids).await;
-        let ratio = r.rps / *base.get_or_insert(r.rps);
-        println!(
-            "{name:<30} {:>9.0} req/s ({ratio:.2}x)  p50 {:>8.2?}  p99 {:>8.2?}  CPU/request: \
-             Caddy {:>4.0} µs ({:>3.0}% busy), test process {:>4.0} µs, Redis {:>3.0} µs",
-            r.rps,
-            r.p50,
-            r.p99,
-            r.cpu_per_request[0],
-            r.busy,
-            r.cpu_per_request[1],
-            r.cpu_per_request[2],
-        );
+        println!("{}", r.line(name, "Caddy", *base.get_or_insert(r.rps)));
     }
 }
 

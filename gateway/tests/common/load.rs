@@ -112,3 +112,36 @@ pub struct Round {
     /// The first pid's CPU time over the round's length, in %.
     pub busy: f64,
 }
+
+impl Round {
+    /// The round's line: its rate (and ratio to `base`'s), latencies and the CPU per request
+    /// of the proxy (named `proxy`), the test process and Redis, in that order of `pids`.
+    pub fn line(&self, name: &str, proxy: &str, base: f64) -> String {
+        format!(
+            "{name:<30} {:>9.0} req/s ({:.2}x)  p50 {:>8.2?}  p99 {:>8.2?}  CPU/request: \
+             {proxy} {:>4.0} µs ({:>3.0}% busy), test process {:>4.0} µs, Redis {:>3.0} µs",
+            self.rps,
+            self.rps / base,
+            self.p50,
+            self.p99,
+            self.cpu_per_request[0],
+            self.busy,
+            self.cpu_per_request[1],
+            self.cpu_per_request[2],
+        )
+    }
+}
+
+/// The measurements' settings: `RL_BENCH_SECONDS` a round (default 5) and
+/// `RL_BENCH_CONNECTIONS` keep-alive connections (default 16).
+pub fn settings() -> (Duration, usize) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .map_or(default, |v| v.parse().unwrap())
+    };
+    (
+        Duration::from_secs(env("RL_BENCH_SECONDS", 5)),
+        env("RL_BENCH_CONNECTIONS", 16) as usize,
+    )
+}
